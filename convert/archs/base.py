@@ -1,0 +1,78 @@
+"""What an architecture family is, as data: its HF names, its GGUF arch, the hparam table between config.json and
+GGUF keys, and per-tensor transforms. The tensor-name map itself comes from gguf-py's TensorNameMap."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, GGUFValueType, TensorNameMap
+
+U32, F32, STR, BOOL = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING, GGUFValueType.BOOL
+
+# transform(array, hf_config) -> array
+Transform = Callable[[np.ndarray, dict], np.ndarray]
+
+
+@dataclass(frozen=True)
+class HParam:
+    """GGUF key template ("{arch}.context_length") <-> a key of the normalised HF config."""
+
+    gguf: str
+    hf: str
+    vtype: GGUFValueType = U32
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str  # HF model_type, the family's name here
+    hf_class: str  # config.json "architectures"[0]
+    gguf_arch: MODEL_ARCH
+    hparams: tuple[HParam, ...]
+    tensors: tuple[str, ...]  # HF tensor names; "{bid}" stands for the block number
+    normalize: Callable[[dict], dict]  # fill the config's implied defaults (head_dim, kv heads, rope theta ...)
+    to_gguf: dict[MODEL_TENSOR, Transform] = field(default_factory=dict)
+    from_gguf: dict[MODEL_TENSOR, Transform] = field(default_factory=dict)
+    extra_tensors: Callable[[dict], dict[str, np.ndarray]] = lambda cfg: {}  # GGUF-only tensors made from config
+    hf_defaults: dict[str, Any] = field(default_factory=dict)  # fixed config.json fields for GGUF -> HF
+    also_hf_types: tuple[str, ...] = ()  # other model_type values this module reads
+
+    @property
+    def gguf_name(self) -> str:
+        return MODEL_ARCH_NAMES[self.gguf_arch]
+
+    def name_map(self, n_blocks: int) -> dict[str, tuple[MODEL_TENSOR, str]]:
+        """HF name -> (tensor kind, GGUF name) for every tensor a model of `n_blocks` blocks may have."""
+        tmap = TensorNameMap(self.gguf_arch, n_blocks)
+        out = {}
+        for template in self.tensors:
+            for bid in range(n_blocks) if "{bid}" in template else [None]:
+                hf = template.format(bid=bid)
+                found = tmap.get_type_and_name(hf, try_suffixes=(".weight", ".bias"))
+                if found is None:
+                    raise KeyError(f"gguf-py has no name for {hf} in {self.gguf_name}")
+                out[hf] = found
+        return out
+
+    def gguf_kv(self, config: dict) -> list[tuple[str, Any, GGUFValueType]]:
+        cfg = self.normalize(config)
+        return [(h.gguf.format(arch=self.gguf_name), cfg[h.hf], h.vtype) for h in self.hparams
+                if cfg.get(h.hf) is not None]
+
+    def hf_config(self, kv: dict[str, Any]) -> dict:
+        """config.json from GGUF keys: the inverse of the hparam table plus the family's fixed fields."""
+        cfg = {"architectures": [self.hf_class], "model_type": self.name, **self.hf_defaults}
+        for h in self.hparams:
+            key = h.gguf.format(arch=self.gguf_name)
+            if key in kv:
+                cfg[h.hf] = kv[key]
+        return cfg
+
+
+def rope(config: dict) -> dict:
+    """Rope settings whether the config is transformers 4 style (rope_theta, rope_scaling) or 5 (rope_parameters)."""
+    params = {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
+    if "type" in params and "rope_type" not in params:
+        params["rope_type"] = params["type"]
+    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    return params

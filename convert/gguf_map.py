@@ -1,0 +1,114 @@
+"""The pivot <-> GGUF's native view: names through the family's map, hparams through its table, tokenizer through
+convert.tokenizer, and llama.cpp's dtype rules (1-D tensors and norms stay F32)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_VERSION, GGUFValueType, Keys
+
+from modelport.formats.errors import Unsupported
+from modelport.formats.gguf import GGUFContents
+from modelport.formats.model import MemorySlice, Model, TensorRef
+
+from . import archs, tokenizer
+from .dtypes import FILE_TYPES, FLOATS, TORCH_NAMES, cast
+
+KV = tuple[str, object, GGUFValueType, "GGUFValueType | None"]
+CONFIG_KEY = "modelport.source.config"  # the source config.json, for what GGUF keys cannot say (rope_scaling ...)
+SKIP_HF = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed by every runtime
+FILE_TYPE_DTYPES = {int(v): k for k, v in FILE_TYPES.items()}
+
+
+def default_gguf_dtype(model: Model) -> str:
+    """llama.cpp's `--outtype auto`: BF16 stays BF16, anything else becomes F16."""
+    first = next((r for r in model.tensors.values() if len(r.shape) > 1), None)
+    return "BF16" if first is not None and first.result_dtype == "BF16" else "F16"
+
+
+def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: Path | None = None
+            ) -> tuple[str, list[KV], list[tuple[str, TensorRef]]]:
+    arch = archs.for_hf(model.arch, path)
+    cfg = arch.normalize(model.config)
+    names = arch.name_map(cfg["num_hidden_layers"])
+    dtype = dtype or default_gguf_dtype(model)
+    tensors = [(name, MemorySlice.tensor(arr, "F32")) for name, arr in arch.extra_tensors(model.config).items()]
+    tied = cfg.get("tie_word_embeddings", False)
+    for hf_name, ref in model.tensors.items():
+        if hf_name.endswith(SKIP_HF) or (tied and hf_name == "lm_head.weight"):
+            continue
+        if hf_name not in names:
+            raise Unsupported(path, f"tensor {hf_name!r} has no GGUF name in the {arch.name} family")
+        kind, gguf_name = names[hf_name]
+        if kind in arch.to_gguf:
+            ref = ref.map(lambda a, fn=arch.to_gguf[kind]: fn(a, cfg))
+        if ref.result_dtype not in FLOATS:
+            raise Unsupported(path, f"tensor {hf_name!r} is {ref.result_dtype}; only float checkpoints convert")
+        tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 else dtype)))
+    kv: list[KV] = [
+        (Keys.General.NAME, model.metadata.get("name") or arch.name, GGUFValueType.STRING, None),
+        (Keys.General.FILE_TYPE, int(FILE_TYPES[dtype]), GGUFValueType.UINT32, None),
+        (Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, GGUFValueType.UINT32, None),
+    ]
+    kv += [(k, v, t, None) for k, v, t in arch.gguf_kv(model.config)]
+    kv += tokenizer.hf_to_gguf(model.tokenizer, model.config) if model.tokenizer else []
+    kv.append((CONFIG_KEY, json.dumps(model.config, sort_keys=True), GGUFValueType.STRING, None))
+    kv += [(k, v, GGUFValueType.STRING, None) for k, v in provenance.items()]
+    return arch.gguf_name, kv, tensors
+
+
+def _agrees(expected: list[tuple[str, object, GGUFValueType]], values: dict) -> bool:
+    same = {GGUFValueType.FLOAT32: lambda a, b: np.float32(a) == np.float32(b)}
+    return all(k in values and same.get(t, lambda a, b: a == b)(v, values[k]) for k, v, t in expected)
+
+
+def _config(arch: archs.Arch, contents: GGUFContents) -> dict:
+    """The stored source config when the GGUF's own keys still agree with it, else one rebuilt from the keys."""
+    values = {k: v for k, (v, _, _) in contents.kv.items()}
+    stored = json.loads(values[CONFIG_KEY]) if CONFIG_KEY in values else None
+    if stored is not None and stored.get("model_type") == arch.name and _agrees(arch.gguf_kv(stored), values):
+        return stored
+    cfg = arch.hf_config(values)
+    cfg["tie_word_embeddings"] = "output.weight" not in contents.tensors
+    cfg.update(tokenizer.special_ids(values))
+    return cfg
+
+
+def from_gguf(contents: GGUFContents, path: Path) -> Model:
+    values = {k: v for k, (v, _, _) in contents.kv.items()}
+    stored_type = json.loads(values[CONFIG_KEY]).get("model_type") if CONFIG_KEY in values else None
+    arch = archs.for_gguf(values.get(Keys.General.ARCHITECTURE, ""), stored_type, path)
+    cfg = _config(arch, contents)
+    norm = arch.normalize(cfg)
+    hf_names = {g: (kind, hf) for hf, (kind, g) in arch.name_map(norm["num_hidden_layers"]).items()}
+    extra = set(arch.extra_tensors(cfg))
+    tensors = {}
+    for gguf_name, ref in contents.tensors.items():
+        if gguf_name in extra:
+            continue
+        if gguf_name not in hf_names:
+            raise Unsupported(path, f"tensor {gguf_name!r} has no Hugging Face name in the {arch.name} family")
+        kind, hf = hf_names[gguf_name]
+        if kind in arch.from_gguf:
+            ref = ref.map(lambda a, fn=arch.from_gguf[kind]: fn(a, norm))
+        tensors[hf] = ref
+    file_type = FILE_TYPE_DTYPES.get(values.get(Keys.General.FILE_TYPE))
+    return Model(arch=arch.name, config=cfg, tensors=tensors,
+                 tokenizer=tokenizer.gguf_to_hf(values) if "tokenizer.ggml.model" in values else {},
+                 metadata={"format": "gguf", "source_files": contents.files, "name": values.get(Keys.General.NAME),
+                           "dtype": file_type})
+
+
+def to_hf(model: Model, dtype: str | None) -> Model:
+    """The pivot with every tensor cast to `dtype` (default: the source's own precision) and config to match."""
+    dtype = dtype or model.metadata.get("dtype")
+    if dtype is None:
+        return model
+    for name, ref in model.tensors.items():
+        if ref.result_dtype not in FLOATS:
+            raise Unsupported(None, f"tensor {name!r} is {ref.result_dtype}: dequantization is not supported yet")
+    dtype_key = "dtype" if "dtype" in model.config else "torch_dtype"  # transformers 5 and 4 spellings
+    config = {**model.config, dtype_key: TORCH_NAMES[dtype]}
+    return Model(model.arch, config, {n: cast(r, dtype) for n, r in model.tensors.items()}, model.tokenizer,
+                 model.generation_config, model.metadata)

@@ -1,0 +1,157 @@
+"""The pivot: a `Model` of lazily read `TensorRef`s, with the Hugging Face config and tokenizer files as canonical.
+
+Readers give references whose bytes stay on disk until a writer asks for them, a row block at a time, so that
+peak memory is bounded by a row chunk of the largest tensor, never by the model.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+# Numpy has no bfloat16: BF16 tensors travel as their uint16 bit patterns.
+NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+                "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+CHUNK_BYTES = 64 << 20  # row blocks of about 64 MiB
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """`nbytes` bytes at `offset` of `path`, read with pread (no mmap, so nothing stays resident)."""
+
+    path: Path
+    offset: int
+    nbytes: int
+
+    def read(self, start: int = 0, stop: int | None = None) -> bytearray:
+        stop = self.nbytes if stop is None else stop
+        buf = bytearray(stop - start)
+        with open(self.path, "rb", buffering=0) as f:
+            view, pos = memoryview(buf), self.offset + start
+            while view:
+                n = os.preadv(f.fileno(), [view], pos)
+                if n == 0:
+                    raise EOFError(f"{self.path}: unexpected end of file at byte {pos}")
+                view, pos = view[n:], pos + n
+        return buf
+
+
+@dataclass(frozen=True)
+class MemorySlice:
+    """Bytes already in memory: tensors a converter makes (llama.cpp's rope_freqs) rather than reads."""
+
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def read(self, start: int = 0, stop: int | None = None) -> bytes:
+        return self.data[start:stop]
+
+    @classmethod
+    def tensor(cls, arr: np.ndarray, dtype: str) -> "TensorRef":
+        return TensorRef.on_disk(cls(np.ascontiguousarray(arr).tobytes()), arr.shape, dtype)
+
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor that is read when asked for.
+
+    `shape` is the logical (numpy, row-major) shape; `dtype` a name from NUMPY_DTYPES or a GGML block type
+    ("Q4_K", ...) whose `stored` bytes are whole rows of blocks. `transforms` apply in order to whole tensors
+    (Q/K permutations and the like); `rowwise` ones (casts) also apply to row blocks, so reading can stream.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    stored: FileSlice | MemorySlice
+    stored_shape: tuple[int, ...]  # numpy shape of the stored data (rows = stored_shape[0])
+    transforms: tuple[tuple[Transform, bool], ...] = ()
+    out_dtype: str | None = None  # dtype after the transforms, when they change it
+
+    @classmethod
+    def on_disk(cls, stored: FileSlice | MemorySlice, shape: tuple[int, ...], dtype: str) -> "TensorRef":
+        return cls(tuple(shape), dtype, stored, tuple(shape))
+
+    @property
+    def row_bytes(self) -> int:
+        rows = self.stored_shape[0] if self.stored_shape else 1
+        return self.stored.nbytes // max(1, rows)
+
+    @property
+    def result_dtype(self) -> str:
+        return self.out_dtype or self.dtype
+
+    @property
+    def n_rows(self) -> int:
+        return self.stored_shape[0] if self.stored_shape else 1
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the result: elements x item size for plain dtypes, the stored blocks for quantized ones."""
+        if self.result_dtype in NUMPY_DTYPES:
+            return self.n_elements * np.dtype(NUMPY_DTYPES[self.result_dtype]).itemsize
+        return self.stored.nbytes
+
+    @property
+    def streams(self) -> bool:
+        return all(rowwise for _, rowwise in self.transforms)
+
+    def _decode(self, raw: bytearray, rows: int) -> np.ndarray:
+        if not self.stored_shape:
+            return np.frombuffer(raw, dtype=NUMPY_DTYPES[self.dtype]).reshape(())
+        if self.dtype in NUMPY_DTYPES:
+            return np.frombuffer(raw, dtype=NUMPY_DTYPES[self.dtype]).reshape((rows,) + self.stored_shape[1:])
+        return np.frombuffer(raw, dtype=np.uint8).reshape(rows, -1)  # quantized blocks, one row per row
+
+    def _apply(self, arr: np.ndarray, only_rowwise_allowed: bool) -> np.ndarray:
+        for fn, rowwise in self.transforms:
+            assert rowwise or not only_rowwise_allowed
+            arr = fn(arr)
+        return arr
+
+    def read(self) -> np.ndarray:
+        """The whole tensor, transforms applied."""
+        return self._apply(self._decode(self.stored.read(), self.n_rows), False)
+
+    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """Row blocks of about `chunk_bytes` (the whole tensor when a transform needs all of it)."""
+        if not self.streams or not self.stored_shape:
+            yield self.read()
+            return
+        rows_per = max(1, chunk_bytes // max(1, self.row_bytes))
+        for r in range(0, self.n_rows, rows_per):
+            n = min(rows_per, self.n_rows - r)
+            raw = self.stored.read(r * self.row_bytes, (r + n) * self.row_bytes)
+            yield self._apply(self._decode(raw, n), True)
+
+    def map(self, fn: Transform, rowwise: bool = False, shape: tuple[int, ...] | None = None,
+            dtype: str | None = None) -> "TensorRef":
+        """A new reference with `fn` composed lazily after the existing transforms."""
+        return replace(self, transforms=self.transforms + ((fn, rowwise),),
+                       shape=tuple(shape) if shape is not None else self.shape,
+                       out_dtype=dtype or self.out_dtype)
+
+
+@dataclass
+class Model:
+    """The pivot: HF architecture name and config.json dict, HF-named tensors, HF tokenizer files, metadata."""
+
+    arch: str
+    config: dict
+    tensors: dict[str, TensorRef]
+    tokenizer: dict[str, bytes] = field(default_factory=dict)  # HF tokenizer files: name -> content
+    generation_config: dict | None = None
+    metadata: dict = field(default_factory=dict)  # name, license, provenance ...

@@ -1,0 +1,74 @@
+"""The public Python API: load any supported model into the pivot, save the pivot in any format, convert."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from modelport.convert import gguf_map
+from modelport.convert.dtypes import parse as parse_dtype
+from modelport.formats import registry
+from modelport.formats.atomic import atomic_output
+from modelport.formats.hashing import Late, SourceHashes
+from modelport.formats.model import Model
+
+from importlib.metadata import version as _version
+
+VERSION = _version("modelport")
+HASHES_KEY = "modelport.source.sha256"
+
+
+def load(path: str | Path) -> Model:
+    """Any supported model (HF folder, .safetensors, .gguf) as the pivot; reads headers only."""
+    path = Path(path)
+    fmt = registry.detect(path)
+    native = fmt.read(path)
+    return gguf_map.from_gguf(native, path) if fmt.name == "gguf" else native
+
+
+@dataclass
+class Result:
+    src: str
+    dst: str
+    source_format: str
+    target_format: str
+    dtype: str | None
+    tensors: int
+    bytes_written: int
+    provenance: dict = field(default_factory=dict)
+
+
+def save(model: Model, dst: str | Path, to: str | None = None, dtype: str | None = None, force: bool = False,
+         provenance: dict[str, str] | None = None, hashes: SourceHashes | None = None,
+         progress: Callable[[int], None] | None = None) -> Result:
+    """Write the pivot as `to` (default: by DST's extension, else an HF folder), atomically."""
+    dst = Path(dst)
+    fmt = registry.for_output(dst, to)
+    dtype = parse_dtype(dtype)
+    prov = {"modelport.version": VERSION, **(provenance or {})}
+    late = Late(HASHES_KEY, hashes.placeholder, hashes.text) if hashes else None
+    if fmt.name == "gguf":
+        arch, kv, tensors = gguf_map.to_gguf(model, dtype, prov, dst)
+        total = sum(r.nbytes for _, r in tensors)
+        with atomic_output(dst, force) as partial:
+            fmt.write(partial, arch, kv, tensors, late=late, progress=progress)
+    else:
+        out = gguf_map.to_hf(model, dtype)
+        tensors = list(out.tensors.items())
+        total = sum(r.nbytes for _, r in tensors)
+        with atomic_output(dst, force) as partial:
+            fmt.write(partial, out, prov, late=late, bare=dst.suffix == ".safetensors", progress=progress)
+    return Result("", str(dst), model.metadata.get("format", ""), fmt.name, dtype, len(tensors), total, prov)
+
+
+def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str | None = None, force: bool = False,
+            progress: Callable[[int], None] | None = None) -> Result:
+    """SRC -> DST through the pivot, streaming, with provenance (tool version, source format and sha256s, options)."""
+    model = load(src)
+    options = {"to": to, "dtype": dtype}
+    prov = {"modelport.source.format": model.metadata["format"],
+            "modelport.options": json.dumps({k: v for k, v in options.items() if v is not None}, sort_keys=True)}
+    result = save(model, dst, to, dtype, force, prov, SourceHashes(model.metadata["source_files"]), progress)
+    result.src = str(src)
+    return result

@@ -1,0 +1,1 @@
+"""Small inputs for the demo, docs and tests, made by code (never downloaded)."""

