@@ -1,7 +1,8 @@
-"""GGUF files through gguf-py: its reader for headers, metadata and tensor infos, its writer for the header; tensor
-bytes are read with pread and written a row block at a time, so neither direction holds a whole model."""
+"""GGUF files: gguf-py's writer and type tables, a fast checked header parser of our own; tensor bytes are read with
+pread and written a row block at a time, so neither direction holds a whole model."""
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from dataclasses import dataclass, field
@@ -9,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from .errors import BadInput
 from .hashing import Late
-from .model import FileSlice, TensorRef
+from .model import NUMPY_DTYPES, FileSlice, TensorRef
 from .registry import Format
 
 SPLIT = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
@@ -41,50 +42,117 @@ def sniff(path: Path) -> bool:
         return f.read(4) == struct.pack("<I", GGUF_MAGIC)
 
 
-def _check_counts(path: Path) -> None:
-    """Refuse absurd tensor and metadata counts before gguf-py sizes anything by them."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24:
-        raise BadInput(path, f"truncated: {size} bytes is shorter than a GGUF header")
-    magic, version, n_tensors, n_kv = struct.unpack("<IIQQ", head)
-    if magic != GGUF_MAGIC:
-        raise BadInput(path, "not a GGUF file (bad magic)")
-    if version not in (2, 3):
-        raise BadInput(path, f"GGUF version {version} is not supported (2 and 3 are)")
-    if n_kv * MIN_KV_BYTES > size or n_tensors * MIN_TI_BYTES > size:
-        raise BadInput(path, f"header claims {n_tensors} tensors and {n_kv} metadata keys, "
-                             f"more than a file of {size} bytes can hold")
+_SCALARS = {GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
+            GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
+            GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
+            GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d"}
+_NUMPY = {t: np.dtype(f) for t, f in _SCALARS.items()}
+MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+class _Cursor:
+    """Parses GGUF's header, metadata and tensor infos from a memory map, checking every length against the file
+    before using it. Hand-written because gguf-py's GGUFReader builds a numpy view per string and takes ~20 s on
+    a 128k-token vocabulary; the layout and type codes are gguf-py's."""
+
+    def __init__(self, path: Path, buf: mmap.mmap):
+        self.path, self.buf, self.pos = path, buf, 0
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise BadInput(self.path, f"truncated or corrupt: {what} runs past the end of the file")
+        view = memoryview(self.buf)[self.pos:self.pos + n]
+        self.pos += n
+        return view
+
+    def scalar(self, vtype: GGUFValueType, what: str):
+        fmt = _SCALARS[vtype]
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        n = self.scalar(GGUFValueType.UINT64, what)
+        raw = self.take(n, what)
+        try:
+            return str(raw, "utf-8")
+        except UnicodeDecodeError:
+            raise BadInput(self.path, f"{what} is not valid UTF-8") from None
+
+    def vtype(self, what: str) -> GGUFValueType:
+        code = self.scalar(GGUFValueType.UINT32, what)
+        try:
+            return GGUFValueType(code)
+        except ValueError:
+            raise BadInput(self.path, f"{what} has unknown value type {code}") from None
+
+    def value(self, vtype: GGUFValueType, what: str):
+        if vtype == GGUFValueType.STRING:
+            return self.string(what)
+        if vtype != GGUFValueType.ARRAY:
+            return self.scalar(vtype, what)
+        sub = self.vtype(what)
+        count = self.scalar(GGUFValueType.UINT64, what)
+        if sub in _NUMPY:
+            raw = self.take(count * _NUMPY[sub].itemsize, what)
+            return np.frombuffer(raw, dtype=_NUMPY[sub]).tolist()
+        if count * 8 > len(self.buf) - self.pos:  # every string or array element takes at least 8 bytes
+            raise BadInput(self.path, f"{what} claims {count} elements, more than the file can hold")
+        return [self.value(sub, what) for _ in range(count)]
 
 
 def _read_one(path: Path) -> GGUFContents:
-    _check_counts(path)
-    try:
-        reader = GGUFReader(path)
-    except Exception as e:  # gguf-py raises ValueError, struct.error, IndexError ... on malformed input
-        raise BadInput(path, f"malformed GGUF: {e}") from None
-    kv = {}
-    for name, f in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue  # the reader's own pseudo-fields (version, counts)
-        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
-        kv[name] = (f.contents(), f.types[0], sub)
-    size, tensors, spans = path.stat().st_size, {}, []
-    for t in reader.tensors:
-        ggml_type = GGMLQuantizationType(t.tensor_type)
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        n_bytes = int(t.n_bytes)
-        if t.data_offset + n_bytes > size:
-            raise BadInput(path, f"tensor {t.name!r} runs past the end of the file (truncated?)")
-        spans.append((t.data_offset, t.data_offset + n_bytes, t.name))
-        block, _ = GGML_QUANT_SIZES[ggml_type]
-        if shape and shape[-1] % block:
-            raise BadInput(path, f"tensor {t.name!r}: row of {shape[-1]} is not a multiple of the "
-                                 f"{ggml_type.name} block size {block}")
-        stored_shape = shape if ggml_type.name in ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64") else \
-            (int(np.prod(shape[:-1], dtype=np.int64)), n_bytes // max(1, int(np.prod(shape[:-1], dtype=np.int64))))
-        tensors[t.name] = TensorRef(shape, ggml_type.name, FileSlice(path, t.data_offset, n_bytes), stored_shape)
+    size = path.stat().st_size
+    if size < 24:
+        raise BadInput(path, f"truncated: {size} bytes is shorter than a GGUF header")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        c = _Cursor(path, buf)
+        magic, version, n_tensors, n_kv = struct.unpack("<IIQQ", c.take(24, "header"))
+        if magic != GGUF_MAGIC:
+            raise BadInput(path, "not a GGUF file (bad magic)")
+        if version not in (2, 3):
+            raise BadInput(path, f"GGUF version {version} is not supported (2 and 3 are)")
+        if n_kv * MIN_KV_BYTES > size or n_tensors * MIN_TI_BYTES > size:
+            raise BadInput(path, f"header claims {n_tensors} tensors and {n_kv} metadata keys, "
+                                 f"more than a file of {size} bytes can hold")
+        kv = {}
+        for _ in range(n_kv):
+            key = c.string("a metadata key")
+            vtype = c.vtype(f"metadata {key!r}")
+            start = c.pos
+            value = c.value(vtype, f"metadata {key!r}")
+            sub = GGUFValueType(struct.unpack_from("<I", buf, start)[0]) if vtype == GGUFValueType.ARRAY else None
+            kv[key] = (value, vtype, sub)
+        infos = []
+        for _ in range(n_tensors):
+            name = c.string("a tensor name")
+            n_dims = c.scalar(GGUFValueType.UINT32, f"tensor {name!r}")
+            if not 0 < n_dims <= MAX_DIMS:
+                raise BadInput(path, f"tensor {name!r} has {n_dims} dimensions")
+            dims = [c.scalar(GGUFValueType.UINT64, f"tensor {name!r}") for _ in range(n_dims)]
+            code = c.scalar(GGUFValueType.UINT32, f"tensor {name!r}")
+            offset = c.scalar(GGUFValueType.UINT64, f"tensor {name!r}")
+            try:
+                qtype = GGMLQuantizationType(code)
+            except ValueError:
+                raise BadInput(path, f"tensor {name!r} has unknown type {code}") from None
+            infos.append((name, tuple(reversed(dims)), qtype, offset))
+        align = kv.get("general.alignment", (32,))[0]
+        data_start = -(-c.pos // align) * align
+    tensors, spans = {}, []
+    for name, shape, qtype, offset in infos:
+        if name in tensors:
+            raise BadInput(path, f"tensor {name!r} appears twice")
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        if shape[-1] % block:
+            raise BadInput(path, f"tensor {name!r}: row of {shape[-1]} is not a multiple of the "
+                                 f"{qtype.name} block size {block}")
+        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        n_bytes = rows * (shape[-1] // block) * type_size
+        begin = data_start + offset
+        if begin + n_bytes > size:
+            raise BadInput(path, f"tensor {name!r} runs past the end of the file (truncated?)")
+        spans.append((begin, begin + n_bytes, name))
+        stored_shape = shape if qtype.name in NUMPY_DTYPES else (rows, n_bytes // max(1, rows))
+        tensors[name] = TensorRef(shape, qtype.name, FileSlice(path, begin, n_bytes), stored_shape)
     spans.sort()
     for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
         if b1 < e0:

@@ -74,6 +74,8 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0) ->
     from transformers import AutoConfig, AutoModelForCausalLM
 
     out = Path(out)
+    if (out / "config.json").exists():  # made already (same family, seed and dtype give the same bytes)
+        return out
     out.mkdir(parents=True, exist_ok=True)
     cfg = dict(CONFIGS[family])
     config = AutoConfig.for_model(cfg.pop("model_type"), **SHRUNK, **cfg)

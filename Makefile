@@ -1,0 +1,38 @@
+# modelport: `make demo` converts a built-in sample model and runs it in llama.cpp; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SAMPLE := samples/out
+
+# llama-cpp-python builds llama.cpp from source. On x86-64 we build it for portable AVX2 instead of -march=native:
+# on CPUs with AMX, ggml's AMX path crashes on quantized models (modelport also turns it off at load time).
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e '.[all]'
+	touch $@
+
+demo: setup
+	$(BIN)/python -m modelport.samples.tiny llama $(SAMPLE)/tiny-llama
+	$(BIN)/modelport convert $(SAMPLE)/tiny-llama $(SAMPLE)/tiny-llama-f16.gguf --dtype f16 --force
+	$(BIN)/modelport inspect $(SAMPLE)/tiny-llama-f16.gguf
+	$(BIN)/python -m modelport.samples.prompt $(SAMPLE)/tiny-llama-f16.gguf "The capital of France is"
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+bench: setup
+	$(BIN)/python bench/bench_convert.py
+
+clean:
+	rm -rf $(SAMPLE) bench/out .pytest_cache
