@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
+from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize
 
 from modelport.formats.errors import Unsupported
@@ -28,8 +29,16 @@ def _cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
     return quantize(to_f32(arr, src), GGMLQuantizationType.BF16).view(np.uint16).reshape(arr.shape)
 
 
+def dequantize(ref: TensorRef) -> TensorRef:
+    """A GGML block-quantized tensor as F32 rows, through gguf-py's dequantizers."""
+    qtype, n_per_row = GGMLQuantizationType[ref.result_dtype], ref.shape[-1]
+    return ref.map(lambda a: gguf_dequantize(a, qtype).reshape(-1, n_per_row), rowwise=True, dtype="F32")
+
+
 def cast(ref: TensorRef, dst: str) -> TensorRef:
-    """`ref` as `dst`, lazily; the same reference when nothing changes."""
+    """`ref` as float `dst`, lazily (quantized tensors are dequantized); the same reference when nothing changes."""
+    if ref.result_dtype not in FLOATS and ref.result_dtype in GGMLQuantizationType.__members__:
+        ref = dequantize(ref)
     src = ref.result_dtype
     if src == dst:
         return ref

@@ -12,8 +12,10 @@ from modelport.formats.errors import Unsupported
 from modelport.formats.gguf import GGUFContents
 from modelport.formats.model import MemorySlice, Model, TensorRef
 
-from . import archs, tokenizer
+from . import archs, quant_plan, tokenizer
 from .dtypes import FILE_TYPES, FLOATS, TORCH_NAMES, cast
+from .imatrix import Imatrix
+from .quantize import quantize
 
 KV = tuple[str, object, GGUFValueType, "GGUFValueType | None"]
 CONFIG_KEY = "modelport.source.config"  # the source config.json, for what GGUF keys cannot say (rope_scaling ...)
@@ -27,12 +29,27 @@ def default_gguf_dtype(model: Model) -> str:
     return "BF16" if first is not None and first.result_dtype == "BF16" else "F16"
 
 
-def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: Path | None = None
-            ) -> tuple[str, list[KV], list[tuple[str, TensorRef]]]:
+def lossless_dtype(model: Model) -> str:
+    """The precision of a lossless GGUF of this model, which llama-quantize would start from."""
+    first = next((r for r in model.tensors.values() if len(r.shape) > 1), None)
+    return first.result_dtype if first is not None and first.result_dtype in FLOATS else "F32"
+
+
+def _hparams(cfg: dict) -> dict:
+    """What llama.cpp's type choice looks at, from the normalised HF config."""
+    return {"n_layer": cfg["num_hidden_layers"], "n_head": cfg["num_attention_heads"],
+            "n_head_kv": cfg["num_key_value_heads"], "n_embd": cfg["hidden_size"],
+            "n_ff": cfg.get("intermediate_size", 0), "n_expert": cfg.get("num_local_experts", 0) or 0}
+
+
+def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: Path | None = None,
+            quant: str | None = None, imatrix: Imatrix | None = None
+            ) -> tuple[str, list[KV], list[tuple[str, TensorRef]], list[dict]]:
+    """GGUF arch, metadata, tensors (lazily cast or quantized) and, when quantizing, each tensor's type choice."""
     arch = archs.for_hf(model.arch, path)
     cfg = arch.normalize(model.config)
     names = arch.name_map(cfg["num_hidden_layers"])
-    dtype = dtype or default_gguf_dtype(model)
+    dtype = dtype or (lossless_dtype(model) if quant else default_gguf_dtype(model))
     tensors = [(name, MemorySlice.tensor(arr, "F32")) for name, arr in arch.extra_tensors(model.config).items()]
     tied = cfg.get("tie_word_embeddings", False)
     for hf_name, ref in model.tensors.items():
@@ -46,16 +63,21 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
         if ref.result_dtype not in FLOATS:
             raise Unsupported(path, f"tensor {hf_name!r} is {ref.result_dtype}; only float checkpoints convert")
         tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 else dtype)))
+    choices: list[dict] = []
+    file_type = int(FILE_TYPES[dtype])
+    if quant:
+        tensors, choices = quantize(tensors, arch.gguf_name, _hparams(cfg), quant, imatrix)
+        file_type = quant_plan.FILE_TYPE[quant]
     kv: list[KV] = [
         (Keys.General.NAME, model.metadata.get("name") or arch.name, GGUFValueType.STRING, None),
-        (Keys.General.FILE_TYPE, int(FILE_TYPES[dtype]), GGUFValueType.UINT32, None),
+        (Keys.General.FILE_TYPE, file_type, GGUFValueType.UINT32, None),
         (Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, GGUFValueType.UINT32, None),
     ]
     kv += [(k, v, t, None) for k, v, t in arch.gguf_kv(model.config)]
     kv += tokenizer.hf_to_gguf(model.tokenizer, model.config) if model.tokenizer else []
     kv.append((CONFIG_KEY, json.dumps(model.config, sort_keys=True), GGUFValueType.STRING, None))
     kv += [(k, v, GGUFValueType.STRING, None) for k, v in provenance.items()]
-    return arch.gguf_name, kv, tensors
+    return arch.gguf_name, kv, tensors, choices
 
 
 def _agrees(expected: list[tuple[str, object, GGUFValueType]], values: dict) -> bool:
@@ -93,7 +115,8 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
         if kind in arch.from_gguf:
             ref = ref.map(lambda a, fn=arch.from_gguf[kind]: fn(a, norm))
         tensors[hf] = ref
-    file_type = FILE_TYPE_DTYPES.get(values.get(Keys.General.FILE_TYPE))
+    # the HF dtype by default: the GGUF's own float precision, F16 for a quantized file
+    file_type = FILE_TYPE_DTYPES.get(values.get(Keys.General.FILE_TYPE), "F16")
     return Model(arch=arch.name, config=cfg, tensors=tensors,
                  tokenizer=tokenizer.gguf_to_hf(values) if "tokenizer.ggml.model" in values else {},
                  metadata={"format": "gguf", "source_files": contents.files, "name": values.get(Keys.General.NAME),
@@ -105,9 +128,6 @@ def to_hf(model: Model, dtype: str | None) -> Model:
     dtype = dtype or model.metadata.get("dtype")
     if dtype is None:
         return model
-    for name, ref in model.tensors.items():
-        if ref.result_dtype not in FLOATS:
-            raise Unsupported(None, f"tensor {name!r} is {ref.result_dtype}: dequantization is not supported yet")
     dtype_key = "dtype" if "dtype" in model.config else "torch_dtype"  # transformers 5 and 4 spellings
     config = {**model.config, dtype_key: TORCH_NAMES[dtype]}
     return Model(model.arch, config, {n: cast(r, dtype) for n, r in model.tensors.items()}, model.tokenizer,

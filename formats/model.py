@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 # Numpy has no bfloat16: BF16 tensors travel as their uint16 bit patterns.
 NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
@@ -103,7 +104,8 @@ class TensorRef:
         """Bytes of the result: elements x item size for plain dtypes, the stored blocks for quantized ones."""
         if self.result_dtype in NUMPY_DTYPES:
             return self.n_elements * np.dtype(NUMPY_DTYPES[self.result_dtype]).itemsize
-        return self.stored.nbytes
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[self.result_dtype]]
+        return self.n_elements // block * size
 
     @property
     def streams(self) -> bool:

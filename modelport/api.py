@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from modelport.convert import gguf_map
+from modelport.convert import gguf_map, quantize
+from modelport.convert import imatrix as imatrix_file
 from modelport.convert.dtypes import parse as parse_dtype
 from modelport.formats import registry
 from modelport.formats.atomic import atomic_output
+from modelport.formats.errors import Unsupported
 from modelport.formats.hashing import Late, SourceHashes
 from modelport.formats.model import Model
 
@@ -37,19 +39,25 @@ class Result:
     tensors: int
     bytes_written: int
     provenance: dict = field(default_factory=dict)
+    fallbacks: list = field(default_factory=list)  # tensors whose quant type fell back, and why
 
 
 def save(model: Model, dst: str | Path, to: str | None = None, dtype: str | None = None, force: bool = False,
-         provenance: dict[str, str] | None = None, hashes: SourceHashes | None = None,
-         progress: Callable[[int], None] | None = None) -> Result:
-    """Write the pivot as `to` (default: by DST's extension, else an HF folder), atomically."""
+         quant: str | None = None, imatrix: str | Path | None = None, provenance: dict[str, str] | None = None,
+         hashes: SourceHashes | None = None, progress: Callable[[int], None] | None = None) -> Result:
+    """Write the pivot as `to` (default: by DST's extension, else an HF folder), atomically; `quant` is a
+    llama.cpp preset (Q4_K_M, ...) for GGUF output, with an optional importance matrix file."""
     dst = Path(dst)
     fmt = registry.for_output(dst, to)
     dtype = parse_dtype(dtype)
+    quant = quantize.preset(quant) if quant else None
+    if quant and fmt.name != "gguf":
+        raise Unsupported(dst, f"--quant {quant} is a GGUF quantization; write a .gguf or pass --to gguf")
+    matrix = imatrix_file.load(imatrix) if imatrix else None
     prov = {"modelport.version": VERSION, **(provenance or {})}
     late = Late(HASHES_KEY, hashes.placeholder, hashes.text) if hashes else None
     if fmt.name == "gguf":
-        arch, kv, tensors = gguf_map.to_gguf(model, dtype, prov, dst)
+        arch, kv, tensors, choices = gguf_map.to_gguf(model, dtype, prov, dst, quant, matrix)
         total = sum(r.nbytes for _, r in tensors)
         with atomic_output(dst, force) as partial:
             fmt.write(partial, arch, kv, tensors, late=late, progress=progress)
@@ -59,16 +67,20 @@ def save(model: Model, dst: str | Path, to: str | None = None, dtype: str | None
         total = sum(r.nbytes for _, r in tensors)
         with atomic_output(dst, force) as partial:
             fmt.write(partial, out, prov, late=late, bare=dst.suffix == ".safetensors", progress=progress)
-    return Result("", str(dst), model.metadata.get("format", ""), fmt.name, dtype, len(tensors), total, prov)
+        choices = []
+    return Result("", str(dst), model.metadata.get("format", ""), fmt.name, quant or dtype, len(tensors), total, prov,
+                  [c for c in choices if c["fallback"]])
 
 
 def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str | None = None, force: bool = False,
+            quant: str | None = None, imatrix: str | Path | None = None,
             progress: Callable[[int], None] | None = None) -> Result:
     """SRC -> DST through the pivot, streaming, with provenance (tool version, source format and sha256s, options)."""
     model = load(src)
-    options = {"to": to, "dtype": dtype}
+    options = {"to": to, "dtype": dtype, "quant": quant, "imatrix": Path(imatrix).name if imatrix else None}
     prov = {"modelport.source.format": model.metadata["format"],
             "modelport.options": json.dumps({k: v for k, v in options.items() if v is not None}, sort_keys=True)}
-    result = save(model, dst, to, dtype, force, prov, SourceHashes(model.metadata["source_files"]), progress)
+    result = save(model, dst, to, dtype, force, quant, imatrix, prov, SourceHashes(model.metadata["source_files"]),
+                  progress)
     result.src = str(src)
     return result

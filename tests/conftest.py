@@ -10,14 +10,14 @@ from modelport.samples import tiny
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
-    """(family, torch dtype) -> HF folder, made on first use."""
-    made: dict[tuple[str, str], Path] = {}
+    """(family, torch dtype, shape) -> HF folder, made on first use."""
+    made: dict[tuple[str, str, str], Path] = {}
     root = tmp_path_factory.mktemp("hf")
 
-    def get(family: str, dtype: str = "float32") -> Path:
-        key = (family, dtype)
+    def get(family: str, dtype: str = "float32", shape: str = "tiny") -> Path:
+        key = (family, dtype, shape)
         if key not in made:
-            made[key] = tiny.make(family, root / f"{family}-{dtype}", dtype)
+            made[key] = tiny.make(family, root / f"{family}-{dtype}-{shape}", dtype, shape=shape)
         return made[key]
 
     return get
