@@ -74,10 +74,25 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
         (Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, GGUFValueType.UINT32, None),
     ]
     kv += [(k, v, t, None) for k, v, t in arch.gguf_kv(model.config)]
-    kv += tokenizer.hf_to_gguf(model.tokenizer, model.config) if model.tokenizer else []
+    if "gguf_tokenizer" in model.metadata:  # GGUF -> GGUF: llama.cpp's own tokenizer keys, verbatim
+        kv += model.metadata["gguf_tokenizer"]
+    elif model.tokenizer:
+        kv += tokenizer.hf_to_gguf(model.tokenizer, model.config)
+    kv += imatrix_kv(imatrix) if quant and imatrix else []
     kv.append((CONFIG_KEY, json.dumps(model.config, sort_keys=True), GGUFValueType.STRING, None))
     kv += [(k, v, GGUFValueType.STRING, None) for k, v in provenance.items()]
     return arch.gguf_name, kv, tensors, choices
+
+
+def imatrix_kv(imatrix: Imatrix) -> list[KV]:
+    """The keys llama-quantize writes when given an importance matrix (tools/quantize/quantize.cpp)."""
+    kv: list[KV] = [("quantize.imatrix.file", str(imatrix.path), GGUFValueType.STRING, None)]
+    if imatrix.datasets:
+        kv.append(("quantize.imatrix.dataset", imatrix.datasets[0], GGUFValueType.STRING, None))
+    kv.append(("quantize.imatrix.entries_count", len(imatrix.values), GGUFValueType.INT32, None))
+    if imatrix.chunk_count:
+        kv.append(("quantize.imatrix.chunks_count", imatrix.chunk_count, GGUFValueType.INT32, None))
+    return kv
 
 
 def _agrees(expected: list[tuple[str, object, GGUFValueType]], values: dict) -> bool:
@@ -120,7 +135,9 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
     return Model(arch=arch.name, config=cfg, tensors=tensors,
                  tokenizer=tokenizer.gguf_to_hf(values) if "tokenizer.ggml.model" in values else {},
                  metadata={"format": "gguf", "source_files": contents.files, "name": values.get(Keys.General.NAME),
-                           "dtype": file_type})
+                           "dtype": file_type,
+                           "gguf_tokenizer": [(k, v, t, sub) for k, (v, t, sub) in contents.kv.items()
+                                              if k.startswith("tokenizer.")]})
 
 
 def to_hf(model: Model, dtype: str | None) -> Model:

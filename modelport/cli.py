@@ -97,14 +97,17 @@ def quantize(src: Path, dst: Path, quant, imatrix, force, as_json) -> None:
 def _print_inspect(info: dict) -> None:
     out.print(f"[bold]{info['path']}[/]  format={info['format']}  arch={info['arch']}  "
               f"parameters={info['parameters']:,}  dtypes={info['dtypes']}")
+    size = info["size"]
+    out.print(f"size: {size['tensor_bytes'] / 1e6:,.1f} MB of tensors, {size['bits_per_weight']} bits per weight; "
+              + ", ".join(f"{t} {b / 1e6:,.1f} MB" for t, b in size["bytes_by_type"].items()))
     out.print(f"tokenizer: {info['tokenizer']}")
     meta = Table("key", "value", title="metadata", show_lines=False)
     for k, v in info["metadata"].items():
         meta.add_row(k, json.dumps(v, default=str)[:120])
     out.print(meta)
-    table = Table("name", "shape", "dtype", "bytes", title=f"{len(info['tensors'])} tensors")
+    table = Table("name", "shape", "type", "bpw", "bytes", title=f"{len(info['tensors'])} tensors")
     for t in info["tensors"]:
-        table.add_row(t["name"], "x".join(map(str, t["shape"])), t["dtype"], f"{t['bytes']:,}")
+        table.add_row(t["name"], "x".join(map(str, t["shape"])), t["dtype"], f"{t['bpw']:g}", f"{t['bytes']:,}")
     out.print(table)
 
 

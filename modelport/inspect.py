@@ -21,9 +21,20 @@ def _short(value):
 
 
 def _tensors(items) -> tuple[list[dict], int, dict]:
-    rows = [{"name": n, "shape": list(r.shape), "dtype": r.dtype, "bytes": r.nbytes} for n, r in items]
+    rows = [{"name": n, "shape": list(r.shape), "dtype": r.dtype, "bytes": r.nbytes,
+             "bpw": round(8 * r.nbytes / max(1, r.n_elements), 4)} for n, r in items]
     params = sum(r.n_elements for _, r in items)
     return rows, params, dict(Counter(r["dtype"] for r in rows))
+
+
+def _sizes(rows: list[dict], params: int) -> dict:
+    """Bytes per storage type and the whole file's bits per weight (tensor data only)."""
+    by_type: Counter = Counter()
+    for r in rows:
+        by_type[r["dtype"]] += r["bytes"]
+    total = sum(by_type.values())
+    return {"tensor_bytes": total, "bits_per_weight": round(8 * total / max(1, params), 4),
+            "bytes_by_type": dict(by_type.most_common())}
 
 
 def _gguf(path: Path) -> dict:
@@ -39,7 +50,8 @@ def _gguf(path: Path) -> dict:
            "eos_id": kv.get("tokenizer.ggml.eos_token_id")}
     meta = {k: _short(v) for k, v in kv.items() if not k.startswith("tokenizer.ggml.")}
     return {"format": "gguf", "arch": arch, "gguf_arch": kv.get("general.architecture"), "files": len(c.files),
-            "parameters": params, "dtypes": dtypes, "tensors": rows, "tokenizer": tok, "metadata": meta}
+            "parameters": params, "dtypes": dtypes, "size": _sizes(rows, params), "tensors": rows, "tokenizer": tok,
+            "metadata": meta}
 
 
 def _safetensors(path: Path) -> dict:
@@ -52,7 +64,7 @@ def _safetensors(path: Path) -> dict:
     meta = {"config": m.config, **({"safetensors": m.metadata["safetensors_metadata"]}
                                    if m.metadata["safetensors_metadata"] else {})}
     return {"format": "safetensors", "arch": m.arch, "files": len(m.metadata["source_files"]), "parameters": params,
-            "dtypes": dtypes, "tensors": rows, "tokenizer": tok, "metadata": meta}
+            "dtypes": dtypes, "size": _sizes(rows, params), "tensors": rows, "tokenizer": tok, "metadata": meta}
 
 
 READERS = {"gguf": _gguf, "safetensors": _safetensors}

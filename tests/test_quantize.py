@@ -127,3 +127,38 @@ def test_q4_k_m_back_to_hf_is_gguf_py_dequantization(checkpoints, tmp_path, mixe
     ref = Transformers(back)
     ids = ref.tokenize(mixed_text)
     assert np.isfinite(ref.logits(ids)).all()
+
+
+@pytest.fixture(scope="module")
+def q4_k_m_of_lossless(model_dirs, tmp_path_factory):
+    """`modelport quantize` on our lossless GGUF, and llama-quantize on the same file."""
+    _, lossless, ids, ref_logits = model_dirs[("llama", "float32", "wide")]
+    d = tmp_path_factory.mktemp("requant")
+    ours, theirs = d / "ours.gguf", d / "theirs.gguf"
+    r = run_cli("quantize", lossless, ours, "--quant", "Q4_K_M")
+    assert r.returncode == 0, r.stderr
+    llama_quantize(lossless, theirs, "Q4_K_M")
+    return ours, theirs
+
+
+def test_quantize_command_on_a_gguf_equals_llama_quantize(q4_k_m_of_lossless):
+    ours, theirs = q4_k_m_of_lossless
+    a, b = gguf.read(ours), gguf.read(theirs)
+    assert list(a.tensors) == list(b.tensors)
+    for name, ta in a.tensors.items():
+        assert ta.dtype == b.tensors[name].dtype and ta.stored.read() == b.tensors[name].stored.read(), name
+    meta = lambda c: {k: v for k, v in c.kv.items() if not k.startswith("modelport.")}  # noqa: E731
+    assert meta(a) == meta(b)
+
+
+def test_inspect_shows_quant_types_bits_per_weight_and_sizes(q4_k_m_of_lossless):
+    import json
+    r = run_cli("inspect", q4_k_m_of_lossless[0], "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert {"Q4_K", "Q6_K", "F32"} <= set(info["size"]["bytes_by_type"])
+    assert sum(info["size"]["bytes_by_type"].values()) == info["size"]["tensor_bytes"]
+    assert 4.5 < info["size"]["bits_per_weight"] < 6.6
+    bpw = {t["dtype"]: t["bpw"] for t in info["tensors"]}
+    assert bpw["Q4_K"] == 4.5 and bpw["Q6_K"] == 6.5625 and bpw["F32"] == 32
+    assert info["metadata"]["general.file_type"] == quant_plan.FILE_TYPE["Q4_K_M"]
