@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Benchmark: HF safetensors -> GGUF f16 on a Llama-3.2-1B-shaped checkpoint (2.47 GB bf16).
+
+Makes the checkpoint with ../shared/bench/make_bench_model.py (once, into bench/models/l32-1b), then in the
+same run and on the same input times `cp -r` of the input folder and `modelport convert ... --dtype f16`,
+alternately, and measures the converter's peak RSS (os.wait4 on the child).
+
+Targets: convert wall <= 1.5x cp wall; peak RSS <= 0.3x the input size.
+
+    .venv/bin/python bench/bench_convert.py            # table
+    .venv/bin/python bench/bench_convert.py --json     # figures as JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+MAKER = REPO.parent / "shared" / "bench" / "make_bench_model.py"
+MODELS = BENCH / "models"
+OUT = BENCH / "out"
+SHAPE = "llama3.2-1b"
+WALL_TARGET = 1.5  # convert wall / cp wall
+RSS_TARGET = 0.3  # peak RSS / input bytes
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_model(path: Path) -> Path:
+    if (path / "config.json").exists() and any(path.glob("*.safetensors")):
+        return path
+    if not MAKER.exists():
+        sys.exit(f"bench: {MAKER} not found")
+    tmp = path.with_name(path.name + ".partial-make")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"making {path} with {MAKER.name} --shape {SHAPE} (a minute or two)")
+    subprocess.run([sys.executable, str(MAKER), "--shape", SHAPE, "--out", str(tmp)], check=True)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def modelport_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("modelport")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from modelport.cli import main; sys.exit(main())"]
+
+
+def run(cmd: list[str]) -> tuple[float, int]:
+    """Run cmd; return (wall seconds, peak RSS bytes of the child)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{err}")
+    return wall, ru.ru_maxrss * 1024  # ru_maxrss is KiB on Linux
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions of each of cp and convert (default 3)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--keep", action="store_true", help="keep bench/out/ (the .gguf) afterwards")
+    a = ap.parse_args()
+
+    src = ensure_model(MODELS / "l32-1b")
+    in_bytes = dir_bytes(src)
+    OUT.mkdir(parents=True, exist_ok=True)
+    copy = OUT / "cp-copy"
+    gguf = OUT / "l32-1b-f16.gguf"
+    cp = ["cp", "-r", str(src), str(copy)]
+    conv = modelport_cmd() + ["convert", str(src), str(gguf), "--dtype", "f16", "--force"]
+
+    def timed_cp() -> float:
+        shutil.rmtree(copy, ignore_errors=True)
+        os.sync()
+        wall, _ = run(cp)
+        shutil.rmtree(copy, ignore_errors=True)
+        return wall
+
+    def timed_convert() -> tuple[float, int]:
+        gguf.unlink(missing_ok=True)
+        os.sync()
+        return run(conv)
+
+    load_start = os.getloadavg()[0]
+    if load_start > 0.5:
+        log(f"warning: 1-minute load average is {load_start:.2f}; other work on the machine skews the timings")
+    log("warming the page cache (untimed cp)")
+    timed_cp()
+    cp_walls, conv_walls, rsss = [], [], []
+    for i in range(a.reps):
+        cp_walls.append(timed_cp())
+        log(f"rep {i + 1}: cp {cp_walls[-1]:.2f} s")
+        w, r = timed_convert()
+        conv_walls.append(w)
+        rsss.append(r)
+        log(f"rep {i + 1}: convert {w:.2f} s, peak RSS {r / 1e9:.3f} GB")
+    out_bytes = gguf.stat().st_size
+    if not a.keep:
+        shutil.rmtree(OUT, ignore_errors=True)
+
+    cp_best, conv_best, rss_peak = min(cp_walls), min(conv_walls), max(rsss)
+    res = {
+        "input": str(src.relative_to(REPO)), "input_bytes": in_bytes, "output_bytes": out_bytes,
+        "command": " ".join(["modelport"] + conv[len(modelport_cmd()):]).replace(str(REPO) + "/", ""),
+        "cp_wall_s": cp_walls, "convert_wall_s": conv_walls, "convert_peak_rss_bytes": rsss,
+        "cp_best_s": cp_best, "convert_best_s": conv_best,
+        "cp_median_s": statistics.median(cp_walls), "convert_median_s": statistics.median(conv_walls),
+        "wall_ratio": conv_best / cp_best,
+        "wall_ratio_median": statistics.median(conv_walls) / statistics.median(cp_walls),
+        "peak_rss_bytes": rss_peak, "rss_ratio": rss_peak / in_bytes,
+        "wall_target": WALL_TARGET, "rss_target": RSS_TARGET,
+        "wall_pass": conv_best / cp_best <= WALL_TARGET, "rss_pass": rss_peak / in_bytes <= RSS_TARGET,
+        "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return
+    ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
+    fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    rows = [
+        ("input size", f"{in_bytes / 1e9:.3f} GB"),
+        ("output size", f"{out_bytes / 1e9:.3f} GB"),
+        ("cp wall (best)", f"{cp_best:.2f} s   median {res['cp_median_s']:.2f}   all [{fmt(cp_walls)}]"),
+        ("convert wall (best)", f"{conv_best:.2f} s   median {res['convert_median_s']:.2f}   all [{fmt(conv_walls)}]"),
+        ("convert / cp (best)", f"{res['wall_ratio']:.2f}x   target <= {WALL_TARGET}x  {ok(res['wall_pass'])}"),
+        ("convert / cp (median)", f"{res['wall_ratio_median']:.2f}x"),
+        ("peak RSS (max)", f"{rss_peak / 1e9:.3f} GB   [{fmt([r / 1e9 for r in rsss])}]"),
+        ("RSS / input", f"{res['rss_ratio']:.2f}x   target <= {RSS_TARGET}x  {ok(res['rss_pass'])}"),
+    ]
+    rows.append(("load avg start/end", "%.2f / %.2f" % tuple(res["loadavg_1min_start_end"])))
+    w = max(len(k) for k, _ in rows)
+    print(f"modelport convert HF -> GGUF f16, {SHAPE}, {os.cpu_count()} CPUs, {res['date']}")
+    for k, v in rows:
+        print(f"  {k:<{w}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
