@@ -10,6 +10,7 @@ from typing import IO
 
 import numpy as np
 
+from .atomic import WriteBehind
 from .errors import BadInput, Unsupported
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, Model, TensorRef
@@ -133,8 +134,9 @@ def write_file(path: Path, tensors: list[tuple[str, TensorRef]], meta: dict[str,
     hb = _header(tensors, {**meta, late.key: late.placeholder} if late else meta)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(hb)) + hb)
+        behind = WriteBehind(f)
         for _, ref in tensors:
-            _write_tensor(f, ref, progress)
+            _write_tensor(f, ref, behind, progress)
         if late:
             final = _header(tensors, {**meta, late.key: late.value()})
             assert len(final) == len(hb), "a late value must keep its placeholder's length"
@@ -142,11 +144,12 @@ def write_file(path: Path, tensors: list[tuple[str, TensorRef]], meta: dict[str,
             f.write(final)
 
 
-def _write_tensor(f: IO[bytes], ref: TensorRef, progress) -> None:
+def _write_tensor(f: IO[bytes], ref: TensorRef, behind: WriteBehind, progress) -> None:
     for chunk in ref.chunks():
         if chunk.dtype != NUMPY_DTYPES[ref.result_dtype]:
             raise Unsupported(f.name, f"tensor stored as {chunk.dtype}, expected {ref.result_dtype}")
         f.write(np.ascontiguousarray(chunk).data)
+        behind()
         if progress:
             progress(chunk.nbytes)
 

@@ -1,0 +1,59 @@
+"""What the benchmarks share: the Llama-3.2-1B-shaped checkpoint (made with ../shared/bench/make_bench_model.py),
+running a command as a child with its wall time and peak RSS, and the modelport command line."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+MAKER = REPO.parent / "shared" / "bench" / "make_bench_model.py"
+MODELS = BENCH / "models"
+OUT = BENCH / "out"
+SHAPE = "llama3.2-1b"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_model(path: Path = MODELS / "l32-1b") -> Path:
+    if (path / "config.json").exists() and any(path.glob("*.safetensors")):
+        return path
+    if not MAKER.exists():
+        sys.exit(f"bench: {MAKER} not found")
+    tmp = path.with_name(path.name + ".partial-make")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"making {path} with {MAKER.name} --shape {SHAPE} (a minute or two)")
+    subprocess.run([sys.executable, str(MAKER), "--shape", SHAPE, "--out", str(tmp)], check=True)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def modelport_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("modelport")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from modelport.cli import main; sys.exit(main())"]
+
+
+def run(cmd: list[str], **kw) -> tuple[float, int]:
+    """Run cmd; return (wall seconds, peak RSS bytes of the child)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, ru.ru_maxrss * 1024  # ru_maxrss is KiB on Linux
