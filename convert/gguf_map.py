@@ -60,8 +60,6 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
         kind, gguf_name = names[hf_name]
         if kind in arch.to_gguf:
             ref = ref.map(lambda a, fn=arch.to_gguf[kind]: fn(a, cfg))
-        if ref.result_dtype not in FLOATS:
-            raise Unsupported(path, f"tensor {hf_name!r} is {ref.result_dtype}; only float checkpoints convert")
         tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 else dtype)))
     choices: list[dict] = []
     file_type = int(FILE_TYPES[dtype])

@@ -21,11 +21,12 @@ MODELS = [("llama", "float32", "tiny"), ("mistral", "float32", "tiny"), ("qwen2"
 LOSSLESS = {"float32": "f32", "bfloat16": "bf16"}
 
 
-def llama_quantize(src, dst, preset: str) -> None:
+def llama_quantize(src, dst, preset: str, allow_requantize: bool = False) -> None:
     lc = llama_cpp()
     params = lc.llama_model_quantize_default_params()
     params.ftype = quant_plan.PRESETS[preset]
     params.nthread = 2
+    params.allow_requantize = allow_requantize
     assert lc.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
 
 
@@ -162,3 +163,17 @@ def test_inspect_shows_quant_types_bits_per_weight_and_sizes(q4_k_m_of_lossless)
     bpw = {t["dtype"]: t["bpw"] for t in info["tensors"]}
     assert bpw["Q4_K"] == 4.5 and bpw["Q6_K"] == 6.5625 and bpw["F32"] == 32
     assert info["metadata"]["general.file_type"] == quant_plan.FILE_TYPE["Q4_K_M"]
+
+
+def test_requantizing_a_quantized_gguf_equals_llama_quantize(checkpoints, tmp_path):
+    """Q8_0 -> Q4_0 dequantizes through gguf-py and quantizes through ggml: llama-quantize --allow-requantize's
+    bytes."""
+    q8, ours, theirs = tmp_path / "q8.gguf", tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    api.convert(checkpoints("llama", "float32", "wide"), q8, quant="Q8_0")
+    r = run_cli("quantize", q8, ours, "--quant", "Q4_0")
+    assert r.returncode == 0, r.stderr
+    llama_quantize(q8, theirs, "Q4_0", allow_requantize=True)
+    a, b = gguf.read(ours), gguf.read(theirs)
+    assert list(a.tensors) == list(b.tensors)
+    for name, ta in a.tensors.items():
+        assert ta.dtype == b.tensors[name].dtype and ta.stored.read() == b.tensors[name].stored.read(), name
