@@ -86,7 +86,6 @@ def main() -> None:
     w2, r2 = run([sys.executable, "-c", QUANTIZE, str(bf16), str(theirs), a.quant])
     os.sync()
     log(f"modelport: convert --quant {a.quant}")
-    t0 = time.perf_counter()
     w3, r3 = run(modelport_cmd() + ["convert", str(src), str(ours), "--quant", a.quant])
     same = compare(ours, theirs)
     res = {

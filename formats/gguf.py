@@ -242,14 +242,7 @@ def write(path: Path, arch: str, kv: list[tuple[str, Any, GGUFValueType, GGUFVal
     behind = WriteBehind(f)
     for name, ref in tensors:
         w.write_padding(f, f.tell())
-        written = 0
-        for chunk in ref.chunks():
-            f.write(np.ascontiguousarray(chunk).data)
-            written += chunk.nbytes
-            behind()
-            if progress:
-                progress(chunk.nbytes)
-        w.write_padding(f, written)
+        w.write_padding(f, ref.write_to(f, progress, behind))
     if late:
         value = late.value().encode()
         assert len(value) == len(late.placeholder.encode()), "a late value must keep its placeholder's length"

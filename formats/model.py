@@ -5,13 +5,14 @@ peak memory is bounded by a row chunk of the largest tensor, never by the model.
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -21,6 +22,7 @@ NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16":
                 "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 CHUNK_BYTES = 4 << 20  # row blocks of about 4 MiB: cache-friendly, and few page faults per block
+NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 PREFETCH = 2 * (os.cpu_count() or 1)  # row blocks read and transformed ahead of the writer
 
 
@@ -166,6 +168,44 @@ class TensorRef:
             return self._apply(self._decode(raw, n), True)
 
         yield from _ordered(block, range(0, self.n_rows, rows_per))
+
+    def write_to(self, f: IO[bytes], progress: Callable[[int], None] | None = None,
+                 after_block: Callable[[], None] | None = None) -> int:
+        """Stream the result into `f`; bytes that pass through unchanged are copied file to file in the kernel
+        (copy_file_range, as cp does), everything else a row block at a time. Returns the bytes written."""
+        if not self.transforms and isinstance(self.stored, FileSlice) and hasattr(os, "copy_file_range"):
+            start = f.tell()
+            try:
+                return self._copy_to(f, progress, after_block)
+            except OSError as e:
+                if e.errno not in NO_KERNEL_COPY:
+                    raise
+                f.seek(start)  # this filesystem pair cannot: copy through user space instead
+        written = 0
+        for chunk in self.chunks():
+            f.write(np.ascontiguousarray(chunk).data)
+            written += chunk.nbytes
+            for hook in (after_block, progress and (lambda: progress(chunk.nbytes))):
+                if hook:
+                    hook()
+        return written
+
+    def _copy_to(self, f: IO[bytes], progress, after_block) -> int:
+        f.flush()
+        out = f.fileno()
+        with open(self.stored.path, "rb", buffering=0) as src:
+            pos, left, dst = self.stored.offset, self.stored.nbytes, f.tell()
+            while left:
+                n = os.copy_file_range(src.fileno(), out, min(left, CHUNK_BYTES * 16), pos, dst)
+                if n == 0:
+                    raise EOFError(f"{self.stored.path}: unexpected end of file at byte {pos}")
+                pos, dst, left = pos + n, dst + n, left - n
+                f.seek(dst)
+                if after_block:
+                    after_block()
+                if progress:
+                    progress(n)
+        return self.stored.nbytes
 
     def map(self, fn: Transform, rowwise: bool = False, shape: tuple[int, ...] | None = None,
             dtype: str | None = None) -> "TensorRef":

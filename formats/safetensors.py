@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
 from .atomic import WriteBehind
-from .errors import BadInput, Unsupported
+from .errors import BadInput
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, Model, TensorRef
 from .registry import Format
@@ -136,22 +135,12 @@ def write_file(path: Path, tensors: list[tuple[str, TensorRef]], meta: dict[str,
         f.write(struct.pack("<Q", len(hb)) + hb)
         behind = WriteBehind(f)
         for _, ref in tensors:
-            _write_tensor(f, ref, behind, progress)
+            ref.write_to(f, progress, behind)
         if late:
             final = _header(tensors, {**meta, late.key: late.value()})
             assert len(final) == len(hb), "a late value must keep its placeholder's length"
             f.seek(8)
             f.write(final)
-
-
-def _write_tensor(f: IO[bytes], ref: TensorRef, behind: WriteBehind, progress) -> None:
-    for chunk in ref.chunks():
-        if chunk.dtype != NUMPY_DTYPES[ref.result_dtype]:
-            raise Unsupported(f.name, f"tensor stored as {chunk.dtype}, expected {ref.result_dtype}")
-        f.write(np.ascontiguousarray(chunk).data)
-        behind()
-        if progress:
-            progress(chunk.nbytes)
 
 
 def _shards(tensors: list[tuple[str, TensorRef]], shard_bytes: int) -> list[list[tuple[str, TensorRef]]]:
