@@ -34,6 +34,9 @@ CONFIGS = {
     # Qwen2.5 0.5B, shrunk: QKV biases, tied embeddings; a byte-level BPE with Qwen2's pre-tokenizer regex.
     "qwen2": dict(model_type="qwen2", vocab_size=128256, max_position_embeddings=32768, rms_norm_eps=1e-6,
                   rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    # Qwen3 0.6B, shrunk: Q/K norms, no QKV biases, tied embeddings.
+    "qwen3": dict(model_type="qwen3", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
+                  rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
 }
 
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -98,7 +101,8 @@ def sentencepiece_tokenizer(out: Path, version: str = "v1") -> Path:
 
 
 TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
-              "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX)}
+              "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
+              "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX)}
 
 
 def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FAMILIES = ("llama", "mistral", "qwen2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:

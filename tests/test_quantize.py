@@ -17,6 +17,7 @@ from helpers import run_cli
 QUANTS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_NL"]
 # (family, torch dtype, shape): rows of 64 (not multiples of 256, K-quants fall back) and rows of 256
 MODELS = [("llama", "float32", "tiny"), ("mistral", "float32", "tiny"), ("qwen2", "float32", "tiny"),
+          ("qwen3", "float32", "tiny"),
           ("llama", "float32", "wide"), ("qwen2", "bfloat16", "wide")]
 LOSSLESS = {"float32": "f32", "bfloat16": "bf16"}
 
