@@ -117,7 +117,7 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
     cfg = _config(arch, contents)
     norm = arch.normalize(cfg)
     hf_names = {g: (kind, hf) for hf, (kind, g) in arch.name_map(norm["num_hidden_layers"]).items()}
-    extra = set(arch.extra_tensors(cfg))
+    extra = set(arch.derived)
     tensors = {}
     for gguf_name, ref in contents.tensors.items():
         if gguf_name in extra:

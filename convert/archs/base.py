@@ -34,6 +34,7 @@ class Arch:
     to_gguf: dict[MODEL_TENSOR, Transform] = field(default_factory=dict)
     from_gguf: dict[MODEL_TENSOR, Transform] = field(default_factory=dict)
     extra_tensors: Callable[[dict], dict[str, np.ndarray]] = lambda cfg: {}  # GGUF-only tensors made from config
+    derived: tuple[str, ...] = ()  # names extra_tensors may make: skipped on the way back, whatever the config
     hf_defaults: dict[str, Any] = field(default_factory=dict)  # fixed config.json fields for GGUF -> HF
     also_hf_types: tuple[str, ...] = ()  # other model_type values this module reads
 

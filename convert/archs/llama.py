@@ -89,5 +89,6 @@ def llama3_rope_freqs(config: dict) -> dict[str, np.ndarray]:
 ARCH = Arch(
     name="llama", hf_class="LlamaForCausalLM", gguf_arch=MODEL_ARCH.LLAMA, hparams=HPARAMS,
     tensors=TENSORS + QKV_BIASES, normalize=normalize, to_gguf=TO_GGUF, from_gguf=FROM_GGUF,
-    extra_tensors=llama3_rope_freqs, hf_defaults={"hidden_act": "silu"},
+    extra_tensors=llama3_rope_freqs, derived=(TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight",),
+    hf_defaults={"hidden_act": "silu"},
 )
