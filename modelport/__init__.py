@@ -2,11 +2,11 @@
 from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = ["convert", "load", "save", "__version__"]
+__all__ = ["convert", "load", "save", "validate", "__version__"]
 
 
 def __getattr__(name: str):
     """The API is imported on first use, so `modelport.formats` and friends load without the whole stack."""
-    if name in ("convert", "load", "save"):
+    if name in ("convert", "load", "save", "validate"):
         return getattr(import_module("modelport.api"), name)
     raise AttributeError(name)

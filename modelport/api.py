@@ -84,3 +84,12 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str 
                   progress)
     result.src = str(src)
     return result
+
+
+def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
+             min_top1: float | None = None, max_ppl_ratio: float | None = None):
+    """REF (reference, fp32) vs CAND on their own runtimes over the same token ids -> validators.parity.Report
+    (the fields of `modelport validate --json`); `texts` name -> text, default the built-in ones."""
+    from modelport.validators.parity import validate as run
+
+    return run(ref, cand, texts, max_kl, min_top1, max_ppl_ratio)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
 
@@ -140,3 +141,93 @@ def archs_cmd(as_json: bool) -> None:
              "paths": ["safetensors->gguf", "gguf->safetensors"]} for a in archs.registry().values()]
     _emit(rows, as_json, lambda rs: [out.print(f"{r['name']:10} {r['hf_class']:22} gguf:{r['gguf_arch']:8} "
                                                f"{', '.join(r['paths'])}") for r in rs])
+
+
+def _print_validate(rep: dict) -> None:
+    ref, cand = rep["reference"], rep["candidate"]
+    out.print(f"reference {ref['path']} ({ref['runtime']})  vs  candidate {cand['path']} ({cand['runtime']}, "
+              f"{cand['type']}, gates of tier {rep['tier']})")
+    texts = Table("text", "tokens", "KL mean", "KL p99", "KL max", "top-1", "max |dlogit|", "ppl ref", "ppl cand",
+                  "ppl ratio", "tokenizer", title="per text")
+    for t in rep["texts"] + [{"name": "overall", "tokens": rep["overall"]["positions"], **rep["overall"]}]:
+        tok = t.get("tokenizer")
+        mark = "" if tok is None else "same" if tok["match"] else \
+            f"[red]differs at {tok['first_mismatch']['position']}: {tok['first_mismatch']['ref_id']} vs " \
+            f"{tok['first_mismatch']['cand_id']}[/]"
+        texts.add_row(t["name"], str(t["tokens"]), f"{t['kl_mean']:.3g}", f"{t['kl_p99']:.3g}", f"{t['kl_max']:.3g}",
+                      f"{t['top1']:.3f}", f"{t['max_abs_diff']:.3g}", f"{t['ppl_ref']:.4g}", f"{t['ppl_cand']:.4g}",
+                      f"{t['ppl_ratio']:.4f}", mark)
+    out.print(texts)
+    gates = Table("gate", "value", "limit", "result", title="gates")
+    for name, g in rep["gates"].items():
+        gates.add_row(name, f"{g['value']:.4g}", f"{g['limit']:.4g}", "[green]pass[/]" if g["passed"] else
+                      f"[red]FAIL[/] {g['detail'] if name == 'tokenizer' else ''}")
+    out.print(gates)
+    out.print("[green]PASS[/]" if rep["passed"] else f"[red]FAIL[/]: {', '.join(rep['failed_gates'])}")
+
+
+@main.command("validate")
+@click.argument("ref", type=click.Path(path_type=Path))
+@click.argument("cand", type=click.Path(path_type=Path))
+@click.option("--text-file", type=click.Path(path_type=Path), help="Validate on this UTF-8 text instead of the "
+              "built-in texts.")
+@click.option("--max-kl", type=float, help="Gate: most mean KL(ref || cand) allowed, nats (default: by type).")
+@click.option("--min-top1", type=float, help="Gate: least top-1 agreement allowed, 0..1 (default: by candidate type).")
+@click.option("--max-ppl-ratio", type=float, help="Gate: most perplexity(cand)/perplexity(ref) allowed.")
+@click.option("--report", "html_report", type=click.Path(path_type=Path), help="Write an HTML report with plots.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per gate).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def validate_cmd(ref: Path, cand: Path, text_file, max_kl, min_top1, max_ppl_ratio, html_report, junit,
+                 as_json) -> None:
+    """Run REF (the reference) and CAND on their own runtimes over the same token ids and gate the difference:
+    exit 0 pass, 1 a gate failed, 2 bad input, 3 unsupported, 4 runtime missing."""
+    from modelport.validators import report as reports
+    from modelport.validators import texts
+
+    if html_report:
+        reports._pyplot()  # fail before minutes of work, not after
+    with err.status("validating", spinner="dots") if not as_json and err.is_terminal else nullcontext():
+        rep = api.validate(ref, cand, texts=texts.from_file(text_file) if text_file else None, max_kl=max_kl,
+                           min_top1=min_top1, max_ppl_ratio=max_ppl_ratio)
+    if html_report:
+        from modelport.validators.diff import diff
+        reports.write_html(rep, html_report, diff(ref, cand))
+    if junit:
+        reports.write_junit(rep, junit)
+    _emit(rep.to_json(), as_json, _print_validate)
+    if not rep.passed:
+        click.echo(f"modelport: validation failed: {', '.join(rep.failed_gates)}", err=True)
+        sys.exit(1)
+
+
+def _print_diff(rep: dict) -> None:
+    table = Table("tensor", "shape", "types", "max abs", "RMSE", "cosine", "SNR dB", "exact",
+                  title=f"{rep['a']} vs {rep['b']}")
+    def f(v, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for r in rep["tensors"]:
+        table.add_row(r["name"], "x".join(map(str, r["shape"])), f"{r['dtype_a']}/{r['dtype_b']}",
+                      f(r["max_abs"], ".3g"), f(r["rmse"], ".3g"), f(r["cosine"], ".6f"), f(r["snr_db"], ".1f"),
+                      "yes" if r["bit_exact"] else "")
+    out.print(table)
+    s = rep["summary"]
+    out.print(f"{s['tensors']} tensors compared, {s['bit_exact']} bit-exact; worst: {s['worst']} (cosine "
+              f"{s['worst_cosine']:.6f}); lowest SNR "
+              + ("-" if s["min_snr_db"] is None else f"{s['min_snr_db']:.1f} dB")
+              + (f"; only in A: {rep['only_in_a']}" if rep["only_in_a"] else "")
+              + (f"; only in B: {rep['only_in_b']}" if rep["only_in_b"] else ""))
+
+
+@main.command("diff")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@handle_errors
+def diff_cmd(a: Path, b: Path, as_json: bool) -> None:
+    """Compare A and B tensor by tensor through the pivot (HF names; quantized tensors dequantized): max abs, RMSE,
+    cosine, SNR and bit-exactness per tensor, worst tensor first in the summary."""
+    from modelport.validators.diff import diff
+
+    _emit(diff(a, b).to_json(), as_json, _print_diff)

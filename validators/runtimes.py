@@ -66,6 +66,10 @@ class Transformers:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
             raise RuntimeMissing(None, "transformers runtime missing: pip install 'modelport[torch]'") from None
+        if not os.environ.get("MODELPORT_VERBOSE"):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors on stderr
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
