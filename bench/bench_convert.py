@@ -45,7 +45,7 @@ def main() -> None:
     def timed_cp() -> float:
         shutil.rmtree(copy, ignore_errors=True)
         os.sync()
-        wall, _ = run(cp)
+        wall, _, _ = run(cp)
         shutil.rmtree(copy, ignore_errors=True)
         return wall
 
@@ -63,7 +63,7 @@ def main() -> None:
     def timed_convert() -> tuple[float, int]:
         gguf.unlink(missing_ok=True)
         os.sync()
-        return run(conv)
+        return run(conv)[:2]
 
     load_start = os.getloadavg()[0]
     if load_start > 0.5:

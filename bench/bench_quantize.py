@@ -80,13 +80,13 @@ def main() -> None:
 
     os.sync()
     log("llama.cpp step 1: convert_hf_to_gguf.py --outtype bf16")
-    w1, r1 = run([sys.executable, str(script), str(src), "--outtype", "bf16", "--outfile", str(bf16)])
+    w1, r1, _ = run([sys.executable, str(script), str(src), "--outtype", "bf16", "--outfile", str(bf16)])
     os.sync()
     log(f"llama.cpp step 2: llama_model_quantize bf16 -> {a.quant}")
-    w2, r2 = run([sys.executable, "-c", QUANTIZE, str(bf16), str(theirs), a.quant])
+    w2, r2, _ = run([sys.executable, "-c", QUANTIZE, str(bf16), str(theirs), a.quant])
     os.sync()
     log(f"modelport: convert --quant {a.quant}")
-    w3, r3 = run(modelport_cmd() + ["convert", str(src), str(ours), "--quant", a.quant])
+    w3, r3, _ = run(modelport_cmd() + ["convert", str(src), str(ours), "--quant", a.quant])
     same = compare(ours, theirs)
     res = {
         "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "quant": a.quant,

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
-import time
 
-from common import OUT, ensure_model, log, modelport_cmd
+from common import OUT, ensure_model, log, modelport_cmd, run
 
 
 def main() -> None:
@@ -30,16 +28,10 @@ def main() -> None:
         subprocess.run([*modelport_cmd(), "convert", str(hf), str(cand), "--quant", a.quant], check=True)
     cmd = [*modelport_cmd(), "validate", str(hf), str(cand), "--json"]
     log(" ".join(cmd))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
-        sys.exit(f"bench: validate failed ({proc.returncode}): {err.decode()[-2000:]}")
-    rep = json.loads(out)
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    result = {"wall_s": round(wall, 2), "peak_rss_gb": round(peak / 1e9, 2), "exit": proc.returncode,
+    report = OUT / "validate.json"
+    wall, peak, code = run(cmd, ok=(0, 1), stdout=report)  # 1: a gate failed, still a finished run
+    rep = json.loads(report.read_text())
+    result = {"wall_s": round(wall, 2), "peak_rss_gb": round(peak / 1e9, 2), "exit": code,
               "tokens": rep["overall"]["positions"], "overall": rep["overall"], "failed_gates": rep["failed_gates"]}
     if a.json:
         print(json.dumps(result, indent=2))
@@ -47,7 +39,7 @@ def main() -> None:
         print(f"validate {hf.name} vs {cand.name}: {result['wall_s']} s wall, {result['peak_rss_gb']} GB peak RSS, "
               f"{result['tokens']} positions, KL mean {rep['overall']['kl_mean']:.3g}, "
               f"top-1 {rep['overall']['top1']:.3f}, "
-              f"exit {proc.returncode} ({', '.join(rep['failed_gates']) or 'pass'})")
+              f"exit {code} ({', '.join(rep['failed_gates']) or 'pass'})")
 
 
 if __name__ == "__main__":

@@ -46,14 +46,16 @@ def modelport_cmd() -> list[str]:
     return [sys.executable, "-c", "import sys; from modelport.cli import main; sys.exit(main())"]
 
 
-def run(cmd: list[str], **kw) -> tuple[float, int]:
-    """Run cmd; return (wall seconds, peak RSS bytes of the child)."""
+def run(cmd: list[str], ok: tuple[int, ...] = (0,), stdout: Path | None = None) -> tuple[float, int, int]:
+    """Run cmd (stdout to a file when given); return (wall seconds, peak RSS bytes of this child alone, exit code).
+    os.wait4 gives the child's own peak, not the largest of every child this process ever had."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-    _, status, ru = os.wait4(proc.pid, 0)
+    with open(stdout or os.devnull, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
+        err = proc.stderr.read().decode(errors="replace")
+        _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return wall, ru.ru_maxrss * 1024  # ru_maxrss is KiB on Linux
+    code = os.waitstatus_to_exitcode(status)
+    if code not in ok:
+        sys.exit(f"bench: {' '.join(cmd)} failed ({code}):\n{err[-3000:]}")
+    return wall, ru.ru_maxrss * 1024, code  # ru_maxrss is KiB on Linux

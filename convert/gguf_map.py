@@ -25,8 +25,7 @@ FILE_TYPE_DTYPES = {int(v): k for k, v in FILE_TYPES.items()}
 
 def default_gguf_dtype(model: Model) -> str:
     """llama.cpp's `--outtype auto`: BF16 stays BF16, anything else becomes F16."""
-    first = next((r for r in model.tensors.values() if len(r.shape) > 1), None)
-    return "BF16" if first is not None and first.result_dtype == "BF16" else "F16"
+    return "BF16" if lossless_dtype(model) == "BF16" else "F16"
 
 
 def lossless_dtype(model: Model) -> str:
