@@ -1,7 +1,8 @@
 """modelport: move open models between safetensors, GGUF and ONNX, and prove the result computes the same."""
 from importlib import import_module
+from importlib.metadata import version
 
-__version__ = "0.1.0"
+__version__ = version("modelport")  # one source: pyproject.toml
 __all__ = ["convert", "load", "save", "validate", "__version__"]
 
 

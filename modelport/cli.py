@@ -186,7 +186,7 @@ def validate_cmd(ref: Path, cand: Path, text_file, max_kl, min_top1, max_ppl_rat
     from modelport.validators import texts
 
     if html_report:
-        reports._pyplot()  # fail before minutes of work, not after
+        reports.pyplot()  # fail before minutes of work, not after
     with err.status("validating", spinner="dots") if not as_json and err.is_terminal else nullcontext():
         rep = api.validate(ref, cand, texts=texts.from_file(text_file) if text_file else None, max_kl=max_kl,
                            min_top1=min_top1, max_ppl_ratio=max_ppl_ratio)

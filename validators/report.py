@@ -16,7 +16,7 @@ from .diff import DiffReport
 from .parity import Report
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
@@ -35,7 +35,7 @@ def _png(fig) -> str:
 
 def plots(report: Report, tensors: DiffReport | None) -> dict[str, str]:
     """Title -> base64 PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     out = {}
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for name, kl in report.kl_per_position.items():
