@@ -19,7 +19,7 @@ class Format:
     read: Callable[[Path], Any]
     write: Callable[..., None]
     description: str
-    folder: bool = False  # whether the format can be a folder (an HF model folder)
+    folder: bool = False  # the default for a destination without an extension (the HF model folder)
 
 
 @cache

@@ -84,13 +84,13 @@ def sentencepiece_tokenizer(out: Path, version: str = "v1") -> Path:
     llama.cpp merge by score, and the orders differ on whitespace-run pieces ("▁▁▁▁" has id 260, score -1e9). The
     merges are rebuilt with transformers' own generate_merges given the scores, as transformers 4 wrote them."""
     import sentencepiece as spm
-    from transformers import LlamaTokenizer
+    from transformers import LlamaTokenizerFast  # the tokenizers-backed class in transformers 4 and 5
     from transformers.convert_slow_tokenizer import generate_merges
 
     model = mistral_model_file(version)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(model, out / "tokenizer.model")
-    LlamaTokenizer.from_pretrained(out, add_bos_token=True).save_pretrained(out)
+    LlamaTokenizerFast.from_pretrained(out, add_bos_token=True).save_pretrained(out)
     sp = spm.SentencePieceProcessor(model_file=str(model))
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
     scores = {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())}

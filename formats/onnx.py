@@ -1,0 +1,111 @@
+"""ONNX models: a `.onnx` file (weights inline or in external-data files beside it) or a folder holding `model.onnx`.
+
+Reading gives the native view: the graph without its weights, and every initializer as a lazy TensorRef. External
+data must stay inside the model's folder: a location that is absolute, climbs out with `..` or runs past its file's
+end is refused before anything is read.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInput, RuntimeMissing
+from .model import NUMPY_DTYPES, FileSlice, MemorySlice, TensorRef
+from .registry import Format
+
+MODEL_FILE = "model.onnx"
+
+# ONNX TensorProto.DataType -> our dtype names (numpy has no bfloat16: it travels as uint16 bits)
+ONNX_DTYPES = {1: "F32", 2: "U8", 3: "I8", 5: "I16", 6: "I32", 7: "I64", 9: "BOOL", 10: "F16", 11: "F64", 16: "BF16"}
+DTYPES_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise RuntimeMissing(None, "ONNX needs the onnx package: pip install 'modelport[onnx]'") from None
+    return onnx
+
+
+@dataclass
+class OnnxContents:
+    """The graph (initializers without their bytes) and each initializer as a lazy reference."""
+
+    path: Path  # the .onnx file
+    proto: object  # onnx.ModelProto, weights not loaded
+    tensors: dict[str, TensorRef]
+    files: list[Path] = field(default_factory=list)  # the .onnx and its external-data files
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {p.key: p.value for p in self.proto.metadata_props}
+
+
+def model_file(path: Path) -> Path:
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def sniff(path: Path) -> bool:
+    return model_file(path).suffix == ".onnx" and model_file(path).is_file()
+
+
+def _external(path: Path, tensor, nbytes: int) -> FileSlice:
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    folder = path.parent.resolve()
+    target = (folder / location).resolve()
+    if not location or os.path.isabs(location) or folder not in target.parents:
+        raise BadInput(path, f"initializer {tensor.name!r}: external data location {location!r} is outside the "
+                             "model's folder")
+    if not target.is_file():
+        raise BadInput(path, f"initializer {tensor.name!r}: external data file {location!r} is missing")
+    offset, length = int(info.get("offset", 0)), int(info.get("length", nbytes))
+    if length != nbytes or offset < 0 or offset + length > target.stat().st_size:
+        raise BadInput(path, f"initializer {tensor.name!r}: bytes {offset}..{offset + length} of {location!r} do "
+                             f"not hold its {nbytes} bytes (truncated?)")
+    return FileSlice(target, offset, length)
+
+
+def _ref(path: Path, tensor) -> TensorRef:
+    onnx = _onnx()
+    if tensor.data_type not in ONNX_DTYPES:
+        raise BadInput(path, f"initializer {tensor.name!r}: element type {tensor.data_type} is not one modelport "
+                             "reads")
+    dtype, shape = ONNX_DTYPES[tensor.data_type], tuple(int(d) for d in tensor.dims)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return TensorRef.on_disk(_external(path, tensor, nbytes), shape, dtype)
+    if tensor.raw_data:
+        if len(tensor.raw_data) != nbytes:
+            raise BadInput(path, f"initializer {tensor.name!r}: {len(tensor.raw_data)} bytes for shape {list(shape)}")
+        return TensorRef.on_disk(MemorySlice(bytes(tensor.raw_data)), shape, dtype)
+    arr = onnx.numpy_helper.to_array(tensor)  # typed fields (float_data ...): small tensors only
+    if dtype == "BF16":
+        arr = arr.view(np.uint16)
+    return TensorRef.on_disk(MemorySlice(np.ascontiguousarray(arr).tobytes()), shape, dtype)
+
+
+def read(path: Path) -> OnnxContents:
+    """The graph and lazy initializers of an ONNX model; headers only, no weight is read here."""
+    onnx = _onnx()
+    path = model_file(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
+        raise BadInput(path, f"not a valid ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    tensors = {t.name: _ref(path, t) for t in proto.graph.initializer}
+    files = [path] + sorted({r.stored.path for r in tensors.values() if isinstance(r.stored, FileSlice)})
+    return OnnxContents(path, proto, tensors, files)
+
+
+def write(*args, **kwargs) -> None:  # the writer lands with the graph builder (convert/onnx_graph.py)
+    raise NotImplementedError
+
+
+FORMAT = Format("onnx", (".onnx",), sniff, read, write,
+                "ONNX (+ external data) for ONNX Runtime and onnxruntime-genai")
