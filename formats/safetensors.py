@@ -19,7 +19,9 @@ ITEMSIZE = {k: np.dtype(v).itemsize for k, v in NUMPY_DTYPES.items()}
 MAX_HEADER = 100 << 20  # the reference implementation's own limit
 INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "vocab.txt")
+# a sentence-transformers folder's own files, besides each module's config.json (1_Pooling/config.json)
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 SHARD_BYTES = 5_000_000_000  # save_pretrained's default max_shard_size
 
 
@@ -79,6 +81,26 @@ def _load_json(path: Path) -> dict | None:
         raise BadInput(path, f"not valid JSON: {e}") from None
 
 
+def _relative(folder: Path, name: str) -> Path:
+    """folder/name for a relative path that stays inside the folder (names come from modules.json or a GGUF)."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts:
+        raise BadInput(folder, f"file name {name!r} leaves the model folder")
+    return folder / rel
+
+
+def sentence_transformers_files(folder: Path) -> dict[str, bytes]:
+    """The sentence-transformers files of a folder (relative path -> bytes), {} for a plain HF folder."""
+    modules = _load_json(folder / "modules.json")
+    if modules is None:
+        return {}
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise BadInput(folder / "modules.json", "expected a list of modules")
+    names = list(SENTENCE_TRANSFORMERS_FILES)
+    names += [f"{m['path']}/config.json" for m in modules if isinstance(m.get("path"), str) and m["path"]]
+    return {n: _relative(folder, n).read_bytes() for n in names if _relative(folder, n).is_file()}
+
+
 def shard_files(folder: Path) -> list[Path]:
     index = _load_json(folder / INDEX)
     if index is not None:
@@ -113,7 +135,8 @@ def read(path: Path) -> Model:
     config = config or {}
     return Model(arch=config.get("model_type", ""), config=config, tensors=tensors, tokenizer=tokenizer,
                  generation_config=_load_json(path / "generation_config.json") if folder else None,
-                 metadata={"format": "safetensors", "source_files": files, "safetensors_metadata": meta})
+                 metadata={"format": "safetensors", "source_files": files, "safetensors_metadata": meta,
+                           "sentence_transformers": sentence_transformers_files(path) if folder else {}})
 
 
 def _header(tensors: list[tuple[str, TensorRef]], meta: dict[str, str]) -> bytes:
@@ -162,6 +185,7 @@ def _dump(obj: dict) -> str:
 def write(dst: Path, model: Model, meta: dict[str, str], late: Late | None = None, bare: bool = False,
           shard_bytes: int = SHARD_BYTES, progress=None) -> None:
     """A model folder like save_pretrained writes (sharded with an index past `shard_bytes`), or a `bare` file."""
+    meta = {"format": "pt", **meta}  # as save_pretrained writes: transformers refuses files without it
     items = list(model.tensors.items())
     if bare:
         write_file(dst, items, meta, late, progress)
@@ -172,6 +196,10 @@ def write(dst: Path, model: Model, meta: dict[str, str], late: Late | None = Non
         (dst / "generation_config.json").write_text(_dump(model.generation_config), encoding="utf-8")
     for name, content in sorted(model.tokenizer.items()):
         (dst / name).write_bytes(content)
+    for name, content in sorted(model.metadata.get("sentence_transformers", {}).items()):
+        target = _relative(dst, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
     shards = _shards(items, shard_bytes)
     if len(shards) == 1:
         write_file(dst / "model.safetensors", items, meta, late, progress)

@@ -8,6 +8,7 @@ from typing import Callable
 
 from modelport.convert import gguf_map, quantize
 from modelport.convert import imatrix as imatrix_file
+from modelport.convert import onnx_import
 from modelport.convert.dtypes import parse as parse_dtype
 from modelport.formats import registry
 from modelport.formats.atomic import atomic_output
@@ -22,11 +23,12 @@ HASHES_KEY = "modelport.source.sha256"
 
 
 def load(path: str | Path) -> Model:
-    """Any supported model (HF folder, .safetensors, .gguf) as the pivot; reads headers only."""
+    """Any supported model (HF folder, .safetensors, .gguf, .onnx) as the pivot; reads headers only."""
     path = Path(path)
     fmt = registry.detect(path)
     native = fmt.read(path)
-    return gguf_map.from_gguf(native, path) if fmt.name == "gguf" else native
+    to_pivot = {"gguf": gguf_map.from_gguf, "onnx": onnx_import.from_onnx}.get(fmt.name)
+    return to_pivot(native, path) if to_pivot else native
 
 
 @dataclass

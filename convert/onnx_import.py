@@ -1,0 +1,348 @@
+"""ONNX's native view -> the pivot, for our own graphs and for decoders exported by optimum / torch.onnx.
+
+Our graphs keep the HF tensor names and layouts (MatMulNBits weights `X.weight.qweight/.scales/.zero_points` are
+dequantized back to a float `X.weight`, lazily), and record the source config.json in `modelport.source.config`.
+
+Exported graphs rename their MatMul weights (`onnx::MatMul_123`), store them transposed ([K, N]) and share duplicates,
+so their HF names are recovered from the graph's structure, walking the data flow from `input_ids`: the embedding is
+the Gather fed by input_ids; a norm's weight is the first Mul by a 1-D initializer after the residual stream (or a
+norm op's scale); the projections fed by that norm's output are q/k/v, told apart by where they enter attention
+(scores MatMul operand 0 = q, operand 1 = k, context MatMul operand 1 = v, or a fused attention op's q/k/v inputs);
+o_proj is the next weighted MatMul after attention; the residual is the first Add of two computed tensors after it;
+in the MLP the projection that reaches an activation is gate, the other up, and down is the next weighted MatMul.
+Node names are never consulted: exporters rename nodes from version to version. onnx has no library for this walk.
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from modelport.formats.errors import BadInput, Unsupported
+from modelport.formats.model import Model, TensorRef
+from modelport.formats.onnx import OnnxContents
+from modelport.formats.safetensors import TOKENIZER_FILES
+
+from . import archs
+from .dtypes import FLOATS, cast
+
+CONFIG_KEY = "modelport.source.config"
+NBITS_PARTS = (".qweight", ".scales", ".zero_points")
+
+WEIGHTED = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1}  # op -> input slot of its weight
+NORM_OPS = {"SimplifiedLayerNormalization": 1, "RMSNormalization": 1, "LayerNormalization": 1}  # op -> scale slot
+NORM_PATH = {"Cast", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Identity"}  # RMSNorm pieces
+FUSED_ATTENTION = {"Attention", "GroupQueryAttention", "MultiHeadAttention"}  # inputs 0, 1, 2 = q, k, v
+ACTIVATIONS = {"Sigmoid", "Tanh", "Erf", "Relu", "Gelu", "FastGelu", "QuickGelu", "BiasGelu", "Silu", "HardSigmoid",
+               "Softplus", "Elu", "Selu", "Mish"}
+LAYOUT_OPS = {"Cast", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Slice"}  # between a norm and its products
+METADATA_OPS = {"Shape", "Size"}  # their outputs are sizes, not values: the walk never goes through them
+ATTENTION_SLOTS = {("scores", 0): "q_proj", ("scores", 1): "k_proj", ("context", 1): "v_proj", ("fused", 0): "q_proj",
+                   ("fused", 1): "k_proj", ("fused", 2): "v_proj"}
+QK_NORMS = {"q_proj": "q_norm", "k_proj": "k_norm"}  # qwen3's per-head norms between a projection and attention
+
+
+def _dequantize(q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, k: int, n: int, bits: int,
+                block: int) -> np.ndarray:
+    """MatMulNBits blobs -> float32 [N, K]: values packed low bits first, (q - zero point) * scale per block, the
+    zero point 2^(bits-1) when absent (onnxruntime's contrib op spec; no library offers the inverse)."""
+    n_blocks = q.shape[1]
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    mask = np.uint8((1 << bits) - 1)
+    values = ((q[..., None] >> shifts) & mask).reshape(n, n_blocks, -1)[:, :, :block].astype(np.float32)
+    if zero_points is None:
+        zp = np.full((n, n_blocks), 1 << (bits - 1), np.float32)
+    elif zero_points.dtype == np.uint8:
+        zp = ((zero_points.reshape(n, -1)[..., None] >> shifts) & mask).reshape(n, -1)[:, :n_blocks].astype(np.float32)
+    else:
+        zp = zero_points.astype(np.float32).reshape(n, n_blocks)
+    out = (values - zp[..., None]) * scales.astype(np.float32).reshape(n, n_blocks)[..., None]
+    return out.reshape(n, n_blocks * block)[:, :k]
+
+
+@dataclass
+class _Graph:
+    """Who produces and who consumes each tensor of the (top-level) graph, and which tensors are constants."""
+
+    nodes: list
+    inits: dict[str, TensorRef]
+    producer: dict[str, int]
+    consumers: dict[str, list[tuple[int, int]]]
+    constants: set[str]
+
+    @classmethod
+    def of(cls, contents: OnnxContents) -> "_Graph":
+        nodes = list(contents.proto.graph.node)
+        producer, consumers = {}, {}
+        for i, node in enumerate(nodes):
+            for out in node.output:
+                producer[out] = i
+            for slot, name in enumerate(node.input):
+                consumers.setdefault(name, []).append((i, slot))
+        constants = set(contents.tensors) | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+        return cls(nodes, contents.tensors, producer, consumers, constants)
+
+    def computed(self, name: str) -> bool:
+        return bool(name) and name not in self.constants
+
+    def reach(self, start: str, found: Callable[[object, int], bool], passes: Callable[[object], bool]
+              ) -> list[tuple[int, int]]:
+        """(node, input slot) pairs where `found` holds, breadth first from `start`, going on only through nodes
+        where `passes` holds (never through size computations)."""
+        hits, expanded, queue = [], set(), deque([start])
+        while queue:
+            for i, slot in self.consumers.get(queue.popleft(), ()):
+                node = self.nodes[i]
+                if node.op_type in METADATA_OPS:
+                    continue
+                if found(node, slot):
+                    if (i, slot) not in hits:
+                        hits.append((i, slot))
+                elif i not in expanded and passes(node):
+                    expanded.add(i)
+                    queue.extend(node.output)
+        return hits
+
+    def first(self, start: str, found, passes, what: str, path: Path) -> tuple[int, int]:
+        hits = self.reach(start, found, passes)
+        if not hits:
+            raise Unsupported(path, f"ONNX graph: no {what} found walking from {start!r}; modelport reads back its "
+                                    "own graphs and decoder exports by optimum / torch.onnx")
+        return hits[0]
+
+    # --- what a node is
+    def weight(self, node) -> tuple[str, bool] | None:
+        """(initializer, stored transposed?) of a weighted node: MatMul B is [K, N] unless it is a Transpose of the
+        HF [N, K] initializer; Gemm says so with transB."""
+        if node.op_type not in WEIGHTED or len(node.input) <= WEIGHTED[node.op_type]:
+            return None
+        b = node.input[WEIGHTED[node.op_type]]
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            return (b, not trans_b) if b in self.inits else None
+        if b in self.inits:
+            return b, True
+        src = self.nodes[self.producer[b]] if b in self.producer else None
+        if src is not None and src.op_type == "Transpose" and src.input[0] in self.inits:
+            perm = next((list(a.ints) for a in src.attribute if a.name == "perm"), [1, 0])
+            return (src.input[0], False) if perm == [1, 0] else None
+        return None
+
+    def norm_scale(self, node) -> str | None:
+        """The weight of a norm: a norm op's scale, or the 1-D initializer an RMSNorm's pieces end multiplying by."""
+        if node.op_type in NORM_OPS and len(node.input) > NORM_OPS[node.op_type]:
+            scale = node.input[NORM_OPS[node.op_type]]
+            return scale if scale in self.inits else None
+        if node.op_type == "Mul":
+            return next((x for x in node.input if x in self.inits and len(self.inits[x].shape) == 1
+                         and self.inits[x].shape[0] > 1), None)
+        return None
+
+    def in_norm(self, node) -> bool:
+        """A piece of an RMSNorm: the residual Add (two computed operands) is not."""
+        if node.op_type == "Add":
+            return not all(self.computed(x) for x in node.input)
+        return node.op_type in NORM_PATH
+
+    def attention_use(self, node, slot: int) -> str | None:
+        """How a tensor enters attention at (node, slot): `scores`/`context` MatMul of two computed operands (the
+        scores one is followed by Softmax) or a fused attention op."""
+        if node.op_type in FUSED_ATTENTION:
+            return "fused"
+        if node.op_type != "MatMul" or not all(self.computed(x) for x in node.input):
+            return None
+        to_softmax = self.reach(node.output[0], lambda n, s: n.op_type == "Softmax",
+                                lambda n: n.op_type not in WEIGHTED and n.op_type != "MatMul")
+        return "scores" if to_softmax else "context"
+
+
+class _Walk:
+    """The walk from input_ids to logits, collecting HF name -> (initializer, transposed)."""
+
+    def __init__(self, graph: _Graph, path: Path):
+        self.g, self.path = graph, path
+        self.names: dict[str, tuple[str, bool]] = {}
+
+    def _not_weighted(self, node) -> bool:
+        return self.g.weight(node) is None
+
+    def _norm(self, x: str, hf: str) -> str:
+        i, _ = self.g.first(x, lambda n, s: self.g.norm_scale(n) is not None, self.g.in_norm, f"norm for {hf}",
+                            self.path)
+        self.names[hf] = (self.g.norm_scale(self.g.nodes[i]), False)
+        return self.g.nodes[i].output[0]
+
+    def _projections(self, x: str) -> list[int]:
+        """The weighted nodes fed by `x` (through casts and reshapes only)."""
+        hits = self.g.reach(x, lambda n, s: self.g.weight(n) is not None, lambda n: n.op_type in LAYOUT_OPS)
+        return [i for i, _ in hits]
+
+    def _linear(self, i: int, hf: str) -> str:
+        """Name a weighted node's weight (and its bias, an Add of a 1-D initializer); its output."""
+        node = self.g.nodes[i]
+        self.names[hf + ".weight"] = self.g.weight(node)
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else None
+        for j, _ in self.g.consumers.get(node.output[0], ()):
+            user = self.g.nodes[j]
+            if user.op_type == "Add" and bias is None:
+                bias = next((x for x in user.input if x in self.g.inits and len(self.g.inits[x].shape) == 1), None)
+        if bias:
+            self.names[hf + ".bias"] = (bias, False)
+        return node.output[0]
+
+    def _next_weighted(self, x: str, what: str) -> int:
+        return self.g.first(x, lambda n, s: self.g.weight(n) is not None, lambda n: True, what, self.path)[0]
+
+    def _residual(self, x: str, what: str) -> str:
+        i, _ = self.g.first(x, lambda n, s: n.op_type == "Add" and all(self.g.computed(y) for y in n.input),
+                            self._not_weighted, what, self.path)
+        return self.g.nodes[i].output[0]
+
+    def _attention(self, x: str, prefix: str) -> str:
+        roles, context = {}, None
+        for i in self._projections(x):
+            out = self.g.nodes[i].output[0]
+            j, slot = self.g.first(out, lambda n, s: self.g.attention_use(n, s) is not None, self._not_weighted,
+                                   f"attention input of {prefix}", self.path)
+            use = self.g.attention_use(self.g.nodes[j], slot)
+            role = ATTENTION_SLOTS.get((use, slot))
+            if role is None or role in roles:
+                raise Unsupported(self.path, f"ONNX graph: cannot tell q/k/v apart in {prefix}")
+            roles[role] = i
+            if role in QK_NORMS:  # a per-head norm between the projection and attention (qwen3)
+                hits = self.g.reach(out, lambda n, s: self.g.norm_scale(n) is not None,
+                                    lambda n: self._not_weighted(n) and self.g.attention_use(n, 0) is None)
+                if hits:
+                    self.names[f"{prefix}.{QK_NORMS[role]}.weight"] = (self.g.norm_scale(self.g.nodes[hits[0][0]]),
+                                                                       False)
+            if use != "scores":
+                context = self.g.nodes[j].output[0]
+        if set(roles) != {"q_proj", "k_proj", "v_proj"} or context is None:
+            raise Unsupported(self.path, f"ONNX graph: expected q, k and v projections in {prefix}, found "
+                                         f"{sorted(roles) or 'none'} (fused QKV is not read back)")
+        for role, i in roles.items():
+            self._linear(i, f"{prefix}.{role}")
+        o = self._linear(self._next_weighted(context, f"o_proj of {prefix}"), f"{prefix}.o_proj")
+        return o
+
+    def _mlp(self, x: str, prefix: str) -> str:
+        found = self._projections(x)
+        gates = [i for i in found if self.g.reach(self.g.nodes[i].output[0], lambda n, s: n.op_type in ACTIVATIONS,
+                                                  self._not_weighted)]
+        ups = [i for i in found if i not in gates]
+        if len(gates) != 1 or len(ups) != 1:
+            raise Unsupported(self.path, f"ONNX graph: expected a gated MLP (gate, up, down) in {prefix}")
+        self._linear(gates[0], f"{prefix}.gate_proj")
+        up = self._linear(ups[0], f"{prefix}.up_proj")
+        return self._linear(self._next_weighted(up, f"down_proj of {prefix}"), f"{prefix}.down_proj")
+
+    def run(self, n_layers: int) -> dict[str, tuple[str, bool]]:
+        hits = [i for i, slot in self.g.consumers.get("input_ids", ()) if self.g.nodes[i].op_type == "Gather"
+                and slot == 1 and self.g.nodes[i].input[0] in self.g.inits]
+        if not hits:
+            raise Unsupported(self.path, "ONNX graph: no embedding (a Gather of an initializer by input_ids)")
+        embed = self.g.nodes[hits[0]]
+        self.names["model.embed_tokens.weight"] = (embed.input[0], False)
+        h = embed.output[0]
+        for b in range(n_layers):
+            prefix = f"model.layers.{b}"
+            attn = self._attention(self._norm(h, f"{prefix}.input_layernorm.weight"), f"{prefix}.self_attn")
+            h = self._residual(attn, f"residual after attention of {prefix}")
+            mlp = self._mlp(self._norm(h, f"{prefix}.post_attention_layernorm.weight"), f"{prefix}.mlp")
+            h = self._residual(mlp, f"residual after the MLP of {prefix}")
+        head = self._projections(self._norm(h, "model.norm.weight"))
+        if len(head) != 1:
+            raise Unsupported(self.path, "ONNX graph: no single lm_head product after the final norm")
+        self._linear(head[0], "lm_head")
+        return self.names
+
+
+def _hf_ref(ref: TensorRef, transposed: bool) -> TensorRef:
+    return ref.map(np.transpose, shape=ref.shape[::-1]) if transposed else ref
+
+
+def _nbits(graph: _Graph, base: str, path: Path) -> TensorRef:
+    """`base` (an HF `X.weight`) from its MatMulNBits initializers, dequantized when read."""
+    qweight = graph.inits[base + ".qweight"]
+    node = next((graph.nodes[i] for i, _ in graph.consumers.get(base + ".qweight", ())
+                 if graph.nodes[i].op_type == "MatMulNBits"), None)
+    if node is None:
+        raise BadInput(path, f"initializer {base}.qweight feeds no MatMulNBits node")
+    attrs = {a.name: a.i for a in node.attribute}
+    k, n, bits, block = attrs.get("K"), attrs.get("N"), attrs.get("bits", 4), attrs.get("block_size")
+    if not k or not n or bits not in (2, 4, 8) or not block or \
+            qweight.shape != (n, -(-k // block), block * bits // 8) or qweight.dtype != "U8":
+        raise BadInput(path, f"MatMulNBits weight {base}.qweight {list(qweight.shape)} does not match its node's "
+                             f"K={k} N={n} bits={bits} block_size={block}")
+    scales = graph.inits.get(node.input[2])
+    zero_points = graph.inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if scales is None or scales.n_elements != n * qweight.shape[1]:
+        raise BadInput(path, f"MatMulNBits weight {base}: scales missing or not {n * qweight.shape[1]} values")
+
+    def dequantize(q: np.ndarray) -> np.ndarray:  # float32: exact for F32/F16/BF16 scales times small integers
+        zp = None if zero_points is None else \
+            zero_points.read() if zero_points.dtype == "U8" else cast(zero_points, "F32").read()
+        return _dequantize(q, cast(scales, "F32").read(), zp, k, n, bits, block)
+
+    return qweight.map(dequantize, shape=(n, k), dtype="F32")
+
+
+def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, TensorRef]:
+    """Our graphs: initializers named as the HF tensors, MatMulNBits groups dequantized; anything else (caches,
+    constants the builder made) is not a model tensor."""
+    tensors = {}
+    for name, ref in graph.inits.items():
+        if name in hf_names:
+            tensors[name] = ref
+        elif name.endswith(".qweight") and name[:-len(".qweight")] in hf_names:
+            tensors[name[:-len(".qweight")]] = _nbits(graph, name[:-len(".qweight")], path)
+    return tensors
+
+
+def _exported_tensors(graph: _Graph, cfg: dict, path: Path) -> dict[str, TensorRef]:
+    names = _Walk(graph, path).run(cfg["num_hidden_layers"])
+    if cfg.get("tie_word_embeddings", False):
+        names.pop("lm_head.weight", None)  # the HF checkpoint stores the tied weight once, as the embedding
+    return {hf: _hf_ref(graph.inits[init], transposed) for hf, (init, transposed) in names.items()}
+
+
+def _config(contents: OnnxContents, folder: Path) -> dict:
+    if CONFIG_KEY in contents.metadata:
+        return json.loads(contents.metadata[CONFIG_KEY])
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(contents.path, "no config.json beside the model and none recorded in its metadata; "
+                                      "modelport needs the Hugging Face config to read ONNX back") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadInput(folder / "config.json", f"not valid JSON: {e}") from None
+
+
+def from_onnx(contents: OnnxContents, path: Path) -> Model:
+    """The pivot from an ONNX model's native view; weights stay lazy (transposes and dequantization on read)."""
+    folder = contents.path.parent
+    cfg = _config(contents, folder)
+    arch = archs.for_hf(cfg.get("model_type", ""), path)
+    norm = arch.normalize(cfg)
+    graph = _Graph.of(contents)
+    hf_names = set(arch.name_map(norm["num_hidden_layers"]))
+    own = CONFIG_KEY in contents.metadata
+    tensors = _own_tensors(graph, hf_names, path) if own else _exported_tensors(graph, norm, path)
+    unknown = sorted(set(tensors) - hf_names)
+    if unknown:
+        raise Unsupported(path, f"tensor {unknown[0]!r} has no place in the {arch.name} family")
+    tensors = dict(sorted(tensors.items()))  # save_pretrained's order
+    first = next((r for r in tensors.values() if len(r.shape) > 1), None)
+    config_file = [] if own or not (folder / "config.json").is_file() else [folder / "config.json"]
+    gen = folder / "generation_config.json"
+    return Model(arch=arch.name, config=cfg, tensors=tensors,
+                 tokenizer={n: (folder / n).read_bytes() for n in TOKENIZER_FILES if (folder / n).is_file()},
+                 generation_config=json.loads(gen.read_text(encoding="utf-8")) if gen.is_file() else None,
+                 metadata={"format": "onnx", "source_files": contents.files + config_file,
+                           "name": contents.metadata.get("modelport.name"),
+                           "dtype": first.result_dtype if first is not None and first.result_dtype in FLOATS
+                           else None})
