@@ -41,13 +41,20 @@ def _hparams(cfg: dict) -> dict:
             "n_ff": cfg.get("intermediate_size", 0), "n_expert": cfg.get("num_local_experts", 0) or 0}
 
 
+def _mapped(ref: TensorRef, fn, cfg: dict) -> TensorRef:
+    """`ref` through a family transform; one that changes the shape (GPT-2's Conv1D transpose) says how with a
+    `shape(shape) -> shape` attribute."""
+    shape = fn.shape(ref.shape) if hasattr(fn, "shape") else None
+    return ref.map(lambda a: fn(a, cfg), shape=shape)
+
+
 def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: Path | None = None,
             quant: str | None = None, imatrix: Imatrix | None = None
             ) -> tuple[str, list[KV], list[tuple[str, TensorRef]], list[dict]]:
     """GGUF arch, metadata, tensors (lazily cast or quantized) and, when quantizing, each tensor's type choice."""
     arch = archs.for_hf(model.arch, path)
     cfg = arch.normalize(model.config)
-    names = arch.name_map(cfg["num_hidden_layers"])
+    names = arch.name_map(cfg["num_hidden_layers"], cfg)
     dtype = dtype or (lossless_dtype(model) if quant else default_gguf_dtype(model))
     tensors = [(name, MemorySlice.tensor(arr, "F32")) for name, arr in arch.extra_tensors(model.config).items()]
     tied = cfg.get("tie_word_embeddings", False)
@@ -58,7 +65,7 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
             raise Unsupported(path, f"tensor {hf_name!r} has no GGUF name in the {arch.name} family")
         kind, gguf_name = names[hf_name]
         if kind in arch.to_gguf:
-            ref = ref.map(lambda a, fn=arch.to_gguf[kind]: fn(a, cfg))
+            ref = _mapped(ref, arch.to_gguf[kind], cfg)
         tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 else dtype)))
     choices: list[dict] = []
     file_type = int(FILE_TYPES[dtype])
@@ -115,7 +122,7 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
     arch = archs.for_gguf(values.get(Keys.General.ARCHITECTURE, ""), stored_type, path)
     cfg = _config(arch, contents)
     norm = arch.normalize(cfg)
-    hf_names = {g: (kind, hf) for hf, (kind, g) in arch.name_map(norm["num_hidden_layers"]).items()}
+    hf_names = {g: (kind, hf) for hf, (kind, g) in arch.name_map(norm["num_hidden_layers"], norm).items()}
     extra = set(arch.derived)
     tensors = {}
     for gguf_name, ref in contents.tensors.items():
@@ -125,7 +132,7 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
             raise Unsupported(path, f"tensor {gguf_name!r} has no Hugging Face name in the {arch.name} family")
         kind, hf = hf_names[gguf_name]
         if kind in arch.from_gguf:
-            ref = ref.map(lambda a, fn=arch.from_gguf[kind]: fn(a, norm))
+            ref = _mapped(ref, arch.from_gguf[kind], norm)
         tensors[hf] = ref
     # the HF dtype by default: the GGUF's own float precision, F16 for a quantized file
     file_type = FILE_TYPE_DTYPES.get(values.get(Keys.General.FILE_TYPE), "F16")

@@ -37,6 +37,17 @@ CONFIGS = {
     # Qwen3 0.6B, shrunk: Q/K norms, no QKV biases, tied embeddings.
     "qwen3": dict(model_type="qwen3", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
                   rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    # GPT-2 (124M), shrunk: learned positions, LayerNorms with biases, Conv1D weights, tied output. GPT-2's own 50k
+    # byte-level BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
+    "gpt2": dict(model_type="gpt2", vocab_size=128256, n_positions=1024, layer_norm_epsilon=1e-5,
+                 activation_function="gelu_new", bos_token_id=128000, eos_token_id=128001),
+}
+
+# Families whose configs spell the shape their own way: SHAPES key -> the family's config key (None: not a field of
+# the family, left out). The rest take SHAPES as is.
+SHAPE_KEYS = {
+    "gpt2": dict(hidden_size="n_embd", num_hidden_layers="n_layer", num_attention_heads="n_head",
+                 intermediate_size=None, num_key_value_heads=None, head_dim=None),
 }
 
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -102,7 +113,8 @@ def sentencepiece_tokenizer(out: Path, version: str = "v1") -> Path:
 
 TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
-              "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX)}
+              "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
+              "gpt2": llama3_tokenizer}
 
 
 def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:
@@ -115,14 +127,16 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, sh
         return out
     out.mkdir(parents=True, exist_ok=True)
     cfg = dict(CONFIGS[family])
-    config = AutoConfig.for_model(cfg.pop("model_type"), **SHAPES[shape], **cfg)
+    keys = SHAPE_KEYS.get(family, {})
+    dims = {keys.get(k, k): v for k, v in SHAPES[shape].items() if keys.get(k, k)}
+    config = AutoConfig.for_model(cfg.pop("model_type"), **dims, **cfg)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1 and "norm" in name:
+            if p.dim() == 1 and name.endswith("weight") and ("norm" in name or ".ln_" in name):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif "embed_tokens" in name or "lm_head" in name:
+            elif any(e in name for e in ("embed_tokens", "lm_head", "wte", "word_embeddings")):
                 # rows of log-normal norms, as trained vocabularies have: a few tokens dominate each position, so
                 # the top-1 token has a clear margin, as in a trained model, instead of a 128k-way near-tie
                 rows = torch.exp(0.8 * torch.randn(p.shape[0], 1))

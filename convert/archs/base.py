@@ -19,7 +19,7 @@ class HParam:
     """GGUF key template ("{arch}.context_length") <-> a key of the normalised HF config."""
 
     gguf: str
-    hf: str
+    hf: str  # a dotted path reaches into a nested dict (MPT's "attn_config.clip_qkv")
     vtype: GGUFValueType = U32
 
 
@@ -37,16 +37,21 @@ class Arch:
     derived: tuple[str, ...] = ()  # names extra_tensors may make: skipped on the way back, whatever the config
     hf_defaults: dict[str, Any] = field(default_factory=dict)  # fixed config.json fields for GGUF -> HF
     also_hf_types: tuple[str, ...] = ()  # other model_type values this module reads
+    # the HF names when they depend on the config (Falcon 7B's input_layernorm vs 40B's ln_attn/ln_mlp, both of which
+    # gguf-py maps to attn_norm): normalised config -> templates; None means `tensors` always
+    tensors_for: Callable[[dict], tuple[str, ...]] | None = None
 
     @property
     def gguf_name(self) -> str:
         return MODEL_ARCH_NAMES[self.gguf_arch]
 
-    def name_map(self, n_blocks: int) -> dict[str, tuple[MODEL_TENSOR, str]]:
-        """HF name -> (tensor kind, GGUF name) for every tensor a model of `n_blocks` blocks may have."""
+    def name_map(self, n_blocks: int, config: dict | None = None) -> dict[str, tuple[MODEL_TENSOR, str]]:
+        """HF name -> (tensor kind, GGUF name) for every tensor a model of `n_blocks` blocks (and this normalised
+        `config`, for families with `tensors_for`) may have."""
         tmap = TensorNameMap(self.gguf_arch, n_blocks)
         out = {}
-        for template in self.tensors:
+        tensors = self.tensors_for(config) if self.tensors_for and config is not None else self.tensors
+        for template in tensors:
             for bid in range(n_blocks) if "{bid}" in template else [None]:
                 hf = template.format(bid=bid)
                 found = tmap.get_type_and_name(hf, try_suffixes=(".weight", ".bias"))
@@ -57,8 +62,8 @@ class Arch:
 
     def gguf_kv(self, config: dict) -> list[tuple[str, Any, GGUFValueType]]:
         cfg = self.normalize(config)
-        return [(h.gguf.format(arch=self.gguf_name), cfg[h.hf], h.vtype) for h in self.hparams
-                if cfg.get(h.hf) is not None]
+        return [(h.gguf.format(arch=self.gguf_name), _lookup(cfg, h.hf), h.vtype) for h in self.hparams
+                if _lookup(cfg, h.hf) is not None]
 
     def hf_config(self, kv: dict[str, Any]) -> dict:
         """config.json from GGUF keys: the inverse of the hparam table plus the family's fixed fields."""
@@ -66,8 +71,19 @@ class Arch:
         for h in self.hparams:
             key = h.gguf.format(arch=self.gguf_name)
             if key in kv:
-                cfg[h.hf] = kv[key]
+                *outer, last = h.hf.split(".")
+                inner = cfg
+                for part in outer:  # copied on the way down: hf_defaults' nested dicts stay untouched
+                    inner[part] = inner = dict(inner.get(part) or {})
+                inner[last] = kv[key]
         return cfg
+
+
+def _lookup(cfg: dict, path: str) -> Any:
+    """cfg[path], or None, following a dotted path into nested dicts."""
+    for part in path.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
 
 
 def rope(config: dict) -> dict:
