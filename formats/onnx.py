@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import WriteBehind
 from .errors import BadInput, RuntimeMissing
+from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, MemorySlice, TensorRef
 from .registry import Format
 
@@ -103,8 +105,48 @@ def read(path: Path) -> OnnxContents:
     return OnnxContents(path, proto, tensors, files)
 
 
-def write(*args, **kwargs) -> None:  # the writer lands with the graph builder (convert/onnx_graph.py)
-    raise NotImplementedError
+ALIGN, ALIGN_ABOVE = 4096, 1 << 20  # onnx-ir's alignment when enabled: pages, for tensors above 1 MiB only
+
+
+def _aligned(offset: int, nbytes: int) -> int:
+    return -(-offset // ALIGN) * ALIGN if nbytes > ALIGN_ABOVE else offset
+
+
+def _initializer(name: str, ref: TensorRef, location: str, offset: int):
+    onnx = _onnx()
+    t = onnx.TensorProto(name=name, dims=list(ref.shape), data_type=DTYPES_ONNX[ref.result_dtype],
+                         data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(ref.nbytes))):
+        t.external_data.add(key=key, value=value)
+    return t
+
+
+def write(model_path: Path, data_path: Path, location: str, proto, tensors: list[tuple[str, TensorRef]],
+          meta: dict[str, str], late: Late | None = None, progress=None) -> None:
+    """`proto` (a graph whose initializers are not attached) with `tensors` streamed into one external-data file.
+
+    Offsets are computed before any byte is written; each tensor is streamed row block by row block (or copied in
+    the kernel when unchanged), so memory holds one row block, never a tensor set. The proto is written last, when
+    the data is on disk and a `late` value (source hashes) is known, so it carries the real value."""
+    onnx = _onnx()
+    offsets, end = [], 0
+    for _, ref in tensors:
+        start = _aligned(end, ref.nbytes)
+        offsets.append(start)
+        end = start + ref.nbytes
+    with open(data_path, "wb") as f:
+        behind = WriteBehind(f)
+        for (name, ref), offset in zip(tensors, offsets):
+            f.write(b"\0" * (offset - f.tell()))
+            if ref.write_to(f, progress, behind) != ref.nbytes:
+                raise AssertionError(f"{name}: wrote a different byte count than its shape and dtype give")
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    out.graph.initializer.extend(_initializer(n, r, location, o) for (n, r), o in zip(tensors, offsets))
+    del out.metadata_props[:]
+    for key, value in sorted({**meta, **({late.key: late.value()} if late else {})}.items()):
+        out.metadata_props.add(key=key, value=value)
+    model_path.write_bytes(out.SerializeToString(deterministic=True))
 
 
 FORMAT = Format("onnx", (".onnx",), sniff, read, write,

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from modelport.convert import gguf_map, quantize
+from modelport.convert import gguf_map, onnx_genai, onnx_graph, quantize
 from modelport.convert import imatrix as imatrix_file
 from modelport.convert import onnx_import
 from modelport.convert.dtypes import parse as parse_dtype
+from modelport.formats import onnx as onnx_format
 from modelport.formats import registry
 from modelport.formats.atomic import atomic_output
 from modelport.formats.errors import Unsupported
@@ -20,6 +21,7 @@ from importlib.metadata import version as _version
 
 VERSION = _version("modelport")
 HASHES_KEY = "modelport.source.sha256"
+ARCH_KEY = "modelport.arch"
 
 
 def load(path: str | Path) -> Model:
@@ -46,12 +48,18 @@ class Result:
 
 def save(model: Model, dst: str | Path, to: str | None = None, dtype: str | None = None, force: bool = False,
          quant: str | None = None, imatrix: str | Path | None = None, provenance: dict[str, str] | None = None,
-         hashes: SourceHashes | None = None, progress: Callable[[int], None] | None = None) -> Result:
+         hashes: SourceHashes | None = None, progress: Callable[[int], None] | None = None, ops: str = "portable",
+         block_size: int = 32) -> Result:
     """Write the pivot as `to` (default: by DST's extension, else an HF folder), atomically; `quant` is a
-    llama.cpp preset (Q4_K_M, ...) for GGUF output, with an optional importance matrix file."""
+    llama.cpp preset (Q4_K_M, ...) for GGUF output, with an optional importance matrix file, or int4 / int8 for
+    ONNX (`ops` "ort", MatMulNBits blocks of `block_size`)."""
     dst = Path(dst)
     fmt = registry.for_output(dst, to)
     dtype = parse_dtype(dtype)
+    if fmt.name == "onnx":
+        late = Late(HASHES_KEY, hashes.placeholder, hashes.text) if hashes else None
+        return _save_onnx(model, dst, dtype, ops, quant, block_size, force,
+                          {"modelport.version": VERSION, **(provenance or {})}, late, progress)
     quant = quantize.preset(quant) if quant else None
     if quant and fmt.name != "gguf":
         raise Unsupported(dst, f"--quant {quant} is a GGUF quantization; write a .gguf or pass --to gguf")
@@ -74,16 +82,50 @@ def save(model: Model, dst: str | Path, to: str | None = None, dtype: str | None
                   [c for c in choices if c["fallback"]])
 
 
+def _save_onnx(model: Model, dst: Path, dtype: str | None, ops: str, quant: str | None, block_size: int,
+               force: bool, prov: dict[str, str], late: Late | None, progress) -> Result:
+    """DST a folder (model.onnx, model.onnx.data, genai_config.json, tokenizer, config.json) or `x.onnx` with
+    `x.onnx.data` beside it; both files appear whole or not at all."""
+    graph = onnx_graph.build(model, dtype, ops, quant, block_size)
+    meta = {ARCH_KEY: model.arch, gguf_map.CONFIG_KEY: json.dumps(model.config, sort_keys=True), **prov}
+    total = sum(r.nbytes for _, r in graph.weights)
+    if dst.suffix != ".onnx":
+        with atomic_output(dst, force) as partial:
+            partial.mkdir()
+            data = onnx_format.MODEL_FILE + ".data"
+            onnx_format.write(partial / onnx_format.MODEL_FILE, partial / data, data, graph.proto, graph.weights,
+                              meta, late, progress)
+            for name, content in sorted(onnx_genai.folder_files(model, onnx_format.MODEL_FILE).items()):
+                (partial / name).write_bytes(content)
+    else:
+        data = dst.with_name(dst.name + ".data")
+        model_done = False
+        try:
+            with atomic_output(data, force) as partial_data:
+                with atomic_output(dst, force) as partial:
+                    onnx_format.write(partial, partial_data, data.name, graph.proto, graph.weights, meta, late,
+                                      progress)
+                model_done = True
+        except BaseException:
+            if model_done:  # the data file could not be put in place: take the model back out too
+                dst.unlink(missing_ok=True)
+            raise
+    return Result("", str(dst), model.metadata.get("format", ""), "onnx", quant or graph.dtype, len(graph.weights),
+                  total, prov, graph.notes)
+
+
 def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str | None = None, force: bool = False,
             quant: str | None = None, imatrix: str | Path | None = None,
-            progress: Callable[[int], None] | None = None) -> Result:
+            progress: Callable[[int], None] | None = None, ops: str | None = None,
+            block_size: int | None = None) -> Result:
     """SRC -> DST through the pivot, streaming, with provenance (tool version, source format and sha256s, options)."""
     model = load(src)
-    options = {"to": to, "dtype": dtype, "quant": quant, "imatrix": Path(imatrix).name if imatrix else None}
+    options = {"to": to, "dtype": dtype, "quant": quant, "imatrix": Path(imatrix).name if imatrix else None,
+               "ops": ops, "block_size": block_size}
     prov = {"modelport.source.format": model.metadata["format"],
             "modelport.options": json.dumps({k: v for k, v in options.items() if v is not None}, sort_keys=True)}
     result = save(model, dst, to, dtype, force, quant, imatrix, prov, SourceHashes(model.metadata["source_files"]),
-                  progress)
+                  progress, ops or "portable", block_size or 32)
     result.src = str(src)
     return result
 

@@ -1,0 +1,321 @@
+"""The decoder graph of the llama-like families (llama, mistral, qwen2, qwen3) from the pivot, with onnx.helper.
+
+The graph is small (a few hundred nodes); only the weights are big, and they stay lazy TensorRefs that the writer
+streams into the external-data file. Every float initializer keeps its HF name, layout and (cast) dtype, so
+HF -> ONNX -> HF is bit-identical: linear weights stay [out, in] and are used by Gemm with transB=1 on a 2-D
+activation [batch * sequence, hidden] (the residual stream is kept 2-D throughout), and a tied embedding is one
+initializer that both the Gather and the lm_head Gemm read.
+
+Two operator sets (`ops`):
+- portable: standard ONNX operators (opset 17) only. RMS norms, rotary embedding, causal + padding mask, GQA head
+  repetition and softmax attention are spelled out as transformers computes them. In float16, norms and softmax run
+  in float32 between Casts, as transformers upcasts them (an fp16 mean of squares overflows on real activations).
+- ort: onnxruntime contrib ops: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization (residual adds
+  fused, float32 statistics inside), GroupQueryAttention with its rotary embedding (cos/sin caches computed by a
+  constant subgraph that onnxruntime folds at load), MatMulNBits for quantized weights.
+
+Compute types by storage dtype: F32 -> float32; F16 -> float16 (inputs, KV cache and logits float16); BF16 ->
+bfloat16 storage computed in float32 (a Cast after each weight, folded by onnxruntime at load): onnxruntime's CPU
+EP has no bfloat16 MatMul/Gemm kernels, and float32 compute loses nothing on bf16 weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modelport.formats.errors import Unsupported
+from modelport.formats.model import Model, TensorRef
+
+from . import archs, onnx_rope
+from .dtypes import FLOATS, cast
+
+OPSET = 17
+MS = "com.microsoft"
+OPS = ("portable", "ort")
+COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> compute dtype
+QUANT_BITS = {"int4": 4, "int8": 8}
+NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
+
+
+def _onnx():
+    from modelport.formats.onnx import _onnx as load
+
+    return load()
+
+
+@dataclass
+class OnnxGraph:
+    """A ModelProto whose initializers are not yet attached, and the lazy tensors to write for them, in order."""
+
+    proto: object
+    weights: list[tuple[str, TensorRef]]
+    dtype: str  # float storage dtype
+    io_dtype: str  # compute dtype: inputs, KV cache, logits
+    notes: list[str] = field(default_factory=list)
+
+
+class _Nodes:
+    """Nodes with deterministic names (`/Op_N`), and small constants as Constant nodes (never initializers, so that
+    every float initializer is an HF tensor)."""
+
+    def __init__(self):
+        self.onnx = _onnx()
+        self.nodes: list = []
+        self.count = 0
+        self.consts: dict[tuple, str] = {}
+
+    def __call__(self, op: str, *inputs: str, outputs: int | list[str] = 1, domain: str = "", **attrs) -> str | list:
+        self.count += 1
+        name = f"/{op}_{self.count}"
+        outs = [f"{name}/out{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), outs, name=name, domain=domain or None,
+                                                     **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def const(self, value, dtype) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self.consts:
+            tensor = self.onnx.numpy_helper.from_array(arr)
+            self.consts[key] = self("Constant", value=tensor)
+        return self.consts[key]
+
+
+def _elem(dtype: str) -> int:
+    tp = _onnx().TensorProto
+    return {"F32": tp.FLOAT, "F16": tp.FLOAT16, "BF16": tp.BFLOAT16}[dtype]
+
+
+class _Decoder:
+    def __init__(self, model: Model, dtype: str, ops: str, quant: str | None, block_size: int):
+        self.model, self.ops, self.quant, self.block_size = model, ops, quant, block_size
+        self.cfg = archs.for_hf(model.arch).normalize(model.config)
+        self.storage, self.compute = dtype, COMPUTE[dtype]
+        self.n = _Nodes()
+        self.weights: dict[str, TensorRef] = {}
+        self.notes: list[str] = []
+        c = self.cfg
+        self.heads, self.kv_heads, self.head_dim = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+        self.eps = float(c["rms_norm_eps"])
+        self.np_compute = np.float16 if self.compute == "F16" else np.float32
+        self.head_shapes: dict[int, str] = {}  # [B, S, n, D] per head count
+
+    # --- weights -------------------------------------------------------------------------------------------------
+    def weight(self, name: str) -> str:
+        """An HF tensor as an initializer in the storage dtype; its name in compute dtype for the nodes."""
+        if name not in self.weights:
+            self.weights[name] = cast(self.model.tensors[name], self.storage)
+        if self.storage != self.compute:
+            return self.n("Cast", name, to=_elem(self.compute))
+        return name
+
+    def has(self, name: str) -> bool:
+        return name in self.model.tensors
+
+    def linear(self, x: str, prefix: str) -> str:
+        """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1), or MatMulNBits when quantizing."""
+        bias = self.weight(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
+        return self.n("Gemm", x, self.weight(f"{prefix}.weight"), *([bias] if bias else []), transB=1)
+
+    def c(self, value, dtype=None) -> str:
+        return self.n.const(value, dtype or self.np_compute)
+
+    def i64(self, value) -> str:
+        return self.n.const(value, np.int64)
+
+    # --- norms ---------------------------------------------------------------------------------------------------
+    def rms_norm(self, x: str, weight: str) -> str:
+        """transformers' RMSNorm: float32 statistics, normalised x back in the compute type, times the weight."""
+        w = self.weight(weight)
+        if self.ops == "ort":
+            return self.n("SimplifiedLayerNormalization", x, w, axis=-1, epsilon=self.eps, stash_type=1)
+        x32 = self.n("Cast", x, to=_elem("F32")) if self.compute != "F32" else x
+        var = self.n("ReduceMean", self.n("Mul", x32, x32), axes=[-1], keepdims=1)
+        inv = self.n("Reciprocal", self.n("Sqrt", self.n("Add", var, self.n.const(self.eps, np.float32))))
+        y = self.n("Mul", x32, inv)
+        if self.compute != "F32":
+            y = self.n("Cast", y, to=_elem(self.compute))
+        return self.n("Mul", y, w)
+
+    def add_norm(self, x: str, residual: str, weight: str) -> tuple[str, str]:
+        """(norm(x + residual), x + residual): one fused node with the ort set."""
+        if self.ops == "ort":
+            out = self.n("SkipSimplifiedLayerNormalization", x, residual, self.weight(weight),
+                         outputs=4, domain=MS, epsilon=self.eps)
+            return out[0], out[3]
+        total = self.n("Add", x, residual)
+        return self.rms_norm(total, weight), total
+
+    # --- shared subgraphs ----------------------------------------------------------------------------------------
+    def inputs_info(self):
+        self.batch_seq = self.n("Shape", "input_ids")  # [B, S]
+        self.rows_last = self.n("Concat", self.batch_seq, self.i64([-1]), axis=0)  # [B, S, -1]
+        if self.ops == "ort":
+            mask_sum = self.n("ReduceSum", "attention_mask", self.i64([1]), keepdims=0)
+            self.seqlens_k = self.n("Cast", self.n("Sub", mask_sum, self.i64(1)), to=_elem_int32())
+            total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
+            self.total_len = self.n("Cast", total, to=_elem_int32())
+            self.cos_cache, self.sin_cache = self.rope_caches()
+        else:
+            self.mask = self.causal_mask()
+            self.cos, self.sin = self.rope_cos_sin()
+
+    def rope_caches(self) -> tuple[str, str]:
+        """[max_positions, head_dim / 2] cos and sin for GroupQueryAttention, from a subgraph onnxruntime folds."""
+        positions = self.n("Cast", self.n("Range", self.i64(0), self.i64(self.cfg["max_position_embeddings"]),
+                                          self.i64(1)), to=_elem("F32"))
+        freqs = self.n("Mul", self.n("Unsqueeze", positions, self.i64([1])), self.inv_freq())
+        return tuple(self.to_compute(self.n(fn, freqs)) for fn in ("Cos", "Sin"))
+
+    def inv_freq(self) -> str:
+        return self.n.const(onnx_rope.inv_freq(self.model.config, self.head_dim), np.float32)
+
+    def to_compute(self, x32: str) -> str:
+        return x32 if self.compute == "F32" else self.n("Cast", x32, to=_elem(self.compute))
+
+    def rope_cos_sin(self) -> tuple[str, str]:
+        """cos and sin [B, 1, S, head_dim] of position_ids, as transformers' rotary embedding computes them."""
+        pos = self.n("Unsqueeze", self.n("Cast", "position_ids", to=_elem("F32")), self.i64([-1]))
+        freqs = self.n("Mul", pos, self.inv_freq())  # [B, S, D/2]
+        emb = self.n("Concat", freqs, freqs, axis=-1)
+        return tuple(self.n("Unsqueeze", self.to_compute(self.n(fn, emb)), self.i64([1])) for fn in ("Cos", "Sin"))
+
+    def causal_mask(self) -> str:
+        """[B, 1, S, T] float32: 0 where query i may attend key j (j <= past + i and attention_mask[j]), else NEG."""
+        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
+        seq = self.n("Gather", self.batch_seq, self.i64(1), axis=0)
+        past = self.n("Sub", total, seq)
+        keys = self.n("Unsqueeze", self.n("Range", self.i64(0), total, self.i64(1)), self.i64([0]))  # [1, T]
+        queries = self.n("Unsqueeze", self.n("Range", past, total, self.i64(1)), self.i64([1]))  # [S, 1]
+        causal = self.n("LessOrEqual", keys, queries)
+        padding = self.n("Unsqueeze", self.n("Cast", "attention_mask", to=_onnx().TensorProto.BOOL),
+                         self.i64([1, 2]))
+        allowed = self.n("And", causal, padding)
+        return self.n("Where", allowed, self.n.const(0.0, np.float32), self.n.const(NEG, np.float32))
+
+    # --- attention -----------------------------------------------------------------------------------------------
+    def heads_view(self, x: str, n_heads: int, norm: str | None) -> str:
+        """[rows, n * D] -> [B, n, S, D], with qwen3's per-head RMS norm."""
+        if n_heads not in self.head_shapes:
+            self.head_shapes[n_heads] = self.n("Concat", self.batch_seq, self.i64([n_heads, self.head_dim]), axis=0)
+        x = self.n("Reshape", x, self.head_shapes[n_heads])
+        if norm:
+            x = self.rms_norm(x, norm)
+        return self.n("Transpose", x, perm=[0, 2, 1, 3])
+
+    def rotate(self, x: str) -> str:
+        half = self.head_dim // 2
+        lo = self.n("Slice", x, self.i64([0]), self.i64([half]), self.i64([-1]))
+        hi = self.n("Slice", x, self.i64([half]), self.i64([self.head_dim]), self.i64([-1]))
+        rotated = self.n("Concat", self.n("Neg", hi), lo, axis=-1)
+        return self.n("Add", self.n("Mul", x, self.cos), self.n("Mul", rotated, self.sin))
+
+    def repeat_kv(self, x: str) -> str:
+        rep = self.heads // self.kv_heads
+        if rep == 1:
+            return x
+        x = self.n("Expand", self.n("Unsqueeze", x, self.i64([2])), self.i64([1, 1, rep, 1, 1]))
+        return self.n("Reshape", x, self.i64([0, self.heads, -1, self.head_dim]))
+
+    def attention_portable(self, q: str, k: str, v: str, layer: int, p: str) -> str:
+        q = self.rotate(self.heads_view(q, self.heads, self.norm_name(p, "q")))
+        k = self.rotate(self.heads_view(k, self.kv_heads, self.norm_name(p, "k")))
+        v = self.heads_view(v, self.kv_heads, None)
+        key = self.n("Concat", f"past_key_values.{layer}.key", k, outputs=[f"present.{layer}.key"], axis=2)
+        value = self.n("Concat", f"past_key_values.{layer}.value", v, outputs=[f"present.{layer}.value"], axis=2)
+        scores = self.n("MatMul", q, self.n("Transpose", self.repeat_kv(key), perm=[0, 1, 3, 2]))
+        scores = self.n("Mul", scores, self.c(self.head_dim ** -0.5))
+        if self.compute != "F32":
+            scores = self.n("Cast", scores, to=_elem("F32"))
+        probs = self.to_compute(self.n("Softmax", self.n("Add", scores, self.mask), axis=-1))
+        out = self.n("Transpose", self.n("MatMul", probs, self.repeat_kv(value)), perm=[0, 2, 1, 3])
+        return self.n("Reshape", out, self.i64([-1, self.heads * self.head_dim]))
+
+    def attention_ort(self, q: str, k: str, v: str, layer: int, p: str) -> str:
+        for which in "qk":
+            norm = self.norm_name(p, which)
+            if norm:
+                x = q if which == "q" else k
+                normed = self.n("Reshape", self.rms_norm(self.n("Reshape", x, self.i64([-1, self.head_dim])), norm),
+                                self.i64([-1, (self.heads if which == "q" else self.kv_heads) * self.head_dim]))
+                q, k = (normed, k) if which == "q" else (q, normed)
+        q, k, v = (self.n("Reshape", t, self.rows_last) for t in (q, k, v))
+        out = self.n("GroupQueryAttention", q, k, v, f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
+                     self.seqlens_k, self.total_len, self.cos_cache, self.sin_cache,
+                     outputs=[f"/attn_{layer}/out", f"present.{layer}.key", f"present.{layer}.value"], domain=MS,
+                     num_heads=self.heads, kv_num_heads=self.kv_heads, scale=self.head_dim ** -0.5, do_rotary=1,
+                     rotary_interleaved=0)[0]
+        return self.n("Reshape", out, self.i64([-1, self.heads * self.head_dim]))
+
+    def norm_name(self, prefix: str, which: str) -> str | None:
+        name = f"{prefix}.self_attn.{which}_norm.weight"
+        return name if self.has(name) else None
+
+    # --- the decoder ---------------------------------------------------------------------------------------------
+    def build(self) -> OnnxGraph:
+        self.inputs_info()
+        embed = "model.embed_tokens.weight"
+        hidden = self.n("Reshape", self.n("Gather", self.weight(embed), "input_ids", axis=0),
+                        self.i64([-1, self.cfg["hidden_size"]]))
+        attention = self.attention_ort if self.ops == "ort" else self.attention_portable
+        residual, x = hidden, self.rms_norm(hidden, "model.layers.0.input_layernorm.weight")
+        for i in range(self.cfg["num_hidden_layers"]):
+            p = f"model.layers.{i}"
+            if i:
+                x, residual = self.add_norm(x, residual, f"{p}.input_layernorm.weight")
+            q, k, v = (self.linear(x, f"{p}.self_attn.{w}_proj") for w in "qkv")
+            attn = self.linear(attention(q, k, v, i, p), f"{p}.self_attn.o_proj")
+            x, residual = self.add_norm(attn, residual, f"{p}.post_attention_layernorm.weight")
+            gate, up = (self.linear(x, f"{p}.mlp.{w}_proj") for w in ("gate", "up"))
+            x = self.linear(self.n("Mul", self.n("Mul", gate, self.n("Sigmoid", gate)), up), f"{p}.mlp.down_proj")
+        x, _ = self.add_norm(x, residual, "model.norm.weight")
+        head = "lm_head.weight" if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings") else embed
+        logits = self.n("Gemm", x, self.weight(head), transB=1)
+        self.n("Reshape", logits, self.rows_last, outputs=["logits"])
+        return OnnxGraph(self.proto(), list(self.weights.items()), self.storage, self.compute, self.notes)
+
+    def proto(self):
+        onnx = _onnx()
+        h, tp = onnx.helper, onnx.TensorProto
+        io, kv = _elem(self.compute), [self.kv_heads, self.head_dim]
+        inputs = [h.make_tensor_value_info("input_ids", tp.INT64, ["batch_size", "sequence_length"]),
+                  h.make_tensor_value_info("attention_mask", tp.INT64, ["batch_size", "total_sequence_length"]),
+                  h.make_tensor_value_info("position_ids", tp.INT64, ["batch_size", "sequence_length"])]
+        outputs = [h.make_tensor_value_info("logits", io, ["batch_size", "sequence_length", self.cfg["vocab_size"]])]
+        for i in range(self.cfg["num_hidden_layers"]):
+            for t in ("key", "value"):
+                inputs.append(h.make_tensor_value_info(f"past_key_values.{i}.{t}", io,
+                                                       ["batch_size", kv[0], "past_sequence_length", kv[1]]))
+                outputs.append(h.make_tensor_value_info(f"present.{i}.{t}", io,
+                                                        ["batch_size", kv[0], "total_sequence_length", kv[1]]))
+        graph = h.make_graph(self.n.nodes, self.model.arch, inputs, outputs)
+        opsets = [h.make_opsetid("", OPSET)] + ([h.make_opsetid(MS, 1)] if self.ops == "ort" else [])
+        model = h.make_model(graph, opset_imports=opsets, producer_name="modelport", ir_version=8)
+        return model
+
+
+def _elem_int32() -> int:
+    return _onnx().TensorProto.INT32
+
+
+def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,
+          block_size: int = 32) -> OnnxGraph:
+    """The decoder graph of `model` in `ops`' operator set, weights stored as `dtype` (default: the source's
+    float precision)."""
+    if ops not in OPS:
+        raise Unsupported(None, f"unknown operator set {ops!r}; choose one of {', '.join(OPS)}")
+    if quant and ops != "ort":
+        raise Unsupported(None, f"--quant {quant} makes MatMulNBits weights, an onnxruntime contrib op: pass --ops ort")
+    dtype = dtype or _source_dtype(model)
+    if dtype not in FLOATS:
+        raise Unsupported(None, f"ONNX weights are stored as f32, f16 or bf16, not {dtype}")
+    return _Decoder(model, dtype, ops, quant, block_size).build()
+
+
+def _source_dtype(model: Model) -> str:
+    """The source's float precision; a quantized GGUF's float type (F16) otherwise."""
+    first = next((r for r in model.tensors.values() if len(r.shape) > 1), None)
+    if first is not None and first.result_dtype in FLOATS:
+        return first.result_dtype
+    return model.metadata.get("dtype") if model.metadata.get("dtype") in FLOATS else "F16"
