@@ -70,6 +70,7 @@ class Transformers:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors on stderr
+            hf_logging.set_verbosity_error()  # 4.57.3+ warns of a Mistral regex on any folder it saved itself
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -81,3 +82,65 @@ class Transformers:
         with self.torch.no_grad():
             out = self.model(self.torch.tensor([ids]))
         return out.logits[0].float().numpy()
+
+
+class LlamaCppEmbeddings:
+    """A GGUF embedding model (BERT and kin) in llama.cpp, CPU only: one vector per text, pooled as the GGUF's
+    `{arch}.pooling_type` says. Non-causal models need a whole text in one micro-batch, so n_ubatch = n_ctx."""
+
+    def __init__(self, path: str | Path, n_ctx: int = 512):
+        lc = llama_cpp()
+        self.llm = lc.Llama(model_path=str(path), embedding=True, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                            n_gpu_layers=0, n_threads=os.cpu_count(), seed=0,
+                            verbose=bool(os.environ.get("MODELPORT_VERBOSE")))
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=False)
+
+    def embed(self, texts: list[str], normalize: bool = False) -> np.ndarray:
+        """(texts, dim) float32; `normalize` L2-normalises each row (a sentence-transformers Normalize module)."""
+        return np.array([self.llm.embed(t, normalize=normalize) for t in texts], dtype=np.float32)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class TransformersEmbeddings:
+    """An HF encoder folder in transformers, fp32 on the CPU, pooled as its sentence-transformers files say (mean
+    over the attention mask, the [CLS] state or the last token; then L2 normalisation if a Normalize module follows):
+    the reference for embeddings. A folder without modules.json is mean-pooled, as sentence-transformers does."""
+
+    POOLERS = {
+        "mean": lambda h, mask: (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True),
+        "cls": lambda h, mask: h[:, 0],
+        "lasttoken": lambda h, mask: h[range(len(h)), mask.sum(1).long() - 1],  # right-padded batches
+    }
+
+    def __init__(self, path: str | Path):
+        try:
+            import torch
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError:
+            raise RuntimeMissing(None, "transformers runtime missing: pip install 'modelport[torch]'") from None
+        from modelport.convert import sentence_transformers
+        from modelport.formats.safetensors import sentence_transformers_files
+
+        files = sentence_transformers_files(Path(path))
+        self.mode = sentence_transformers.pooling_mode(files) or "mean"
+        self.normalize = sentence_transformers.normalizes(files)
+        self.torch = torch
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=add_special).input_ids
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(texts, dim) float32, the texts padded into one batch."""
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        with self.torch.no_grad():
+            states = self.model(**enc).last_hidden_state
+        out = self.POOLERS[self.mode](states, enc.attention_mask.to(states.dtype))
+        if self.normalize:
+            out = self.torch.nn.functional.normalize(out, p=2, dim=1)
+        return out.numpy()

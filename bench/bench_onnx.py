@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Benchmark: HF safetensors -> ONNX on a Llama-3.2-1B-shaped checkpoint (2.47 GB bf16), f16 and int4 (`ort` ops).
+
+In the same run and on the same input, times and measures the peak RSS (os.wait4 on the child) of:
+- `modelport convert SRC DIR --to onnx --dtype f16 --ops ort` and `... --quant int4 --ops ort`;
+- the references (skip with --no-reference): onnxruntime-genai's builder (`-p int4 -e cpu` and `-p fp16 -e cpu`)
+  and optimum's exporter (`optimum-cli export onnx --task text-generation-with-past`, fp32).
+
+Targets (issue 5): each modelport conversion <= 20 s wall and <= 1.5 GB peak RSS on the 2-core machine.
+
+    .venv/bin/python bench/bench_onnx.py               # table
+    .venv/bin/python bench/bench_onnx.py --json        # figures as JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from common import MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, log, modelport_cmd, run
+
+WALL_TARGET_S = 20.0
+RSS_TARGET_BYTES = 1.5e9
+
+
+def jobs(src, a) -> list[tuple[str, list[str], bool]]:
+    """(label, command, is ours) in the order they run."""
+    ours = [
+        ("modelport f16 (ort)", modelport_cmd() + ["convert", str(src), str(OUT / "mp-f16"), "--to", "onnx",
+                                                   "--dtype", "f16", "--ops", "ort", "--force"], True),
+        ("modelport int4 (ort)", modelport_cmd() + ["convert", str(src), str(OUT / "mp-int4"), "--to", "onnx",
+                                                    "--quant", "int4", "--ops", "ort", "--force"], True),
+    ]
+    if a.no_reference:
+        return ours
+    builder = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-e", "cpu",
+               "-c", str(OUT / "genai-cache")]
+    refs = [
+        ("onnxruntime-genai builder int4", builder + ["-o", str(OUT / "genai-int4"), "-p", "int4"], False),
+        ("onnxruntime-genai builder fp16", builder + ["-o", str(OUT / "genai-fp16"), "-p", "fp16"], False),
+    ]
+    if not a.no_optimum:
+        refs.append(("optimum-cli export onnx (fp32)",
+                     [shutil.which("optimum-cli") or "optimum-cli", "export", "onnx", "--model", str(src), "--task",
+                      "text-generation-with-past", str(OUT / "optimum")], False))
+    return ours + refs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--no-reference", action="store_true", help="time modelport only")
+    ap.add_argument("--no-optimum", action="store_true", help="skip optimum's exporter (about 2 minutes, 12 GB)")
+    ap.add_argument("--keep", action="store_true", help="keep bench/out/ afterwards")
+    a = ap.parse_args()
+
+    src = ensure_model(MODELS / "l32-1b")
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    load_start = os.getloadavg()[0]
+    if load_start > 0.5:
+        log(f"warning: 1-minute load average is {load_start:.2f}; other work on the machine skews the timings")
+    rows = []
+    for label, cmd, ours in jobs(src, a):
+        os.sync()
+        log(f"running {label}")
+        wall, rss, _ = run(cmd)
+        out_dir = next(p for p in cmd if p.startswith(str(OUT)) and "cache" not in p)
+        rows.append({"label": label, "ours": ours, "wall_s": wall, "peak_rss_bytes": rss,
+                     "output_bytes": dir_bytes(Path(out_dir)),
+                     "command": " ".join(cmd).replace(str(REPO) + "/", "").replace(sys.executable, "python"),
+                     **({"wall_pass": wall <= WALL_TARGET_S, "rss_pass": rss <= RSS_TARGET_BYTES} if ours else {})})
+        log(f"  {wall:.1f} s, peak RSS {rss / 1e9:.2f} GB")
+    if not a.keep:
+        shutil.rmtree(OUT, ignore_errors=True)
+    res = {"input": str(src.relative_to(REPO)), "input_bytes": dir_bytes(src), "runs": rows,
+           "wall_target_s": WALL_TARGET_S, "rss_target_bytes": RSS_TARGET_BYTES,
+           "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+           "date": time.strftime("%Y-%m-%d")}
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return
+    ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
+    print(f"HF -> ONNX, {SHAPE} ({res['input_bytes'] / 1e9:.2f} GB bf16), {os.cpu_count()} CPUs, {res['date']}")
+    print(f"  {'':34} {'wall':>8} {'peak RSS':>10} {'output':>9}")
+    for r in rows:
+        verdict = f"  wall {ok(r['wall_pass'])}, RSS {ok(r['rss_pass'])}" if r["ours"] else ""
+        print(f"  {r['label']:34} {r['wall_s']:7.1f}s {r['peak_rss_bytes'] / 1e9:8.2f}GB "
+              f"{r['output_bytes'] / 1e9:7.2f}GB{verdict}")
+    by = {r["label"]: r for r in rows}
+    for ours, theirs in (("modelport int4 (ort)", "onnxruntime-genai builder int4"),
+                         ("modelport f16 (ort)", "onnxruntime-genai builder fp16")):
+        if theirs in by:
+            print(f"  {ours} / {theirs}: wall {by[ours]['wall_s'] / by[theirs]['wall_s']:.2f}x, "
+                  f"RSS {by[ours]['peak_rss_bytes'] / by[theirs]['peak_rss_bytes']:.2f}x")
+    print(f"  targets: <= {WALL_TARGET_S:.0f} s and <= {RSS_TARGET_BYTES / 1e9:.1f} GB each; load avg start/end "
+          "%.2f / %.2f" % tuple(res["loadavg_1min_start_end"]))
+
+
+if __name__ == "__main__":
+    main()
