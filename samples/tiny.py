@@ -41,6 +41,12 @@ CONFIGS = {
     # byte-level BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
     "gpt2": dict(model_type="gpt2", vocab_size=128256, n_positions=1024, layer_norm_epsilon=1e-5,
                  activation_function="gelu_new", bos_token_id=128000, eos_token_id=128001),
+    # StarCoder2 3B, shrunk: biases everywhere, LayerNorms, GELU MLP, sliding window (longer than the test text),
+    # tied output. StarCoder2's 49k byte-level BPE is not shipped by a PyPI package; Llama 3's stands in.
+    "starcoder2": dict(model_type="starcoder2", vocab_size=128256, max_position_embeddings=16384, norm_epsilon=1e-5,
+                       rope_theta=999999.4420358813, sliding_window=4096, use_bias=True,
+                       hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, bos_token_id=128000,
+                       eos_token_id=128001),
 }
 
 # Families whose configs spell the shape their own way: SHAPES key -> the family's config key (None: not a field of
@@ -114,7 +120,7 @@ def sentencepiece_tokenizer(out: Path, version: str = "v1") -> Path:
 TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
-              "gpt2": llama3_tokenizer}
+              "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer}
 
 
 def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:
