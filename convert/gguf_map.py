@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_VERSION, GGUFValueType, Keys
+from gguf import GGML_QUANT_VERSION, MODEL_TENSOR, GGUFValueType, Keys
 
 from modelport.formats.errors import Unsupported
 from modelport.formats.gguf import GGUFContents
 from modelport.formats.model import MemorySlice, Model, TensorRef
 
-from . import archs, quant_plan, tokenizer
+from . import archs, quant_plan, sentence_transformers, tokenizer
 from .dtypes import FILE_TYPES, FLOATS, TORCH_NAMES, cast
 from .imatrix import Imatrix
 from .quantize import quantize
@@ -21,6 +21,8 @@ KV = tuple[str, object, GGUFValueType, "GGUFValueType | None"]
 CONFIG_KEY = "modelport.source.config"  # the source config.json, for what GGUF keys cannot say (rope_scaling ...)
 SKIP_HF = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed by every runtime
 FILE_TYPE_DTYPES = {int(v): k for k, v in FILE_TYPES.items()}
+# kinds llama.cpp's converter always writes F32 whatever the out type (ModelBase.prepare_tensors), of the families here
+F32_KINDS = frozenset({MODEL_TENSOR.POS_EMBD, MODEL_TENSOR.TOKEN_TYPES})
 
 
 def default_gguf_dtype(model: Model) -> str:
@@ -58,15 +60,16 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
     dtype = dtype or (lossless_dtype(model) if quant else default_gguf_dtype(model))
     tensors = [(name, MemorySlice.tensor(arr, "F32")) for name, arr in arch.extra_tensors(model.config).items()]
     tied = cfg.get("tie_word_embeddings", False)
-    for hf_name, ref in model.tensors.items():
-        if hf_name.endswith(SKIP_HF) or (tied and hf_name == "lm_head.weight"):
+    for source_name, ref in model.tensors.items():
+        hf_name = arch.canonical(source_name)
+        if hf_name is None or hf_name.endswith(SKIP_HF) or (tied and hf_name == "lm_head.weight"):
             continue
         if hf_name not in names:
             raise Unsupported(path, f"tensor {hf_name!r} has no GGUF name in the {arch.name} family")
         kind, gguf_name = names[hf_name]
         if kind in arch.to_gguf:
             ref = _mapped(ref, arch.to_gguf[kind], cfg)
-        tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 else dtype)))
+        tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 or kind in F32_KINDS else dtype)))
     choices: list[dict] = []
     file_type = int(FILE_TYPES[dtype])
     if quant:
@@ -82,6 +85,7 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
         kv += model.metadata["gguf_tokenizer"]
     elif model.tokenizer:
         kv += tokenizer.hf_to_gguf(model.tokenizer, model.config)
+    kv += sentence_transformers.to_gguf(model.metadata.get("sentence_transformers") or {}, arch.gguf_name)
     kv += imatrix_kv(imatrix) if quant and imatrix else []
     kv.append((CONFIG_KEY, json.dumps(model.config, sort_keys=True), GGUFValueType.STRING, None))
     kv += [(k, v, GGUFValueType.STRING, None) for k, v in provenance.items()]
@@ -140,6 +144,8 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
                  tokenizer=tokenizer.gguf_to_hf(values) if "tokenizer.ggml.model" in values else {},
                  metadata={"format": "gguf", "source_files": contents.files, "name": values.get(Keys.General.NAME),
                            "dtype": file_type,
+                           "sentence_transformers": sentence_transformers.from_gguf(values, arch.gguf_name,
+                                                                                    norm["hidden_size"]),
                            "gguf_tokenizer": [(k, v, t, sub) for k, (v, t, sub) in contents.kv.items()
                                               if k.startswith("tokenizer.")]})
 

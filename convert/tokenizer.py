@@ -93,6 +93,10 @@ def hf_to_gguf(files: dict[str, bytes], config: dict) -> list[KV]:
     tj = _json(files, "tokenizer.json")
     model = (tj or {}).get("model") or {}
     try:
+        if model.get("type") == "WordPiece" or (tj is None and "vocab.txt" in files and "tokenizer.model" not in files):
+            from . import wordpiece
+
+            return wordpiece.hf_to_gguf(files, tj, config)
         if tj is not None and model.get("type") == "BPE" and not model.get("byte_fallback") and _has_byte_level(tj):
             return _gpt2_to_gguf(files, tj, config)
         if "tokenizer.model" in files:
@@ -100,11 +104,11 @@ def hf_to_gguf(files: dict[str, bytes], config: dict) -> list[KV]:
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:  # a field missing or of a wrong type
         raise BadInput(None, f"malformed tokenizer files: {type(e).__name__}: {e}") from None
     if tj is None:
-        raise BadInput(None, "no tokenizer.json or tokenizer.model among the tokenizer files")
+        raise BadInput(None, "no tokenizer.json, tokenizer.model or vocab.txt among the tokenizer files")
     if model.get("type") == "BPE":
         raise Unsupported("tokenizer.json", "a SentencePiece-style BPE needs its tokenizer.model to convert to GGUF")
-    raise Unsupported("tokenizer.json", f"{model.get('type')} tokenizers are not supported (byte-level BPE and "
-                                        "SentencePiece BPE are)")
+    raise Unsupported("tokenizer.json", f"{model.get('type')} tokenizers are not supported (byte-level BPE, "
+                                        "SentencePiece BPE and WordPiece are)")
 
 
 def _gpt2_to_gguf(files: dict[str, bytes], tj: dict, config: dict) -> list[KV]:
@@ -297,11 +301,13 @@ class _folder:
         self.tmp.cleanup()
 
 
-def _special_vocab(files: dict[str, bytes], config: dict, load_merges: bool, n_vocab: int) -> SpecialVocab:
-    """gguf-py's SpecialVocab: merges, special token ids, add_bos/add_eos and the chat template."""
+def _special_vocab(files: dict[str, bytes], config: dict, load_merges: bool, n_vocab: int,
+                   types: tuple[str, ...] | None = None) -> SpecialVocab:
+    """gguf-py's SpecialVocab: merges, special token ids (of `types`, default all), add_bos/add_eos and the chat
+    template."""
     with _folder(files, config) as d:
         try:
-            return SpecialVocab(d, load_merges=load_merges, n_vocab=n_vocab)
+            return SpecialVocab(d, load_merges=load_merges, n_vocab=n_vocab, special_token_types=types)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BadInput("tokenizer.json", f"cannot read special tokens or merges: {e}") from None
 
@@ -339,13 +345,17 @@ def gguf_to_hf(kv: dict[str, object]) -> dict[str, bytes]:
     types = kv.get(Keys.Tokenizer.TOKEN_TYPE) or [int(TokenType.NORMAL)] * len(tokens)
     if len(types) < len(tokens) or len(set(tokens)) != len(tokens):
         raise BadInput(None, "tokenizer.ggml.token_type is short or tokenizer.ggml.tokens has duplicates")
+    if model == "bert":
+        from . import wordpiece
+
+        return wordpiece.gguf_to_hf(kv, tokens, types)
     if model == "gpt2":
         pre = _pre_type_named(kv.get(Keys.Tokenizer.PRE) or "default")
         tok, add_bos = _gpt2_tokenizer(kv, tokens, pre), pre.add_bos
     elif model == "llama":
         tok, add_bos = _spm_tokenizer(kv, tokens, types), True
     else:
-        raise Unsupported(None, f"GGUF tokenizer model {model!r} is not supported (gpt2 and llama are)")
+        raise Unsupported(None, f"GGUF tokenizer model {model!r} is not supported (gpt2, llama and bert are)")
     # Control tokens are special (skipped on decode); user-defined ones are matched in text but decoded as text.
     # Their ids are already in the model vocab, so the added tokens keep them.
     tok.add_tokens([AddedToken(t, special=False, normalized=False)

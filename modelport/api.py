@@ -8,12 +8,12 @@ from typing import Callable
 
 from modelport.convert import gguf_map, onnx_genai, onnx_graph, quantize
 from modelport.convert import imatrix as imatrix_file
-from modelport.convert import onnx_import
+from modelport.convert import onnx_import, onnx_quantize
 from modelport.convert.dtypes import parse as parse_dtype
 from modelport.formats import onnx as onnx_format
 from modelport.formats import registry
 from modelport.formats.atomic import atomic_output
-from modelport.formats.errors import Unsupported
+from modelport.formats.errors import BadInput, OutputExists, Unsupported
 from modelport.formats.hashing import Late, SourceHashes
 from modelport.formats.model import Model
 
@@ -137,3 +137,41 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
     from modelport.validators.parity import validate as run
 
     return run(ref, cand, texts, max_kl, min_top1, max_ppl_ratio)
+
+
+def quantize_onnx(src: str | Path, dst: str | Path, quant: str, block_size: int = 32, force: bool = False) -> Result:
+    """An existing ONNX model (a .onnx, or a folder holding model.onnx; ours or anyone's) quantized by onnxruntime's
+    quantizers (convert.onnx_quantize: int4 / int8 MatMulNBits, fp16) into DST.onnx with DST.onnx.data beside it,
+    both whole or neither. onnxruntime's quantizers work on the whole model in memory, so unlike `convert` this
+    holds the model (and its quantized copy) in RAM."""
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != ".onnx":
+        raise BadInput(dst, "an ONNX quantization writes a .onnx file (its weights go to a .onnx.data beside it)")
+    contents = onnx_format.read(src)  # a valid graph whose external data stays in its folder
+    hashes = SourceHashes(contents.files)
+    proto = onnx_quantize.quantize(contents.path, quant, block_size)
+    tensors = onnx_quantize.detach_weights(proto)
+    prov = {"modelport.version": VERSION, "modelport.source.format": "onnx",
+            "modelport.options": json.dumps({"quant": quant, "block_size": block_size}, sort_keys=True)}
+    late = Late(HASHES_KEY, hashes.placeholder, hashes.text)
+    _write_onnx_pair(dst, force, lambda model, data, location: onnx_format.write(
+        model, data, location, proto, tensors, {**contents.metadata, **prov}, late))
+    return Result(str(src), str(dst), "onnx", "onnx", quant, len(tensors), sum(r.nbytes for _, r in tensors), prov)
+
+
+def _write_onnx_pair(dst: Path, force: bool, write: Callable[[Path, Path, str], None]) -> None:
+    """`write(model partial, data partial, data file name)` for DST.onnx and DST.onnx.data: the model is put in
+    place first and taken back out if the data cannot follow, so both appear or neither."""
+    data = dst.with_name(dst.name + ".data")
+    if dst.exists() and not force:
+        raise OutputExists(dst, "exists; pass --force to overwrite")
+    model_done = False
+    try:
+        with atomic_output(data, force) as partial_data:
+            with atomic_output(dst, force) as partial:
+                write(partial, partial_data, data.name)
+            model_done = True
+    except BaseException:
+        if model_done:
+            dst.unlink(missing_ok=True)
+        raise

