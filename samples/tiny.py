@@ -47,6 +47,16 @@ CONFIGS = {
                        rope_theta=999999.4420358813, sliding_window=4096, use_bias=True,
                        hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, bos_token_id=128000,
                        eos_token_id=128001),
+    # Falcon 7B, shrunk: multi-query attention (one KV head), attention and MLP in parallel off one LayerNorm, no
+    # biases, tied output. Falcon's own 65k BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
+    "falcon": dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, multi_query=True,
+                   new_decoder_architecture=False, parallel_attn=True, bias=False, alibi=False,
+                   bos_token_id=128000, eos_token_id=128001),
+    # Falcon 40B, shrunk: the new decoder architecture (grouped KV heads interleaved with their queries in
+    # query_key_value, separate ln_attn and ln_mlp).
+    "falcon40b": dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, multi_query=True,
+                      new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False,
+                      bos_token_id=128000, eos_token_id=128001),
     # all-MiniLM-L6-v2 (sentence-transformers), shrunk: a BERT encoder with token types, learned positions, mean
     # pooling and normalisation; its own WordPiece tokenizer and sentence-transformers files.
     "bert": dict(model_type="bert", vocab_size=30522, max_position_embeddings=512, layer_norm_eps=1e-12,
@@ -58,6 +68,8 @@ CONFIGS = {
 SHAPE_KEYS = {
     "gpt2": dict(hidden_size="n_embd", num_hidden_layers="n_layer", num_attention_heads="n_head",
                  intermediate_size=None, num_key_value_heads=None, head_dim=None),
+    "falcon": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),
+    "falcon40b": dict(intermediate_size=None, num_key_value_heads="num_kv_heads", head_dim=None),
     "bert": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),  # its own intermediate size
 }
 # Families that are not causal LMs: the transformers auto class that builds them (the rest: AutoModelForCausalLM)
@@ -143,7 +155,8 @@ def minilm_tokenizer(out: Path) -> Path:
 TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
-              "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "bert": minilm_tokenizer}
+              "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
+              "falcon40b": llama3_tokenizer, "bert": minilm_tokenizer}
 
 
 def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:

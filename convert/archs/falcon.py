@@ -1,0 +1,98 @@
+"""Falcon 7B (multi-query) and 40B/180B (new decoder architecture: grouped KV, separate ln_attn/ln_mlp): llama.cpp's
+`falcon` arch, parallel attention and MLP, no biases, NeoX rope.
+
+HF fuses Q, K and V in `query_key_value` as n_kv groups of (n_head/n_kv query heads, one key, one value);
+llama.cpp wants all queries, then all keys, then all values. The rows are reordered as convert_hf_to_gguf.py's
+FalconModel does (for 7B, one group, the reorder is the identity), and back on the way out. Unlike FalconModel, the
+KV head count is the one transformers' FalconAttention uses: a multi-query model has one, whatever `num_kv_heads`
+says (transformers writes num_kv_heads = num_attention_heads into a re-saved falcon-7b config.json).
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
+
+from modelport.formats.errors import Unsupported
+
+from .base import F32, Arch, HParam
+
+HPARAMS = (
+    HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
+    HParam(Keys.LLM.CONTEXT_LENGTH, "max_position_embeddings"),
+    HParam(Keys.LLM.EMBEDDING_LENGTH, "hidden_size"),
+    HParam(Keys.LLM.BLOCK_COUNT, "num_hidden_layers"),
+    HParam(Keys.LLM.FEED_FORWARD_LENGTH, "ffn_hidden_size"),
+    HParam(Keys.Attention.HEAD_COUNT, "num_attention_heads"),
+    HParam(Keys.Attention.HEAD_COUNT_KV, "num_kv_heads"),
+    HParam(Keys.Rope.FREQ_BASE, "rope_theta", F32),
+    HParam(Keys.Attention.LAYERNORM_EPS, "layer_norm_epsilon", F32),
+)
+
+COMMON = ("transformer.word_embeddings.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight",
+          "transformer.h.{bid}.self_attention.query_key_value.weight", "transformer.h.{bid}.self_attention.dense.weight",
+          "transformer.h.{bid}.mlp.dense_h_to_4h.weight", "transformer.h.{bid}.mlp.dense_4h_to_h.weight")
+NORMS_7B = ("input_layernorm",)
+NORMS_40B = ("ln_attn", "ln_mlp")  # gguf-py: attn_norm_2 and attn_norm
+
+
+def _norms(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"transformer.h.{{bid}}.{n}.{p}" for n in names for p in ("weight", "bias"))
+
+
+def _two_norms(cfg: dict) -> bool:
+    return bool(cfg.get("new_decoder_architecture")) and (cfg.get("num_ln_in_parallel_attn") or 2) == 2
+
+
+def tensors_for(cfg: dict) -> tuple[str, ...]:
+    return COMMON + _norms(NORMS_40B if _two_norms(cfg) else NORMS_7B)
+
+
+# what llama.cpp's falcon graph computes; other Falcon variants (Falcon-RW's ALiBi, sequential blocks) it cannot run
+REQUIRED = {"alibi": False, "parallel_attn": True, "bias": False}
+
+
+def normalize(config: dict) -> dict:
+    cfg = dict(config)
+    for key, value in REQUIRED.items():
+        if bool(cfg.get(key, value)) != value:
+            raise Unsupported(None, f"falcon with {key}={cfg[key]} has no llama.cpp equivalent")
+    if cfg.get("new_decoder_architecture") and not _two_norms(cfg):
+        raise Unsupported(None, "falcon with one LayerNorm in the new decoder architecture has no llama.cpp equivalent")
+    cfg["num_attention_heads"] = cfg.get("num_attention_heads") or cfg["n_head"]  # RW-era configs: n_head
+    grouped = cfg.get("new_decoder_architecture") or not cfg.get("multi_query", True)
+    cfg["num_kv_heads"] = (cfg.get("num_kv_heads") or cfg["num_attention_heads"]) if grouped else 1
+    cfg["ffn_hidden_size"] = cfg.get("ffn_hidden_size") or 4 * cfg["hidden_size"]
+    cfg.setdefault("max_position_embeddings", 2048)  # what FalconModel writes: falcon configs leave it out
+    cfg.setdefault("rope_theta", 10000.0)
+    cfg.setdefault("tie_word_embeddings", True)  # PretrainedConfig's default
+    cfg.update(num_key_value_heads=cfg["num_kv_heads"], intermediate_size=cfg["ffn_hidden_size"])
+    return cfg
+
+
+def _groups(cfg: dict) -> tuple[int, int, int]:
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_kv_heads"]
+    return n_kv, n_head // n_kv, cfg["hidden_size"] // n_head
+
+
+def _to_gguf(w: np.ndarray, cfg: dict) -> np.ndarray:
+    """(n_kv groups of [q x n_head/n_kv, k, v]) -> [all q; all k; all v], rows of head_dim."""
+    n_kv, q_per_kv, head_dim = _groups(cfg)
+    qkv = w.reshape(n_kv, q_per_kv + 2, head_dim, *w.shape[1:])
+    return np.concatenate([qkv[:, :-2].reshape(-1, *w.shape[1:]), qkv[:, -2].reshape(-1, *w.shape[1:]),
+                           qkv[:, -1].reshape(-1, *w.shape[1:])])
+
+
+def _from_gguf(w: np.ndarray, cfg: dict) -> np.ndarray:
+    n_kv, q_per_kv, head_dim = _groups(cfg)
+    q, k, v = np.split(w, [n_kv * q_per_kv * head_dim, (n_kv * q_per_kv + n_kv) * head_dim])
+    parts = (q.reshape(n_kv, q_per_kv, head_dim, *w.shape[1:]), k.reshape(n_kv, 1, head_dim, *w.shape[1:]),
+             v.reshape(n_kv, 1, head_dim, *w.shape[1:]))
+    return np.concatenate(parts, axis=1).reshape(w.shape)
+
+
+ARCH = Arch(
+    name="falcon", hf_class="FalconForCausalLM", gguf_arch=MODEL_ARCH.FALCON, hparams=HPARAMS,
+    tensors=COMMON + _norms(NORMS_7B + NORMS_40B), tensors_for=tensors_for, normalize=normalize,
+    to_gguf={MODEL_TENSOR.ATTN_QKV: _to_gguf}, from_gguf={MODEL_TENSOR.ATTN_QKV: _from_gguf},
+    hf_defaults={"alibi": False, "bias": False, "parallel_attn": True, "multi_query": True},
+)
