@@ -99,6 +99,8 @@ def _save_onnx(model: Model, dst: Path, dtype: str | None, ops: str, quant: str 
                 (partial / name).write_bytes(content)
     else:
         data = dst.with_name(dst.name + ".data")
+        if dst.exists() and not force:  # named first: the data file beside it is the second thing checked
+            raise OutputExists(dst, "exists; pass --force to overwrite")
         model_done = False
         try:
             with atomic_output(data, force) as partial_data:

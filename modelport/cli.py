@@ -70,16 +70,23 @@ QUANT_HELP = "llama.cpp quantization preset for GGUF output (Q4_K_M, Q8_0, ...; 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--to", "to", type=click.Choice(["gguf", "safetensors"]), help="Output format (default: by extension).")
+@click.option("--to", "to", type=click.Choice(["gguf", "safetensors", "onnx"]),
+              help="Output format (default: by extension).")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16"]), help="Float precision (default: the source's).")
 @click.option("--quant", help=QUANT_HELP)
 @click.option("--imatrix", type=click.Path(path_type=Path), help="llama-imatrix importance matrix (.gguf or .dat).")
+@click.option("--ops", type=click.Choice(["portable", "ort"]), help="ONNX operator set: portable (standard ONNX "
+              "operators, any runtime) or ort (onnxruntime contrib ops, faster; needed for --quant int4/int8).")
+@click.option("--block-size", type=click.Choice(["32", "64", "128"]), help="ONNX --quant: weights per scale block "
+              "(default 32).")
 @click.option("--force", is_flag=True, help="Overwrite DST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def convert(src: Path, dst: Path, to, dtype, quant, imatrix, force, as_json) -> None:
-    """Convert SRC (HF folder, .safetensors, .gguf) to DST, quantizing in the same pass with --quant."""
-    _run_conversion(src, dst, as_json, to=to, dtype=dtype, quant=quant, imatrix=imatrix, force=force)
+def convert(src: Path, dst: Path, to, dtype, quant, imatrix, ops, block_size, force, as_json) -> None:
+    """Convert SRC (HF folder, .safetensors, .gguf) to DST, quantizing in the same pass with --quant (a llama.cpp
+    preset for GGUF; int4 or int8 for ONNX)."""
+    _run_conversion(src, dst, as_json, to=to, dtype=dtype, quant=quant, imatrix=imatrix, force=force, ops=ops,
+                    block_size=int(block_size) if block_size else None)
 
 
 @main.command()

@@ -40,6 +40,9 @@ class Arch:
     # an HF tensor name as `tensors` spells it, or None for one llama.cpp's converter leaves out (its filter_tensors:
     # BERT's "bert." prefix and pooler); GGUF -> HF gives the canonical names
     canonical: Callable[[str], str | None] = lambda name: name
+    # an HF tensor name as `tensors` spells it, or None for one llama.cpp's converter leaves out (its filter_tensors:
+    # BERT's "bert." prefix and pooler); GGUF -> HF gives the canonical names
+    canonical: Callable[[str], str | None] = lambda name: name
     # the HF names when they depend on the config (Falcon 7B's input_layernorm vs 40B's ln_attn/ln_mlp, both of which
     # gguf-py maps to attn_norm): normalised config -> templates; None means `tensors` always
     tensors_for: Callable[[dict], tuple[str, ...]] | None = None
