@@ -144,8 +144,7 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
                  tokenizer=tokenizer.gguf_to_hf(values) if "tokenizer.ggml.model" in values else {},
                  metadata={"format": "gguf", "source_files": contents.files, "name": values.get(Keys.General.NAME),
                            "dtype": file_type,
-                           "sentence_transformers": sentence_transformers.from_gguf(values, arch.gguf_name,
-                                                                                    norm["hidden_size"]),
+                           "sentence_transformers": sentence_transformers.from_gguf(values, arch.gguf_name),
                            "gguf_tokenizer": [(k, v, t, sub) for k, (v, t, sub) in contents.kv.items()
                                               if k.startswith("tokenizer.")]})
 

@@ -71,7 +71,7 @@ def to_gguf(files: dict[str, bytes], gguf_arch: str) -> list[tuple[str, object, 
     return kv
 
 
-def from_gguf(values: dict[str, object], gguf_arch: str, hidden_size: int) -> dict[str, bytes]:
+def from_gguf(values: dict[str, object], gguf_arch: str) -> dict[str, bytes]:
     """The sentence-transformers files a GGUF carries, or ones rebuilt from its pooling type; {} for neither."""
     if FILES_KEY in values:
         try:
@@ -84,7 +84,8 @@ def from_gguf(values: dict[str, object], gguf_arch: str, hidden_size: int) -> di
         return {}
     mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    pooling = {"word_embedding_dimension": hidden_size, **{flag: m == mode for m, flag in MODE_FLAGS.items()}}
+    pooling = {"word_embedding_dimension": values.get(Keys.LLM.EMBEDDING_LENGTH.format(arch=gguf_arch)),
+               **{flag: m == mode for m, flag in MODE_FLAGS.items()}}
     return {"modules.json": _dump(mods), "1_Pooling/config.json": _dump(pooling)}
 
 

@@ -143,7 +143,8 @@ def test_a_gguf_without_the_files_gets_its_pooling_back():
     """A GGUF made by llama.cpp carries only `{arch}.pooling_type`: GGUF -> HF writes modules.json and a pooling
     config that say the same."""
     for mode, value in sentence_transformers.MODES.items():
-        files = sentence_transformers.from_gguf({"bert.pooling_type": int(value)}, "bert", 64)
+        kv = {"bert.pooling_type": int(value), "bert.embedding_length": 64}
+        files = sentence_transformers.from_gguf(kv, "bert")
         assert sentence_transformers.pooling_mode(files) == mode
         assert json.loads(files["1_Pooling/config.json"])["word_embedding_dimension"] == 64
 
