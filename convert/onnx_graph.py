@@ -33,7 +33,6 @@ from .dtypes import FLOATS, cast
 OPSET = 17
 MS = "com.microsoft"
 OPS = ("portable", "ort")
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # model_types built here; the others go through optimum
 COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
