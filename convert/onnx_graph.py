@@ -27,12 +27,13 @@ import numpy as np
 from modelport.formats.errors import Unsupported
 from modelport.formats.model import Model, TensorRef
 
-from . import archs, onnx_rope
+from . import archs, onnx_quant, onnx_rope
 from .dtypes import FLOATS, cast
 
 OPSET = 17
 MS = "com.microsoft"
 OPS = ("portable", "ort")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # model_types built here; the others go through optimum
 COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
@@ -52,7 +53,7 @@ class OnnxGraph:
     weights: list[tuple[str, TensorRef]]
     dtype: str  # float storage dtype
     io_dtype: str  # compute dtype: inputs, KV cache, logits
-    notes: list[str] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)  # weights that fell back, and why (as api.Result.fallbacks)
 
 
 class _Nodes:
@@ -94,7 +95,7 @@ class _Decoder:
         self.storage, self.compute = dtype, COMPUTE[dtype]
         self.n = _Nodes()
         self.weights: dict[str, TensorRef] = {}
-        self.notes: list[str] = []
+        self.notes: list[dict] = []
         c = self.cfg
         self.heads, self.kv_heads, self.head_dim = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
         self.eps = float(c["rms_norm_eps"])
@@ -114,9 +115,32 @@ class _Decoder:
         return name in self.model.tensors
 
     def linear(self, x: str, prefix: str) -> str:
-        """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1), or MatMulNBits when quantizing."""
+        """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1), or MatMulNBits when quantized."""
         bias = self.weight(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
-        return self.n("Gemm", x, self.weight(f"{prefix}.weight"), *([bias] if bias else []), transB=1)
+        nbits = self.nbits(f"{prefix}.weight") if self.ops == "ort" else None
+        if nbits is None:
+            return self.n("Gemm", x, self.weight(f"{prefix}.weight"), *([bias] if bias else []), transB=1)
+        parts = [(f"{prefix}.weight.{part}", getattr(nbits, part)) for part in ("qweight", "scales", "zero_points")
+                 if getattr(nbits, part) is not None]
+        self.weights.update(parts)
+        y = self.n("MatMulNBits", x, *(name for name, _ in parts), domain=MS, K=nbits.K, N=nbits.N, bits=nbits.bits,
+                   block_size=nbits.block_size)
+        return self.n("Add", y, bias) if bias else y
+
+    def nbits(self, name: str) -> onnx_quant.NBits | None:
+        """MatMulNBits operands: a GGUF-quantized weight transcoded as it is where its grid fits (no second
+        quantization), a float weight quantized when `quant` asks; None keeps the float Gemm."""
+        ref = self.model.tensors[name]
+        if ref.result_dtype not in FLOATS:
+            nbits = onnx_quant.from_gguf(ref, self.compute)
+            if nbits is not None:
+                return nbits
+            self.notes.append({"name": name, "fallback": f"{ref.result_dtype} has no MatMulNBits grid with "
+                                                         f"{self.compute} scales: dequantized"
+                                                         + (f" and quantized to {self.quant}" if self.quant else "")})
+        if not self.quant:
+            return None
+        return onnx_quant.from_float(ref, QUANT_BITS[self.quant], self.block_size, self.compute)
 
     def c(self, value, dtype=None) -> str:
         return self.n.const(value, dtype or self.np_compute)
@@ -305,6 +329,8 @@ def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: 
     float precision)."""
     if ops not in OPS:
         raise Unsupported(None, f"unknown operator set {ops!r}; choose one of {', '.join(OPS)}")
+    if quant and quant not in QUANT_BITS:
+        raise Unsupported(None, f"ONNX --quant is one of {', '.join(QUANT_BITS)}, not {quant!r}")
     if quant and ops != "ort":
         raise Unsupported(None, f"--quant {quant} makes MatMulNBits weights, an onnxruntime contrib op: pass --ops ort")
     dtype = dtype or _source_dtype(model)

@@ -60,12 +60,16 @@ def _external(path: Path, tensor, nbytes: int) -> FileSlice:
     location = info.get("location", "")
     folder = path.parent.resolve()
     target = (folder / location).resolve()
-    if not location or os.path.isabs(location) or folder not in target.parents:
+    climbs = ".." in Path(location.replace("\\", "/")).parts
+    if not location or os.path.isabs(location) or climbs or folder not in target.parents:
         raise BadInput(path, f"initializer {tensor.name!r}: external data location {location!r} is outside the "
                              "model's folder")
     if not target.is_file():
         raise BadInput(path, f"initializer {tensor.name!r}: external data file {location!r} is missing")
-    offset, length = int(info.get("offset", 0)), int(info.get("length", nbytes))
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", nbytes))
+    except ValueError:
+        raise BadInput(path, f"initializer {tensor.name!r}: external data offset/length are not numbers") from None
     if length != nbytes or offset < 0 or offset + length > target.stat().st_size:
         raise BadInput(path, f"initializer {tensor.name!r}: bytes {offset}..{offset + length} of {location!r} do "
                              f"not hold its {nbytes} bytes (truncated?)")

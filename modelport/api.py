@@ -8,7 +8,7 @@ from typing import Callable
 
 from modelport.convert import gguf_map, onnx_genai, onnx_graph, quantize
 from modelport.convert import imatrix as imatrix_file
-from modelport.convert import onnx_import, onnx_quantize
+from modelport.convert import onnx_import, onnx_optimum, onnx_quantize
 from modelport.convert.dtypes import parse as parse_dtype
 from modelport.formats import onnx as onnx_format
 from modelport.formats import registry
@@ -86,6 +86,8 @@ def _save_onnx(model: Model, dst: Path, dtype: str | None, ops: str, quant: str 
                force: bool, prov: dict[str, str], late: Late | None, progress) -> Result:
     """DST a folder (model.onnx, model.onnx.data, genai_config.json, tokenizer, config.json) or `x.onnx` with
     `x.onnx.data` beside it; both files appear whole or not at all."""
+    if model.arch not in onnx_graph.FAMILIES:
+        return _save_onnx_optimum(model, dst, dtype, quant, force, prov, late)
     graph = onnx_graph.build(model, dtype, ops, quant, block_size)
     meta = {ARCH_KEY: model.arch, gguf_map.CONFIG_KEY: json.dumps(model.config, sort_keys=True), **prov}
     total = sum(r.nbytes for _, r in graph.weights)
@@ -114,6 +116,17 @@ def _save_onnx(model: Model, dst: Path, dtype: str | None, ops: str, quant: str 
             raise
     return Result("", str(dst), model.metadata.get("format", ""), "onnx", quant or graph.dtype, len(graph.weights),
                   total, prov, graph.notes)
+
+
+def _save_onnx_optimum(model: Model, dst: Path, dtype: str | None, quant: str | None, force: bool,
+                       prov: dict[str, str], late: Late | None) -> Result:
+    """No graph builder here for this architecture: optimum's exporter writes the folder, and the result says so."""
+    if quant:
+        raise Unsupported(dst, f"--quant {quant}: {model.arch} goes to ONNX through optimum, which exports f32; "
+                               "quantize its output with `modelport quantize`")
+    done = onnx_optimum.export(model, dst, dtype, force, prov, late)
+    return Result("", str(dst), model.metadata.get("format", ""), "onnx", "F32", len(model.tensors),
+                  done.bytes_written, prov, [{"name": dst.name, "fallback": done.note}])
 
 
 def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str | None = None, force: bool = False,

