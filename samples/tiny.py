@@ -57,6 +57,11 @@ CONFIGS = {
     "falcon40b": dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, multi_query=True,
                       new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False,
                       bos_token_id=128000, eos_token_id=128001),
+    # MPT 7B, shrunk: ALiBi, no biases, tied output; clip_qkv set (mpt-7b leaves it null) low enough that the clamp
+    # bites on these weights. GPT-NeoX's BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
+    "mpt": dict(model_type="mpt", vocab_size=128256, max_seq_len=2048, expansion_ratio=4, no_bias=True,
+                layer_norm_epsilon=1e-5, attn_config={"alibi": True, "alibi_bias_max": 8, "clip_qkv": 0.6},
+                bos_token_id=128000, eos_token_id=128001),
     # all-MiniLM-L6-v2 (sentence-transformers), shrunk: a BERT encoder with token types, learned positions, mean
     # pooling and normalisation; its own WordPiece tokenizer and sentence-transformers files.
     "bert": dict(model_type="bert", vocab_size=30522, max_position_embeddings=512, layer_norm_eps=1e-12,
@@ -70,6 +75,8 @@ SHAPE_KEYS = {
                  intermediate_size=None, num_key_value_heads=None, head_dim=None),
     "falcon": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),
     "falcon40b": dict(intermediate_size=None, num_key_value_heads="num_kv_heads", head_dim=None),
+    "mpt": dict(hidden_size="d_model", num_hidden_layers="n_layers", num_attention_heads="n_heads",
+                intermediate_size=None, num_key_value_heads=None, head_dim=None),
     "bert": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),  # its own intermediate size
 }
 # Families that are not causal LMs: the transformers auto class that builds them (the rest: AutoModelForCausalLM)
@@ -156,7 +163,7 @@ TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
-              "falcon40b": llama3_tokenizer, "bert": minilm_tokenizer}
+              "falcon40b": llama3_tokenizer, "mpt": llama3_tokenizer, "bert": minilm_tokenizer}
 
 
 def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:

@@ -15,7 +15,7 @@ from modelport.validators.runtimes import LlamaCpp, Transformers
 from helpers import run_cli
 from test_quantize import llama_quantize
 
-MORE_FAMILIES: tuple[str, ...] = ("gpt2", "starcoder2", "falcon", "falcon40b")
+MORE_FAMILIES: tuple[str, ...] = ("gpt2", "starcoder2", "falcon", "falcon40b", "mpt")
 # GGUF -> HF tolerance where a family's documented transform is not exact in f32 (e.g. gemma's norm + 1 offset)
 ROUNDTRIP_ATOL: dict[str, float] = {}
 
