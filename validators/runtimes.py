@@ -144,3 +144,54 @@ class TransformersEmbeddings:
         if self.normalize:
             out = self.torch.nn.functional.normalize(out, p=2, dim=1)
         return out.numpy()
+
+
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+class OnnxRuntime:
+    """An ONNX decoder (inputs input_ids, attention_mask, position_ids, past_key_values.N.key|value; outputs logits,
+    present.N.key|value) in onnxruntime on `provider`, tokenizing with its folder's tokenizer.json."""
+
+    def __init__(self, path: str | Path, provider: str = "CPUExecutionProvider"):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeMissing(None, "onnxruntime missing: pip install 'modelport[onnx]'") from None
+        path = Path(path)
+        self.path = path / "model.onnx" if path.is_dir() else path
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # unused-initializer and shape notes are not the user's business
+        self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self._tokenizer = None
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self.path.parent / "tokenizer.json"))
+        return self._tokenizer.encode(text, add_special_tokens=add_special).ids
+
+    def forward(self, ids: list[int], past: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
+        """Logits [len(ids), vocab] (float32) for `ids` after the cached `past` (None: an empty cache), and the
+        cache to pass on (past_key_values.N.* -> the present.N.* arrays)."""
+        start = 0
+        if past is None:
+            past = {}
+            for name in self.past:
+                shape = self.inputs[name].shape
+                past[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=ONNX_TYPES[self.inputs[name].type])
+        elif self.past:
+            start = next(iter(past.values())).shape[2]
+        feed = {"input_ids": np.array([ids], dtype=np.int64),
+                "attention_mask": np.ones((1, start + len(ids)), dtype=np.int64),
+                "position_ids": np.arange(start, start + len(ids), dtype=np.int64)[None], **past}
+        results = dict(zip(self.outputs, self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})))
+        present = {name: results[name.replace("past_key_values.", "present.")] for name in self.past}
+        return results["logits"][0].astype(np.float32), present
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.forward(ids)[0]
