@@ -8,7 +8,8 @@ converter writes a name found by hashing the tokenizer's output ("jina-v2-en" fo
 
 GGUF -> HF undoes the phantom spelling and builds the tokenizer llama.cpp's WPM tokenizer is: BertNormalizer (lowercase
 and strip accents unless the GGUF says otherwise, llama.cpp's defaults), BertPreTokenizer, greedy longest-match
-WordPiece, [CLS] text [SEP]. tokenizers has each piece; the mapping between them is written here.
+WordPiece, [CLS] text [SEP]. tokenizers has each piece; the mapping between them is written here. The same builder
+makes a tokenizer.json for a folder that ships only vocab.txt, as transformers' BertTokenizer would read it.
 """
 from __future__ import annotations
 
@@ -29,29 +30,28 @@ SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "mask")
 SPECIALS = {"cls_token": (Keys.Tokenizer.BOS_ID, 101), "sep_token": (Keys.Tokenizer.SEP_ID, 102),
             "unk_token": (Keys.Tokenizer.UNK_ID, 100), "pad_token": (Keys.Tokenizer.PAD_ID, 0),
             "mask_token": (Keys.Tokenizer.MASK_ID, 103)}
+DEFAULT_NAMES = {"cls_token": "[CLS]", "sep_token": "[SEP]", "unk_token": "[UNK]", "pad_token": "[PAD]",
+                 "mask_token": "[MASK]"}  # transformers' BertTokenizer defaults
 
 
 def hf_to_gguf(files: dict[str, bytes], tj: dict | None, config: dict) -> list[KV]:
-    """tokenizer.json's WordPiece model (or a bare vocab.txt) -> the GGUF "bert" vocabulary keys."""
-    if tj is not None:
-        _check_steps(tj)
-        vocab = tj["model"]["vocab"]
-    else:
-        vocab = {t: i for i, t in enumerate(files["vocab.txt"].decode("utf-8").splitlines())}
+    """tokenizer.json's WordPiece model (or a bare vocab.txt, made into one first) -> the GGUF "bert" vocabulary."""
+    if tj is None:
+        files = {**files, "tokenizer.json": _from_vocab_txt(files).to_str().encode("utf-8")}
+        tj = _json(files, "tokenizer.json")
+    _check_steps(tj)
+    vocab = tj["model"]["vocab"]
     added = _added_tokens(files)
-    tc = _json(files, "tokenizer_config.json") or {}
-    named = {tc[k] if isinstance(tc.get(k), str) else (tc.get(k) or {}).get("content") for k in SPECIALS} - {None}
-    n_vocab = _vocab_size(config, max([*vocab.values(), *added, -1]) + 1, "tokenizer.json" if tj else "vocab.txt")
+    n_vocab = _vocab_size(config, max([*vocab.values(), *added, -1]) + 1, "tokenizer.json")
     by_id = {i: t for t, i in vocab.items()}
     tokens, types = [], []
     for i in range(n_vocab):
-        text = added[i]["content"] if i in added else by_id.get(i, f"[PAD{i}]")
         if i in added:
-            special = added[i].get("special") or _looks_special(text) or text in named
+            text = added[i]["content"]
+            special = added[i].get("special") or _looks_special(text)
             typ = TokenType.CONTROL if special else TokenType.USER_DEFINED
-        elif text in named:  # a bare vocab.txt: the special tokens tokenizer_config.json names
-            typ = TokenType.CONTROL
         else:
+            text = by_id.get(i, f"[PAD{i}]")
             typ = TokenType.NORMAL if i in by_id else TokenType.UNUSED
         tokens.append(_phantom(text, typ))
         types.append(int(typ))
@@ -63,10 +63,10 @@ def hf_to_gguf(files: dict[str, bytes], tj: dict | None, config: dict) -> list[K
     w.add_token_types(types)
     _special_vocab(files, config, load_merges=False, n_vocab=n_vocab, types=SPECIAL_TYPES).add_to_gguf(w, quiet=True)
     kv = _kv_list(w)
-    lowercase, strip = _normalizer_flags(tj, tc)
-    kv.append((LOWERCASE, lowercase, GGUFValueType.BOOL, None))
-    if strip is not None:
-        kv.append((STRIP_ACCENTS, bool(strip), GGUFValueType.BOOL, None))
+    norm = tj["normalizer"]
+    kv.append((LOWERCASE, bool(norm.get("lowercase", True)), GGUFValueType.BOOL, None))
+    if norm.get("strip_accents") is not None:  # None: as lowercase, which is also llama.cpp's default
+        kv.append((STRIP_ACCENTS, bool(norm["strip_accents"]), GGUFValueType.BOOL, None))
     return kv
 
 
@@ -87,19 +87,42 @@ def _check_steps(tj: dict) -> None:
         raise Unsupported("tokenizer.json", "llama.cpp's WordPiece needs the '##' continuing-subword prefix")
 
 
-def _normalizer_flags(tj: dict | None, tc: dict) -> tuple[bool, bool | None]:
-    """(lowercase, strip_accents or None for "as lowercase"), as gguf-py's SpecialVocab reads them from the
-    BertNormalizer; transformers' BertTokenizer defaults for a bare vocab.txt."""
-    if tj is not None:
-        norm = tj["normalizer"]
-        return bool(norm.get("lowercase", True)), norm.get("strip_accents")
-    return bool(tc.get("do_lower_case", True)), tc.get("strip_accents")
+def _from_vocab_txt(files: dict[str, bytes]):
+    """The fast tokenizer transformers' BertTokenizer makes of vocab.txt and tokenizer_config.json (its defaults:
+    lowercase, accents stripped as lowercase says, BERT's special token names)."""
+    pieces = files["vocab.txt"].decode("utf-8").splitlines()
+    tc = {**(_json(files, "special_tokens_map.json") or {}), **(_json(files, "tokenizer_config.json") or {})}
+    named = {}
+    for name, default in DEFAULT_NAMES.items():
+        value = tc.get(name, default)
+        named[name] = value if isinstance(value, str) else value.get("content")
+        if named[name] not in pieces:
+            raise BadInput("vocab.txt", f"has no {name} {named[name]!r}")
+    return _bert_tokenizer(pieces, named, bool(tc.get("do_lower_case", True)), tc.get("strip_accents"),
+                           [p for p in pieces if p in named.values()])
+
+
+def _bert_tokenizer(pieces: list[str], named: dict[str, str], lowercase: bool, strip: bool | None,
+                    control: list[str]):
+    """BERT's tokenizer: BertNormalizer, BertPreTokenizer, greedy longest-match WordPiece, [CLS] text [SEP]."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    ids = {p: i for i, p in enumerate(pieces)}
+    cls, sep = named["cls_token"], named["sep_token"]
+    tok = Tokenizer(models.WordPiece(ids, unk_token=named["unk_token"], continuing_subword_prefix=CONTINUES))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=strip,
+                                                lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, ids[cls]), (sep, ids[sep])])
+    tok.decoder = decoders.WordPiece(prefix=CONTINUES, cleanup=True)
+    tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in control])
+    return tok
 
 
 def gguf_to_hf(kv: dict, tokens: list[str], types: list[int]) -> dict[str, bytes]:
     """A GGUF "bert" vocabulary -> tokenizer.json, tokenizer_config.json and vocab.txt, as BERT folders ship."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
     pieces = [t if ty == TokenType.CONTROL else t[len(SPM_SPACE):] if t.startswith(SPM_SPACE) else CONTINUES + t
               for t, ty in zip(tokens, types)]
     if len(set(pieces)) != len(pieces):
@@ -110,20 +133,9 @@ def gguf_to_hf(kv: dict, tokens: list[str], types: list[int]) -> dict[str, bytes
         if not isinstance(i, int) or not 0 <= i < len(pieces):
             raise BadInput(None, f"{key} = {i!r} is not a token of this vocabulary")
         named[name] = pieces[i]
-    lowercase = bool(kv.get(LOWERCASE, True))
-    strip = kv.get(STRIP_ACCENTS)
-    cls, sep = named["cls_token"], named["sep_token"]
-    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token=named["unk_token"],
-                                     continuing_subword_prefix=CONTINUES))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=strip,
-                                                lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, pieces.index(cls)), (sep, pieces.index(sep))])
-    tok.decoder = decoders.WordPiece(prefix=CONTINUES, cleanup=True)
-    tok.add_special_tokens([AddedToken(p, special=True, normalized=False)
-                            for p, ty in zip(pieces, types) if ty == TokenType.CONTROL])
+    lowercase, strip = bool(kv.get(LOWERCASE, True)), kv.get(STRIP_ACCENTS)
+    tok = _bert_tokenizer(pieces, named, lowercase, strip,
+                          [p for p, ty in zip(pieces, types) if ty == TokenType.CONTROL])
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "strip_accents": strip,
               "tokenize_chinese_chars": True, "clean_up_tokenization_spaces": True, **named}
     return {"tokenizer.json": tok.to_str().encode("utf-8"),

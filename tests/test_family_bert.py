@@ -120,10 +120,24 @@ def test_prefixed_and_legacy_names_convert_like_llama_cpp(bert, tmp_path):
         assert ta.stored.read() == b.tensors[name].stored.read(), name
 
 
-def test_q4_k_m_equals_llama_quantize(bert, tmp_path):
-    api.convert(bert, tmp_path / "lossless.gguf", dtype="f32")
+def test_a_bare_vocab_txt_gives_the_same_gguf_vocabulary(bert, tmp_path):
+    """Older BERT folders ship vocab.txt and tokenizer_config.json without tokenizer.json."""
+    src = shutil.copytree(bert, tmp_path / "vocab_txt")
+    (src / "tokenizer.json").unlink()
+    api.convert(bert, tmp_path / "json.gguf", dtype="f16")
+    api.convert(src, tmp_path / "txt.gguf", dtype="f16")
+    a, b = gguf.read(tmp_path / "json.gguf").kv, gguf.read(tmp_path / "txt.gguf").kv
+    keys = sorted(k for k in a if k.startswith("tokenizer."))
+    assert keys == sorted(k for k in b if k.startswith("tokenizer.")) and "tokenizer.ggml.tokens" in keys
+    assert [a[k][0] for k in keys] == [b[k][0] for k in keys]
+
+
+@pytest.mark.parametrize("shape", ["tiny", "wide"])  # wide: rows of 256, so K-quants, not only their fallbacks
+def test_q4_k_m_equals_llama_quantize(checkpoints, shape, tmp_path):
+    src = checkpoints("bert", shape=shape)
+    api.convert(src, tmp_path / "lossless.gguf", dtype="f32")
     llama_quantize(tmp_path / "lossless.gguf", tmp_path / "theirs.gguf", "Q4_K_M")
-    api.convert(bert, tmp_path / "ours.gguf", quant="Q4_K_M")
+    api.convert(src, tmp_path / "ours.gguf", quant="Q4_K_M")
     a, b = gguf.read(tmp_path / "ours.gguf"), gguf.read(tmp_path / "theirs.gguf")
     assert list(a.tensors) == list(b.tensors)
     for name, ta in a.tensors.items():
