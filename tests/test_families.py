@@ -15,9 +15,12 @@ from modelport.validators.runtimes import LlamaCpp, Transformers
 from helpers import run_cli
 from test_quantize import llama_quantize
 
-MORE_FAMILIES: tuple[str, ...] = ("gpt2", "starcoder2", "falcon", "falcon40b", "mpt")
+MORE_FAMILIES: tuple[str, ...] = ("gpt2", "starcoder2", "falcon", "falcon40b", "mpt",
+                                   "gemma", "gemma2", "phi3", "gemma3")
 # GGUF -> HF tolerance where a family's documented transform is not exact in f32 (e.g. gemma's norm + 1 offset)
-ROUNDTRIP_ATOL: dict[str, float] = {}
+# gemma: norms go to GGUF as F32 (w + 1) and back as (w + 1) - 1, within half an ulp of (w + 1): below 1e-6 for
+# |w| < 8 (exact for BF16/F16 sources, see tests/test_family_gemma.py)
+ROUNDTRIP_ATOL: dict[str, float] = {"gemma": 1e-6, "gemma2": 1e-6, "gemma3": 1e-6}
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,9 @@ class Arch:
     to_gguf: dict[MODEL_TENSOR, Transform] = field(default_factory=dict)
     from_gguf: dict[MODEL_TENSOR, Transform] = field(default_factory=dict)
     extra_tensors: Callable[[dict], dict[str, np.ndarray]] = lambda cfg: {}  # GGUF-only tensors made from config
+    # GGUF-only keys ("{arch}" templates) made from the normalised config (phi3's LongRoPE attention factor), not read
+    # back: the source config GGUFs carry (CONFIG_KEY) says it on the way back
+    extra_kv: Callable[[dict], list[tuple[str, Any, GGUFValueType]]] = lambda cfg: []
     derived: tuple[str, ...] = ()  # names extra_tensors may make: skipped on the way back, whatever the config
     hf_defaults: dict[str, Any] = field(default_factory=dict)  # fixed config.json fields for GGUF -> HF
     also_hf_types: tuple[str, ...] = ()  # other model_type values this module reads
@@ -68,8 +71,8 @@ class Arch:
 
     def gguf_kv(self, config: dict) -> list[tuple[str, Any, GGUFValueType]]:
         cfg = self.normalize(config)
-        return [(h.gguf.format(arch=self.gguf_name), _lookup(cfg, h.hf), h.vtype) for h in self.hparams
-                if _lookup(cfg, h.hf) is not None]
+        rows = [(h.gguf, _lookup(cfg, h.hf), h.vtype) for h in self.hparams] + self.extra_kv(cfg)
+        return [(k.format(arch=self.gguf_name), v, t) for k, v, t in rows if v is not None]
 
     def hf_config(self, kv: dict[str, Any]) -> dict:
         """config.json from GGUF keys: the inverse of the hparam table plus the family's fixed fields."""

@@ -1,0 +1,37 @@
+"""Gemma 3 text (Gemma3ForCausalLM, model_type gemma3_text): Gemma 2's layout plus per-head Q/K RMS norms (also
+applied as 1 + w), no attention soft-capping, and local layers with their own rope base (rope_local_base_freq)
+between global ones every sliding_window_pattern-th layer. Keys as convert_hf_to_gguf.py's Gemma3Model writes them,
+plus the pattern itself, which Gemma3Model leaves to llama.cpp's default (6, the real models' value): written here
+so a config with another pattern still runs as transformers runs it (llama.cpp reads the key when present).
+
+Gemma3Model also trims token_embd to the tokenizer's length when the checkpoint pads the vocabulary beyond it;
+here the embedding keeps the config's vocab_size rows and the GGUF vocabulary is padded to match instead."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gguf import MODEL_ARCH, Keys
+
+from .base import F32, HParam
+from .gemma2 import ARCH as GEMMA2
+from .gemma2 import FFN_NORMS
+from .gemma import TENSORS
+
+HPARAMS = tuple(h for h in GEMMA2.hparams if h.gguf != Keys.LLM.ATTN_LOGIT_SOFTCAPPING) + (
+    HParam(Keys.Rope.FREQ_BASE_SWA, "rope_local_base_freq", F32),
+    HParam(Keys.Attention.SLIDING_WINDOW_PATTERN, "sliding_window_pattern"),
+)
+QK_NORMS = tuple(f"model.layers.{{bid}}.self_attn.{p}_norm.weight" for p in "qk")
+
+
+def normalize(config: dict) -> dict:
+    """Gemma 2's defaults, and the pattern from layer_types when a config gives only those (transformers 5)."""
+    cfg = GEMMA2.normalize(config)
+    if cfg.get("sliding_window_pattern") is None and cfg.get("layer_types"):
+        cfg["sliding_window_pattern"] = cfg["layer_types"].index("full_attention") + 1 \
+            if "full_attention" in cfg["layer_types"] else len(cfg["layer_types"]) + 1
+    return cfg
+
+
+ARCH = replace(GEMMA2, name="gemma3_text", hf_class="Gemma3ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA3,
+               hparams=HPARAMS, tensors=TENSORS + FFN_NORMS + QK_NORMS, normalize=normalize)
