@@ -1,6 +1,6 @@
-"""Gemma (1): llama's layout with GELU, tied embeddings scaled by sqrt(hidden) at run time (nothing to convert), and
-RMS norms stored as w but applied as (1 + w). llama.cpp's norms multiply by the stored weight, so convert_hf_to_gguf.py's
-GemmaModel.modify_tensors adds 1 on the way to GGUF; it is taken off on the way back. Both run in F32, where
+"""Gemma (1): llama's layout with GELU, tied embeddings scaled by sqrt(hidden) at run time (nothing to convert),
+and RMS norms stored as w but applied as (1 + w). llama.cpp's norms multiply by the stored weight, so
+convert_hf_to_gguf.py's GemmaModel.modify_tensors adds 1 on the way to GGUF; it is taken off on the way back. Both run in F32, where
 (w + 1) - 1 is w to within half an ulp of (w + 1): exact for BF16/F16 sources in practice, a few 1e-8 off for F32.
 
 NeoX-style rope in llama.cpp too, so Q/K are not permuted. GemmaModel also writes add_space_prefix = false and fixed

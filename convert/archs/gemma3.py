@@ -3,6 +3,7 @@ applied as 1 + w), no attention soft-capping, and local layers with their own ro
 between global ones every sliding_window_pattern-th layer. Keys as convert_hf_to_gguf.py's Gemma3Model writes them,
 plus the pattern itself, which Gemma3Model leaves to llama.cpp's default (6, the real models' value): written here
 so a config with another pattern still runs as transformers runs it (llama.cpp reads the key when present).
+Linear rope scaling (the 4B-27B checkpoints' factor 8) applies to the global layers only, in both runtimes.
 
 Gemma3Model also trims token_embd to the tokenizer's length when the checkpoint pads the vocabulary beyond it;
 here the embedding keeps the config's vocab_size rows and the GGUF vocabulary is padded to match instead."""
@@ -12,10 +13,10 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH, Keys
 
-from .base import F32, HParam
+from .base import F32, STR, HParam, rope
+from .gemma import TENSORS
 from .gemma2 import ARCH as GEMMA2
 from .gemma2 import FFN_NORMS
-from .gemma import TENSORS
 
 HPARAMS = tuple(h for h in GEMMA2.hparams if h.gguf != Keys.LLM.ATTN_LOGIT_SOFTCAPPING) + (
     HParam(Keys.Rope.FREQ_BASE_SWA, "rope_local_base_freq", F32),
@@ -33,5 +34,13 @@ def normalize(config: dict) -> dict:
     return cfg
 
 
+def linear_rope_kv(cfg: dict) -> list:
+    """The rope scaling keys convert_hf_to_gguf.py's TextModel writes for a linear rope_scaling."""
+    params = rope(cfg)
+    if params.get("rope_type") != "linear":
+        return []
+    return [(Keys.Rope.SCALING_TYPE, "linear", STR), (Keys.Rope.SCALING_FACTOR, params["factor"], F32)]
+
+
 ARCH = replace(GEMMA2, name="gemma3_text", hf_class="Gemma3ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA3,
-               hparams=HPARAMS, tensors=TENSORS + FFN_NORMS + QK_NORMS, normalize=normalize)
+               hparams=HPARAMS, tensors=TENSORS + FFN_NORMS + QK_NORMS, normalize=normalize, extra_kv=linear_rope_kv)

@@ -13,7 +13,6 @@ from dataclasses import replace
 
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, Keys
-
 from modelport.formats.errors import BadInput
 
 from .base import F32, U32, HParam, rope
