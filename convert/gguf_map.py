@@ -12,7 +12,7 @@ from modelport.formats.errors import Unsupported
 from modelport.formats.gguf import GGUFContents
 from modelport.formats.model import MemorySlice, Model, TensorRef
 
-from . import archs, quant_plan, sentence_transformers, tokenizer
+from . import archs, experts, quant_plan, sentence_transformers, tokenizer
 from .dtypes import FILE_TYPES, FLOATS, TORCH_NAMES, cast
 from .imatrix import Imatrix
 from .quantize import quantize
@@ -22,7 +22,8 @@ CONFIG_KEY = "modelport.source.config"  # the source config.json, for what GGUF 
 SKIP_HF = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed by every runtime
 FILE_TYPE_DTYPES = {int(v): k for k, v in FILE_TYPES.items()}
 # kinds llama.cpp's converter always writes F32 whatever the out type (ModelBase.prepare_tensors), of the families here
-F32_KINDS = frozenset({MODEL_TENSOR.POS_EMBD, MODEL_TENSOR.TOKEN_TYPES})
+F32_KINDS = frozenset({MODEL_TENSOR.FFN_GATE_INP, MODEL_TENSOR.FFN_GATE_INP_SHEXP, MODEL_TENSOR.POS_EMBD,
+                       MODEL_TENSOR.TOKEN_TYPES})
 
 
 def default_gguf_dtype(model: Model) -> str:
@@ -36,11 +37,11 @@ def lossless_dtype(model: Model) -> str:
     return first.result_dtype if first is not None and first.result_dtype in FLOATS else "F32"
 
 
-def _hparams(cfg: dict) -> dict:
+def _hparams(arch: archs.Arch, cfg: dict) -> dict:
     """What llama.cpp's type choice looks at, from the normalised HF config."""
     return {"n_layer": cfg["num_hidden_layers"], "n_head": cfg["num_attention_heads"],
             "n_head_kv": cfg["num_key_value_heads"], "n_embd": cfg["hidden_size"],
-            "n_ff": cfg.get("intermediate_size", 0), "n_expert": cfg.get("num_local_experts", 0) or 0}
+            "n_ff": cfg.get("intermediate_size", 0), "n_expert": arch.n_experts(cfg)}
 
 
 def _mapped(ref: TensorRef, fn, cfg: dict) -> TensorRef:
@@ -60,7 +61,7 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
     dtype = dtype or (lossless_dtype(model) if quant else default_gguf_dtype(model))
     tensors = [(name, MemorySlice.tensor(arr, "F32")) for name, arr in arch.extra_tensors(model.config).items()]
     tied = cfg.get("tie_word_embeddings", False)
-    for source_name, ref in model.tensors.items():
+    for source_name, ref in experts.stack(model.tensors, arch, model.config, path).items():
         hf_name = arch.canonical(source_name)
         if hf_name is None or hf_name.endswith(SKIP_HF) or (tied and hf_name == "lm_head.weight"):
             continue
@@ -75,7 +76,7 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
     choices: list[dict] = []
     file_type = int(FILE_TYPES[dtype])
     if quant:
-        tensors, choices = quantize(tensors, arch.gguf_name, _hparams(cfg), quant, imatrix)
+        tensors, choices = quantize(tensors, arch.gguf_name, _hparams(arch, cfg), quant, imatrix)
         file_type = quant_plan.FILE_TYPE[quant]
     kv: list[KV] = [
         (Keys.General.NAME, model.metadata.get("name") or arch.name, GGUFValueType.STRING, None),
@@ -142,6 +143,7 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
         if kind in arch.from_gguf:
             ref = _mapped(ref, arch.from_gguf[kind], norm)
         tensors[hf] = ref
+    tensors = experts.split(tensors, arch, norm, path)
     # the HF dtype by default: the GGUF's own float precision, F16 for a quantized file
     file_type = FILE_TYPE_DTYPES.get(values.get(Keys.General.FILE_TYPE), "F16")
     return Model(arch=arch.name, config=cfg, tensors=tensors,

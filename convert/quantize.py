@@ -4,7 +4,7 @@ from the source values (F32 or BF16 widened to F32), exactly as llama-quantize d
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from gguf import GGMLQuantizationType
 
@@ -31,6 +31,15 @@ def llama_order(name: str) -> tuple[int, str]:
     return (int(m[1]) if m else -1, name)
 
 
+def ggml_dims(ref: TensorRef) -> TensorRef:
+    """The tensor with the dimensions llama-quantize writes (ggml_n_dims): sizes of 1 that lead in numpy order
+    (trail in ggml's) dropped, as for qwen2moe's (1, n_embd) shared-expert gate."""
+    shape = ref.shape
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
+    return ref if shape == ref.shape else replace(ref, shape=shape)
+
+
 def _quantizer(qtype: GGMLQuantizationType, n_per_row: int, imp):
     return lambda a: ggml.quantize_rows(a.reshape(-1, n_per_row), qtype, imp)
 
@@ -44,6 +53,7 @@ def quantize(tensors: list[tuple[str, TensorRef]], arch: str, hparams: dict, fty
                               imatrix=imatrix is not None)
     out = []
     for (name, ref), choice in zip(tensors, choices):
+        ref = ggml_dims(ref)
         if choice.type == ref.result_dtype:
             out.append((name, ref))
             continue

@@ -86,6 +86,28 @@ class MemorySlice:
         return TensorRef.on_disk(cls(np.ascontiguousarray(arr).tobytes()), arr.shape, dtype)
 
 
+@dataclass(frozen=True)
+class ConcatSlice:
+    """Several stored slices read as one, in order: the separate tensors of a layer's MoE experts as GGUF's one
+    stacked tensor, whose row blocks are read from each expert's own file, never from a stacked copy."""
+
+    parts: tuple[FileSlice | MemorySlice, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    def read(self, start: int = 0, stop: int | None = None) -> bytearray:
+        stop = self.nbytes if stop is None else stop
+        out, pos = bytearray(), 0
+        for part in self.parts:
+            lo, hi = max(start - pos, 0), min(stop - pos, part.nbytes)
+            if lo < hi:
+                out += part.read(lo, hi)
+            pos += part.nbytes
+        return out
+
+
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
@@ -100,7 +122,7 @@ class TensorRef:
 
     shape: tuple[int, ...]
     dtype: str
-    stored: FileSlice | MemorySlice
+    stored: FileSlice | MemorySlice | ConcatSlice
     stored_shape: tuple[int, ...]  # numpy shape of the stored data (rows = stored_shape[0])
     transforms: tuple[tuple[Transform, bool], ...] = ()
     out_dtype: str | None = None  # dtype after the transforms, when they change it
@@ -213,6 +235,34 @@ class TensorRef:
         return replace(self, transforms=self.transforms + ((fn, rowwise),),
                        shape=tuple(shape) if shape is not None else self.shape,
                        out_dtype=dtype or self.out_dtype)
+
+    @classmethod
+    def stack(cls, refs: list["TensorRef"]) -> "TensorRef":
+        """Untransformed tensors of one shape and dtype as one with a new leading axis (torch.stack), lazily: its
+        stored rows are the parts' rows in order (so `read()` gives them 2-D), and it streams in row blocks."""
+        first = refs[0]
+        if any(r.transforms or (r.dtype, r.shape, r.stored_shape) != (first.dtype, first.shape, first.stored_shape)
+               for r in refs):
+            raise ValueError("only untransformed tensors of one shape and dtype stack")
+        rows = first.stored_shape
+        stored_shape = (len(refs) * rows[0],) + rows[1:] if len(rows) > 1 else (len(refs),) + rows
+        return cls((len(refs),) + first.shape, first.dtype, ConcatSlice(tuple(r.stored for r in refs)), stored_shape)
+
+    def unstack(self) -> list["TensorRef"]:
+        """The inverse of `stack`: one reference per index of the leading axis, each a byte range of the stored
+        data (quantized block rows split the same way); parts of a file stay file slices, read straight from it."""
+        if self.transforms or len(self.shape) < 2:
+            raise ValueError("only an untransformed tensor of two or more dimensions unstacks")
+        n, shape = self.shape[0], self.shape[1:]
+        size, rows = self.stored.nbytes // n, int(np.prod(shape[:-1], dtype=np.int64))
+        stored_shape = shape if self.dtype in NUMPY_DTYPES else (rows, size // max(1, rows))
+
+        def part(i: int) -> FileSlice | MemorySlice:
+            if isinstance(self.stored, FileSlice):
+                return replace(self.stored, offset=self.stored.offset + i * size, nbytes=size)
+            return MemorySlice(bytes(self.stored.read(i * size, (i + 1) * size)))
+
+        return [TensorRef(shape, self.dtype, part(i), stored_shape) for i in range(n)]
 
 
 @dataclass

@@ -37,6 +37,20 @@ CONFIGS = {
     # Qwen3 0.6B, shrunk: Q/K norms, no QKV biases, tied embeddings.
     "qwen3": dict(model_type="qwen3", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
                   rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    # Mixtral 8x7B, shrunk to 4 experts (2 used) of the shape's intermediate size: SentencePiece tokenizer, untied.
+    "mixtral": dict(model_type="mixtral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
+                    rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                    sliding_window=None, num_local_experts=4, num_experts_per_tok=2),
+    # Qwen1.5-MoE-A2.7B, shrunk to 4 routed experts (2 used) and a gated shared expert 4x as wide: QKV biases,
+    # routing weights not renormalised (norm_topk_prob false, as llama.cpp's qwen2moe computes it).
+    "qwen2_moe": dict(model_type="qwen2_moe", vocab_size=128256, max_position_embeddings=8192, rms_norm_eps=1e-6,
+                      rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
+                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=128, norm_topk_prob=False),
+    # Qwen3-30B-A3B, shrunk to 4 experts (2 used): Q/K norms, no shared expert, renormalised routing weights.
+    "qwen3_moe": dict(model_type="qwen3_moe", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
+                      rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
+                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True),
     # Gemma 2B, shrunk: norms stored as w and applied as (1 + w), embeddings scaled by sqrt(hidden), tied output.
     # Gemma's own SentencePiece tokenizer (256k) is gated: Mistral's SentencePiece one stands in, so the vocab is 32k.
     "gemma": dict(model_type="gemma", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
@@ -107,6 +121,8 @@ SHAPE_KEYS = {
 }
 # Families that are not causal LMs: the transformers auto class that builds them (the rest: AutoModelForCausalLM)
 AUTO_CLASSES = {"bert": "AutoModel"}
+
+MOE_ROUTERS = ("block_sparse_moe.gate.weight", "mlp.gate.weight")  # mixtral, qwen2_moe / qwen3_moe
 
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -205,6 +221,8 @@ def minilm_tokenizer(out: Path) -> Path:
 TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
+              "mixtral": sentencepiece_tokenizer, "qwen2_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
+              "qwen3_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
               "falcon40b": llama3_tokenizer, "mpt": llama3_tokenizer, "bert": minilm_tokenizer,
               "gemma": sentencepiece_tokenizer, "gemma2": sentencepiece_tokenizer,
@@ -242,6 +260,10 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, sh
                 # the top-1 token has a clear margin, as in a trained model, instead of a 128k-way near-tie
                 rows = torch.exp(0.8 * torch.randn(p.shape[0], 1))
                 p.copy_(0.05 * rows * torch.randn_like(p))
+            elif name.endswith(MOE_ROUTERS):
+                # router logits a few units apart, as trained routers give (0.05 would leave near-ties whose top-k
+                # choice any rounding flips, f16 weights included; no conversion can avoid that)
+                p.copy_(0.5 * torch.randn_like(p))
             else:
                 p.copy_(0.05 * torch.randn_like(p))
     model.to(getattr(torch, dtype)).save_pretrained(out)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, GGUFValueType, TensorNameMap
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, GGUFValueType, Keys, TensorNameMap
 
 U32, F32, STR, BOOL = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING, GGUFValueType.BOOL
 
@@ -46,6 +46,9 @@ class Arch:
     # an HF tensor name as `tensors` spells it, or None for one llama.cpp's converter leaves out (its filter_tensors:
     # BERT's "bert." prefix and pooler); GGUF -> HF gives the canonical names
     canonical: Callable[[str], str | None] = lambda name: name
+    # mixture of experts: the HF name gguf-py knows for a layer's stacked 3-D tensor -> the template of the per-expert
+    # 2-D tensors ("{xid}": expert number) it stacks, in expert order; the expert count is the EXPERT_COUNT hparam
+    experts: dict[str, str] = field(default_factory=dict)
     # the HF names when they depend on the config (Falcon 7B's input_layernorm vs 40B's ln_attn/ln_mlp, both of which
     # gguf-py maps to attn_norm): normalised config -> templates; None means `tensors` always
     tensors_for: Callable[[dict], tuple[str, ...]] | None = None
@@ -60,7 +63,7 @@ class Arch:
         tmap = TensorNameMap(self.gguf_arch, n_blocks)
         out = {}
         tensors = self.tensors_for(config) if self.tensors_for and config is not None else self.tensors
-        for template in tensors:
+        for template in tensors + tuple(self.experts):
             for bid in range(n_blocks) if "{bid}" in template else [None]:
                 hf = template.format(bid=bid)
                 found = tmap.get_type_and_name(hf, try_suffixes=(".weight", ".bias"))
@@ -68,6 +71,11 @@ class Arch:
                     raise KeyError(f"gguf-py has no name for {hf} in {self.gguf_name}")
                 out[hf] = found
         return out
+
+    def n_experts(self, config: dict) -> int:
+        """The routed experts per layer (0 without), from whichever config key the hparam table maps to it."""
+        cfg = self.normalize(config)
+        return next((cfg.get(h.hf) or 0 for h in self.hparams if h.gguf == Keys.LLM.EXPERT_COUNT), 0)
 
     def gguf_kv(self, config: dict) -> list[tuple[str, Any, GGUFValueType]]:
         cfg = self.normalize(config)

@@ -1,0 +1,20 @@
+"""Mixtral: llama.cpp runs it as the `llama` arch with experts (convert_hf_to_gguf.py's LlamaModel, which stacks
+block_sparse_moe.experts.E.w1/w2/w3 into ffn_gate/down/up_exps); the router is ffn_gate_inp, the Q/K permutation
+llama's."""
+from dataclasses import replace
+
+from gguf import Keys
+
+from .base import HParam
+from .llama import ARCH as LLAMA
+from .llama import HPARAMS, TENSORS
+
+MOE = "model.layers.{bid}.block_sparse_moe"
+
+ARCH = replace(
+    LLAMA, name="mixtral", hf_class="MixtralForCausalLM",
+    hparams=HPARAMS + (HParam(Keys.LLM.EXPERT_COUNT, "num_local_experts"),
+                       HParam(Keys.LLM.EXPERT_USED_COUNT, "num_experts_per_tok")),
+    tensors=tuple(t for t in TENSORS if ".mlp." not in t) + (f"{MOE}.gate.weight",),
+    experts={f"{MOE}.experts.{w}.weight": f"{MOE}.experts.{{xid}}.{w}.weight" for w in ("w1", "w2", "w3")},
+)

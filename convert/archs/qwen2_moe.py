@@ -1,0 +1,29 @@
+"""Qwen1.5-MoE / Qwen2-MoE: Qwen2's attention (QKV biases, no permutation) with routed experts stacked into
+ffn_*_exps and one shared expert behind a sigmoid gate (ffn_*_shexp, ffn_gate_inp_shexp), as convert_hf_to_gguf.py's
+Qwen2MoeModel writes them. llama.cpp's qwen2moe never renormalises the top-k routing weights: norm_topk_prob false."""
+from dataclasses import replace
+
+from gguf import MODEL_ARCH, Keys
+
+from .base import HParam
+from .llama import HPARAMS, QKV_BIASES, TENSORS
+from .qwen2 import ARCH as QWEN2
+
+MLP = "model.layers.{bid}.mlp"
+PROJS = ("gate_proj", "up_proj", "down_proj")
+EXPERT_HPARAMS = (
+    HParam(Keys.LLM.EXPERT_COUNT, "num_experts"),
+    HParam(Keys.LLM.EXPERT_USED_COUNT, "num_experts_per_tok"),
+    HParam(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, "moe_intermediate_size"),
+)
+ATTENTION = tuple(t for t in TENSORS if ".mlp." not in t)
+EXPERTS = {f"{MLP}.experts.{p}.weight": f"{MLP}.experts.{{xid}}.{p}.weight" for p in PROJS}
+
+ARCH = replace(
+    QWEN2, name="qwen2_moe", hf_class="Qwen2MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN2MOE,
+    hparams=HPARAMS + EXPERT_HPARAMS + (
+        HParam(Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH, "shared_expert_intermediate_size"),),
+    tensors=ATTENTION + QKV_BIASES + (f"{MLP}.gate.weight", f"{MLP}.shared_expert_gate.weight") + tuple(
+        f"{MLP}.shared_expert.{p}.weight" for p in PROJS),
+    experts=EXPERTS, hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False},
+)

@@ -1,0 +1,16 @@
+"""Qwen3-MoE: Qwen3's attention (Q/K norms, no biases) with routed experts only, stacked into ffn_*_exps as
+convert_hf_to_gguf.py's Qwen3MoeModel does. llama.cpp's qwen3moe always renormalises the top-k routing weights."""
+from dataclasses import replace
+
+from gguf import MODEL_ARCH
+
+from .llama import HPARAMS
+from .qwen2_moe import ATTENTION, EXPERT_HPARAMS, EXPERTS, MLP
+from .qwen3 import ARCH as QWEN3
+from .qwen3 import QK_NORMS
+
+ARCH = replace(
+    QWEN3, name="qwen3_moe", hf_class="Qwen3MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN3MOE,
+    hparams=HPARAMS + EXPERT_HPARAMS, tensors=ATTENTION + QK_NORMS + (f"{MLP}.gate.weight",),
+    experts=EXPERTS, hf_defaults={**QWEN3.hf_defaults, "norm_topk_prob": True},
+)
