@@ -1,0 +1,298 @@
+"""MatMulNBits weights (issue 5): GGUF blocks transcode to MatMulNBits operands that onnxruntime's CPU kernel computes
+with exactly gguf-py's dequantized values (Q4_0, Q8_0; the K-quants within 1e-6 of the largest weight); float
+weights quantize to the very bytes of onnxruntime's MatMulNBitsQuantizer; `modelport quantize` on an ONNX model
+writes a model that onnxruntime runs like the original."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+
+from helpers import run_cli
+from modelport import api
+from modelport.convert import ggml
+from modelport.convert.onnx_quant import GRIDS, NBits, from_float, from_gguf
+from modelport.formats.model import MemorySlice, TensorRef
+from modelport.validators.metrics import logit_parity
+from modelport.validators.runtimes import Transformers
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+ELEM = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+# GGUF preset -> largest |difference| allowed, relative to the tensor's largest |weight|, and the block types its file
+# has (Q4_0 on rows of 64: the tied embedding's Q6_K falls back to Q8_0; Q4_K_M on rows of 256 and 768)
+GGUF_QUANTS = {"Q4_0": (0.0, {"Q4_0", "Q8_0"}), "Q8_0": (0.0, {"Q8_0"}), "Q4_K_M": (1e-6, {"Q4_K", "Q6_K"})}
+
+
+def _model(nodes, inputs, outputs, initializers, opset=21):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def nbits_matrix(nb: NBits, dtype=np.float32) -> np.ndarray:
+    """The weight [N, K] that onnxruntime's CPU MatMulNBits computes with: one node applied to the identity."""
+    parts = [("B", nb.qweight), ("S", nb.scales)] + ([("Z", nb.zero_points)] if nb.zero_points is not None else [])
+    inits = [numpy_helper.from_array(ref.read(), name) for name, ref in parts]
+    node = helper.make_node("MatMulNBits", ["A"] + [n for n, _ in parts], ["Y"], domain="com.microsoft", K=nb.K,
+                            N=nb.N, bits=nb.bits, block_size=nb.block_size)
+    model = _model([node], [helper.make_tensor_value_info("A", ELEM[dtype], [None, nb.K])],
+                   [helper.make_tensor_value_info("Y", ELEM[dtype], [None, nb.N])], inits)
+    return _session(model).run(None, {"A": np.eye(nb.K, dtype=dtype)})[0].T
+
+
+@pytest.fixture(scope="module")
+def wide(checkpoints):
+    return checkpoints("mistral", shape="wide")  # rows of 256 and 768: K-quants apply without fallbacks
+
+
+@pytest.mark.parametrize("quant", GGUF_QUANTS)
+def test_gguf_blocks_transcode_to_the_gguf_values(quant, checkpoints, tmp_path):
+    """Every quantized weight of a GGUF our quantizer made (Q/K rows unpermuted on the way, as the pivot reads
+    them), run through onnxruntime's MatMulNBits, against gguf-py's dequantization."""
+    tol, expected_types = GGUF_QUANTS[quant]
+    hf = checkpoints("mistral", shape="wide") if quant.startswith("Q4_K") else checkpoints("llama")
+    api.convert(hf, tmp_path / "m.gguf", quant=quant)
+    model = api.load(tmp_path / "m.gguf")
+    seen, worst = set(), 0.0
+    for name, ref in model.tensors.items():
+        if len(ref.shape) != 2:
+            continue
+        nb = from_gguf(ref)
+        assert nb is not None, f"{name}: {ref.result_dtype} has no MatMulNBits form"
+        seen.add(ref.result_dtype)
+        want = dequantize(ref.read(), GGMLQuantizationType[ref.result_dtype]).reshape(ref.shape)  # gguf-py
+        got = nbits_matrix(nb)
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        worst = max(worst, rel)
+        assert rel <= tol, f"{name} ({ref.result_dtype}): max |difference| {rel:.3g} of the largest weight"
+    print(f"{quant}: {sorted(seen)}, worst max |difference| {worst:.3g} of the largest weight")
+    assert seen == expected_types
+
+
+def _blocks(qtype: str, n: int = 48, k: int = 512, seed: int = 0) -> TensorRef:
+    """Random rows quantized by ggml, with the cases a flat sub-block makes: an all-zero block, near-constant rows."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+    w[3, 32:64] = 0.0
+    w[4, :256] = 0.01 + rng.random(256).astype(np.float32) * 1e-4
+    blocks = ggml.quantize_rows(w, GGMLQuantizationType[qtype])
+    return TensorRef((n, k), qtype, MemorySlice(blocks.tobytes()), blocks.shape)
+
+
+@pytest.mark.parametrize("qtype", list(GRIDS))
+def test_every_grid_through_onnxruntime(qtype):
+    ref = _blocks(qtype)
+    want = dequantize(ref.read(), GGMLQuantizationType[qtype]).reshape(ref.shape)
+    nb = from_gguf(ref)
+    assert (nb.bits, nb.block_size) == (GRIDS[qtype].bits, GRIDS[qtype].block)
+    got = nbits_matrix(nb)
+    if GRIDS[qtype].float_zero_point:
+        assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    else:
+        assert np.array_equal(got, want)
+    if GRIDS[qtype].f16_exact:  # F16 scales: the f16 graph computes the gguf values rounded to f16
+        assert np.array_equal(nbits_matrix(from_gguf(ref, "F16"), np.float16), want.astype(np.float16))
+
+
+@pytest.mark.parametrize("qtype", ["Q5_1", "Q5_K", "IQ4_NL"])
+def test_grids_without_an_exact_matmulnbits_form_give_none(qtype):
+    assert from_gguf(_blocks(qtype)) is None  # 8-bit float zero points are refused by the CPU kernel; IQ4_NL is a table
+
+
+def test_k_quant_scales_are_not_rounded_to_f16():
+    assert from_gguf(_blocks("Q4_K"), "F16") is None and from_gguf(_blocks("Q6_K"), "F16") is None
+
+
+def _ort_quantizer(w: np.ndarray, bits: int, block: int) -> dict[str, bytes]:
+    """onnxruntime's MatMulNBitsQuantizer on a one-MatMul model whose weight is w [N, K] (MatMul takes w.T)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    elem = ELEM[w.dtype.type]
+    n, k = w.shape
+    model = _model([helper.make_node("MatMul", ["A", "W"], ["Y"], name="mm")],
+                   [helper.make_tensor_value_info("A", elem, [None, k])],
+                   [helper.make_tensor_value_info("Y", elem, [None, n])],
+                   [numpy_helper.from_array(np.ascontiguousarray(w.T), "W")])
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block)
+    q.process()
+    node = next(n for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
+    inits = {t.name: numpy_helper.to_array(t).tobytes() for t in q.model.model.graph.initializer}
+    return dict(zip(("qweight", "scales", "zero_points"), (inits[i] for i in node.input[1:4])))
+
+
+@pytest.mark.parametrize("bits,block,dtype,tensor", [
+    (4, 32, "F32", "model.layers.0.mlp.down_proj.weight"),
+    (4, 128, "F32", "model.layers.0.mlp.down_proj.weight"),  # K = 192: the last block is padded
+    (8, 32, "F32", "model.layers.0.self_attn.q_proj.weight"),
+    (4, 64, "F16", "model.layers.1.mlp.up_proj.weight"),
+    (8, 16, "F16", "model.layers.1.self_attn.o_proj.weight"),
+])
+def test_from_float_gives_the_bytes_of_onnxruntimes_quantizer(checkpoints, bits, block, dtype, tensor):
+    ref = api.load(checkpoints("llama")).tensors[tensor]
+    nb = from_float(ref, bits, block, dtype)
+    want = _ort_quantizer(ref.read().astype(np.float16 if dtype == "F16" else np.float32), bits, block)
+    got = {"qweight": nb.qweight, "scales": nb.scales, "zero_points": nb.zero_points}
+    for part, data in want.items():
+        assert got[part].read().tobytes() == data, part
+    assert (nb.K, nb.N) == (ref.shape[1], ref.shape[0])
+
+
+def test_parts_read_in_any_order_and_streamed_give_the_same_bytes(wide):
+    ref = api.load(wide).tensors["lm_head.weight"]  # [32000, 256]: several source row groups
+    whole = from_float(ref, 4, 32)
+    expected = [p.read().tobytes() for p in (whole.qweight, whole.scales, whole.zero_points)]
+    nb = from_float(ref, 4, 32)
+    streamed = {}
+    for i in (2, 1, 0):  # zero points first: they compute all three parts, the others are kept until read
+        part = (nb.qweight, nb.scales, nb.zero_points)[i]
+        streamed[i] = b"".join(np.ascontiguousarray(c).tobytes() for c in part.chunks(chunk_bytes=1 << 16))
+    assert [streamed[i] for i in range(3)] == expected
+    assert not nb.qweight.stored.parts.kept, "parts read in full are not kept"
+
+
+# --- modelport quantize on ONNX models ----------------------------------------------------------------------------
+
+
+def _tiny_onnx(path, rng) -> dict[str, np.ndarray]:
+    """x -> MatMul(W1 [K, H]) -> Relu -> Gemm(W2 [N, H], transB=1, bias) -> y, weights in one external file."""
+    k, h, n = 128, 256, 96
+    w1 = (rng.standard_normal((k, h)) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((n, h)) * 0.1).astype(np.float32)
+    b2 = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="gemm", transB=1)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+                   [numpy_helper.from_array(a, name) for name, a in (("w1", w1), ("w2", w2), ("b2", b2))], opset=17)
+    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    return {"w1": w1, "w2": w2, "b2": b2}
+
+
+def _run(path, feeds):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _nbits_of(path) -> dict[str, NBits]:
+    """The MatMulNBits weights of a written model, by the name of their qweight initializer."""
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            a = {x.name: x.i for x in node.attribute}
+            refs = [MemorySlice.tensor(inits[i], "U8" if inits[i].dtype == np.uint8 else "F32") for i in node.input[1:4]]
+            out[node.input[1]] = NBits(a["K"], a["N"], a["bits"], a["block_size"], *refs)
+    return out
+
+
+@pytest.mark.parametrize("quant", ["int4", "int8"])
+def test_quantize_onnx_rewrites_matmul_and_gemm_as_matmulnbits(quant, tmp_path):
+    rng = np.random.default_rng(1)
+    src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    w = _tiny_onnx(src, rng)
+    r = run_cli("quantize", src, dst, "--quant", quant, "--block-size", "32")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "q.onnx", "q.onnx.data"]
+    nbits = _nbits_of(dst)
+    bits = {"int4": 4, "int8": 8}[quant]
+    # MatMul through onnxruntime's quantizer (its names), Gemm through ours (contract 2's names)
+    assert sorted(nbits) == [f"w1_Q{bits}", "w2.qweight"] and {nb.bits for nb in nbits.values()} == {bits}
+    # the quantized model computes x @ W1q -> relu -> @ W2q.T + b, with the weights onnxruntime dequantizes
+    w1q, w2q = nbits_matrix(nbits[f"w1_Q{bits}"]), nbits_matrix(nbits["w2.qweight"])
+    x = rng.standard_normal((5, 128)).astype(np.float32)
+    expected = np.maximum(x @ w1q.T, 0) @ w2q.T + w["b2"]
+    got = _run(dst, {"x": x})
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    original = _run(src, {"x": x})
+    err = np.abs(got - original).max() / np.abs(original).max()
+    assert err < (0.1 if quant == "int4" else 0.01)
+
+
+def test_quantize_onnx_fp16_keeps_float32_io(tmp_path):
+    rng = np.random.default_rng(2)
+    src, dst = tmp_path / "m.onnx", tmp_path / "h.onnx"
+    _tiny_onnx(src, rng)
+    assert run_cli("quantize", src, dst, "--quant", "fp16").returncode == 0
+    model = onnx.load(str(dst))
+    assert {t.data_type for t in model.graph.initializer} == {TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    x = rng.standard_normal((5, 128)).astype(np.float32)
+    got, original = _run(dst, {"x": x}), _run(src, {"x": x})
+    assert got.dtype == np.float32 and np.abs(got - original).max() <= 2e-3 * np.abs(original).max()
+
+
+def test_quantize_onnx_refuses_what_it_cannot_do(tmp_path):
+    src = tmp_path / "m.onnx"
+    _tiny_onnx(src, np.random.default_rng(3))
+    r = run_cli("quantize", src, tmp_path / "q.onnx", "--quant", "int3")
+    assert r.returncode == 3 and "int4, int8, fp16" in r.stderr
+    r = run_cli("quantize", src, tmp_path / "q.bin", "--quant", "int4")
+    assert r.returncode == 2 and "q.bin" in r.stderr
+    (tmp_path / "taken.onnx").write_bytes(b"x")
+    r = run_cli("quantize", src, tmp_path / "taken.onnx", "--quant", "int4")
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert not (tmp_path / "taken.onnx.data").exists()
+
+
+def _onnx_logits(path, ids: list[int]) -> np.ndarray:
+    """Logits of one of our decoder graphs for a prompt, with an empty KV cache."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    n, feeds = len(ids), {}
+    for i in session.get_inputs():
+        if i.name.startswith("past_key_values"):
+            shape = [1, i.shape[1], 0, i.shape[3]]
+            feeds[i.name] = np.zeros(shape, np.float16 if "float16" in i.type else np.float32)
+        else:
+            feeds[i.name] = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, n)),
+                             "position_ids": np.arange(n)[None]}[i.name].astype(np.int64)
+    return session.run(["logits"], feeds)[0][0]
+
+
+def _dequantized_twin(src, quantized, out):
+    """`src` with each Gemm weight that `quantized` holds as MatMulNBits replaced by onnxruntime's dequantization
+    of it (a tied embedding's Gather keeps the float table, as in the quantized model)."""
+    model = onnx.load(str(src))
+    nbits = _nbits_of(quantized)
+    for node in model.graph.node:
+        nb = nbits.get(node.input[1] + ".qweight") if node.op_type == "Gemm" else None
+        if nb is not None:
+            model.graph.initializer.append(numpy_helper.from_array(nbits_matrix(nb), node.input[1] + ".dequantized"))
+            node.input[1] += ".dequantized"
+    onnx.save_model(model, str(out), save_as_external_data=True, location=out.name + ".data")
+    return out
+
+
+def test_quantize_our_exported_decoder(checkpoints, tmp_path):
+    """Our HF -> ONNX f32 export quantized by `modelport quantize`: int4 / int8 logits are those of the same graph
+    computing with the dequantized weights (every linear layer, the tied lm_head included, became MatMulNBits);
+    fp16 stays within mean KL 1e-4 of transformers."""
+    hf = checkpoints("llama")
+    src = tmp_path / "m.onnx"
+    api.convert(hf, src, to="onnx")
+    reference = Transformers(hf)
+    ids = reference.tokenize("The quick brown fox jumps over the lazy dog; def f(x): return x * 2")
+    ref_logits = reference.logits(ids)
+    gemms = sum(n.op_type == "Gemm" for n in onnx.load(str(src), load_external_data=False).graph.node)
+    kl = {}
+    for quant in ("fp16", "int8", "int4"):
+        dst = tmp_path / f"{quant}.onnx"
+        if quant == "int4":
+            r = run_cli("quantize", src, dst, "--quant", quant)
+            assert r.returncode == 0, r.stderr
+        else:
+            api.quantize_onnx(src, dst, quant)
+        logits = _onnx_logits(dst, ids)
+        kl[quant] = logit_parity(ref_logits, logits)["kl_mean"]
+        if quant != "fp16":
+            assert len(_nbits_of(dst)) == gemms
+            twin = _onnx_logits(_dequantized_twin(src, dst, tmp_path / f"{quant}-twin.onnx"), ids)
+            assert np.abs(logits - twin).max() <= 1e-4 * np.abs(twin).max()
+    print("mean KL vs transformers:", {k: f"{v:.3g}" for k, v in kl.items()})
+    assert kl["fp16"] <= 1e-4 and kl["int8"] <= 1e-2
