@@ -97,6 +97,10 @@ CONFIGS = {
     "falcon40b": dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, multi_query=True,
                       new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False,
                       bos_token_id=128000, eos_token_id=128001),
+    # Falcon2 11B, shrunk: the new decoder's grouped KV heads with one LayerNorm feeding attention and MLP.
+    "falcon2": dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, max_position_embeddings=8192,
+                    rope_theta=500042.0, new_decoder_architecture=True, num_ln_in_parallel_attn=1,
+                    parallel_attn=True, bias=False, alibi=False, bos_token_id=128000, eos_token_id=128001),
     # MPT 7B, shrunk: ALiBi, no biases, tied output; clip_qkv set (mpt-7b leaves it null) low enough that the clamp
     # bites on these weights. GPT-NeoX's BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
     "mpt": dict(model_type="mpt", vocab_size=128256, max_seq_len=2048, expansion_ratio=4, no_bias=True,
@@ -115,6 +119,7 @@ SHAPE_KEYS = {
                  intermediate_size=None, num_key_value_heads=None, head_dim=None),
     "falcon": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),
     "falcon40b": dict(intermediate_size=None, num_key_value_heads="num_kv_heads", head_dim=None),
+    "falcon2": dict(intermediate_size=None, num_key_value_heads="num_kv_heads", head_dim=None),
     "mpt": dict(hidden_size="d_model", num_hidden_layers="n_layers", num_attention_heads="n_heads",
                 intermediate_size=None, num_key_value_heads=None, head_dim=None),
     "bert": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),  # its own intermediate size
@@ -224,7 +229,8 @@ TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "mixtral": sentencepiece_tokenizer, "qwen2_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
-              "falcon40b": llama3_tokenizer, "mpt": llama3_tokenizer, "bert": minilm_tokenizer,
+              "falcon40b": llama3_tokenizer, "falcon2": llama3_tokenizer, "mpt": llama3_tokenizer,
+              "bert": minilm_tokenizer,
               "gemma": sentencepiece_tokenizer, "gemma2": sentencepiece_tokenizer,
               "gemma3": sentencepiece_tokenizer, "phi3": phi3_tokenizer}
 

@@ -52,6 +52,9 @@ class Arch:
     # the HF names when they depend on the config (Falcon 7B's input_layernorm vs 40B's ln_attn/ln_mlp, both of which
     # gguf-py maps to attn_norm): normalised config -> templates; None means `tensors` always
     tensors_for: Callable[[dict], tuple[str, ...]] | None = None
+    # config.json fields a GGUF says only by which tensors it has (GGUF names -> fields), for a config rebuilt from
+    # GGUF keys (a GGUF made by llama.cpp's converter): Falcon's one or two LayerNorms per block
+    hf_from_tensors: Callable[[set[str]], dict] = lambda names: {}
 
     @property
     def gguf_name(self) -> str:

@@ -1,5 +1,5 @@
-"""Falcon 7B (multi-query) and 40B/180B (new decoder architecture: grouped KV, separate ln_attn/ln_mlp): llama.cpp's
-`falcon` arch, parallel attention and MLP, no biases, NeoX rope.
+"""Falcon 7B (multi-query), 40B/180B (new decoder architecture: grouped KV, separate ln_attn/ln_mlp) and Falcon2 11B
+(grouped KV, one LayerNorm): llama.cpp's `falcon` arch, parallel attention and MLP, no biases, NeoX rope.
 
 HF fuses Q, K and V in `query_key_value` as n_kv groups of (n_head/n_kv query heads, one key, one value);
 llama.cpp wants all queries, then all keys, then all values. The rows are reordered as convert_hf_to_gguf.py's
@@ -28,11 +28,11 @@ HPARAMS = (
     HParam(Keys.Attention.LAYERNORM_EPS, "layer_norm_epsilon", F32),
 )
 
-COMMON = ("transformer.word_embeddings.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight",
-          "transformer.h.{bid}.self_attention.query_key_value.weight", "transformer.h.{bid}.self_attention.dense.weight",
-          "transformer.h.{bid}.mlp.dense_h_to_4h.weight", "transformer.h.{bid}.mlp.dense_4h_to_h.weight")
-NORMS_7B = ("input_layernorm",)
-NORMS_40B = ("ln_attn", "ln_mlp")  # gguf-py: attn_norm_2 and attn_norm
+BLOCK = ("self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+COMMON = ("transformer.word_embeddings.weight", "transformer.ln_f.weight", "transformer.ln_f.bias",
+          "lm_head.weight") + tuple(f"transformer.h.{{bid}}.{t}.weight" for t in BLOCK)
+NORMS_ONE = ("input_layernorm",)
+NORMS_TWO = ("ln_attn", "ln_mlp")  # gguf-py: attn_norm_2 and attn_norm
 
 
 def _norms(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -44,7 +44,13 @@ def _two_norms(cfg: dict) -> bool:
 
 
 def tensors_for(cfg: dict) -> tuple[str, ...]:
-    return COMMON + _norms(NORMS_40B if _two_norms(cfg) else NORMS_7B)
+    return COMMON + _norms(NORMS_TWO if _two_norms(cfg) else NORMS_ONE)
+
+
+def hf_from_tensors(names: set[str]) -> dict:
+    """A rebuilt config: the grouped layout reads 7B's single KV head right too; the norms are told by attn_norm_2."""
+    return {"new_decoder_architecture": True, "num_ln_in_parallel_attn": 2 if "blk.0.attn_norm_2.weight" in names
+            else 1}
 
 
 # what llama.cpp's falcon graph computes; other Falcon variants (Falcon-RW's ALiBi, sequential blocks) it cannot run
@@ -55,9 +61,7 @@ def normalize(config: dict) -> dict:
     cfg = dict(config)
     for key, value in REQUIRED.items():
         if bool(cfg.get(key, value)) != value:
-            raise Unsupported(None, f"falcon with {key}={cfg[key]} has no llama.cpp equivalent")
-    if cfg.get("new_decoder_architecture") and not _two_norms(cfg):
-        raise Unsupported(None, "falcon with one LayerNorm in the new decoder architecture has no llama.cpp equivalent")
+            raise Unsupported("config.json", f"falcon with {key}={cfg[key]} has no llama.cpp equivalent")
     cfg["num_attention_heads"] = cfg.get("num_attention_heads") or cfg["n_head"]  # RW-era configs: n_head
     grouped = cfg.get("new_decoder_architecture") or not cfg.get("multi_query", True)
     cfg["num_kv_heads"] = (cfg.get("num_kv_heads") or cfg["num_attention_heads"]) if grouped else 1
@@ -92,7 +96,8 @@ def _from_gguf(w: np.ndarray, cfg: dict) -> np.ndarray:
 
 ARCH = Arch(
     name="falcon", hf_class="FalconForCausalLM", gguf_arch=MODEL_ARCH.FALCON, hparams=HPARAMS,
-    tensors=COMMON + _norms(NORMS_7B + NORMS_40B), tensors_for=tensors_for, normalize=normalize,
+    tensors=COMMON + _norms(NORMS_ONE + NORMS_TWO), tensors_for=tensors_for, hf_from_tensors=hf_from_tensors,
+    normalize=normalize,
     to_gguf={MODEL_TENSOR.ATTN_QKV: _to_gguf}, from_gguf={MODEL_TENSOR.ATTN_QKV: _from_gguf},
     hf_defaults={"alibi": False, "bias": False, "parallel_attn": True, "multi_query": True},
 )

@@ -34,13 +34,13 @@ def normalize(config: dict) -> dict:
     cfg = dict(config)
     attn = {"alibi": True, "alibi_bias_max": 8, **(cfg.get("attn_config") or {})}  # MptAttentionConfig's defaults
     if not attn["alibi"] or attn.get("softmax_scale") is not None:
-        raise Unsupported(None, "mpt without ALiBi or with a softmax_scale: transformers' MPT cannot run it")
+        raise Unsupported("config.json", "mpt without ALiBi or with a softmax_scale: transformers' MPT cannot run it")
     cfg["attn_config"] = attn
     cfg.setdefault("layer_norm_epsilon", 1e-5)
     cfg.setdefault("tie_word_embeddings", True)
     cfg["intermediate_size"] = cfg.get("expansion_ratio", 4) * cfg["d_model"]
-    cfg.update(num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"], num_key_value_heads=cfg["n_heads"],
-               hidden_size=cfg["d_model"])
+    cfg.update(num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"],
+               num_key_value_heads=cfg["n_heads"], hidden_size=cfg["d_model"])
     return cfg
 
 

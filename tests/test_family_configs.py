@@ -1,0 +1,61 @@
+"""gpt2, starcoder2, falcon (7B, 40B, Falcon2) and mpt beyond the shared family table: a GGUF that lacks our stored
+config.json (as llama.cpp's own converter writes them) comes back to an HF folder transformers runs like the source,
+from GGUF keys alone (GPT-2's own names, MPT's nested attn_config, Falcon's layout told by its tensors); and the
+variants llama.cpp cannot run are refused with exit 3, naming config.json, before anything is written."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from modelport import api
+from modelport.convert.gguf_map import CONFIG_KEY
+from modelport.formats import gguf
+from modelport.validators.metrics import logit_parity
+from modelport.validators.runtimes import Transformers
+
+from helpers import run_cli
+
+FAMILIES = ("gpt2", "starcoder2", "falcon", "falcon40b", "falcon2", "mpt")
+WRITER_KEYS = ("general.architecture", "general.alignment")  # gguf.write adds these itself
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_without_our_config_comes_back_from_its_keys(family, checkpoints, mixed_text, tmp_path):
+    src = checkpoints(family)
+    api.convert(src, tmp_path / "ours.gguf", dtype="f32")
+    contents = gguf.read(tmp_path / "ours.gguf")
+    kv = [(k, v, t, sub) for k, (v, t, sub) in contents.kv.items() if k not in (CONFIG_KEY, *WRITER_KEYS)]
+    gguf.write(tmp_path / "foreign.gguf", contents.get("general.architecture"), kv, list(contents.tensors.items()))
+    api.convert(tmp_path / "foreign.gguf", tmp_path / "back")
+    rebuilt = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert rebuilt != json.loads((src / "config.json").read_text())  # made from the keys, not copied
+    original, restored = api.load(src), api.load(tmp_path / "back")
+    assert set(restored.tensors) == set(original.tensors)
+    for name, ref in original.tensors.items():
+        np.testing.assert_array_equal(restored.tensors[name].read(), ref.read(), err_msg=name)
+    ref = Transformers(src)
+    ids = ref.tokenize(mixed_text)
+    parity = logit_parity(ref.logits(ids), Transformers(tmp_path / "back").logits(ids))
+    assert parity["kl_mean"] <= 1e-9, parity
+
+
+REFUSED = [("falcon", {"alibi": True}), ("falcon", {"parallel_attn": False}),
+           ("mpt", {"attn_config": {"alibi": False}}), ("mpt", {"attn_config": {"softmax_scale": 0.5}})]
+
+
+@pytest.mark.parametrize("family,change", REFUSED, ids=["falcon-alibi", "falcon-sequential", "mpt-no-alibi",
+                                                          "mpt-softmax-scale"])
+def test_variants_llama_cpp_cannot_run_are_refused(family, change, checkpoints, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints(family), src)
+    cfg = json.loads((src / "config.json").read_text())
+    for key, value in change.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    (src / "config.json").write_text(json.dumps(cfg))
+    r = run_cli("convert", src, tmp_path / "out.gguf")
+    assert r.returncode == 3, r.stderr
+    assert "config.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not list(tmp_path.glob("out.gguf*"))
