@@ -104,7 +104,7 @@ def hf_to_gguf(files: dict[str, bytes], config: dict) -> list[KV]:
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:  # a field missing or of a wrong type
         raise BadInput(None, f"malformed tokenizer files: {type(e).__name__}: {e}") from None
     if tj is None:
-        raise BadInput(None, "no tokenizer.json, tokenizer.model or vocab.txt among the tokenizer files")
+        raise BadInput(None, "no tokenizer.json or tokenizer.model among the tokenizer files")
     if model.get("type") == "BPE":
         raise Unsupported("tokenizer.json", "a SentencePiece-style BPE needs its tokenizer.model to convert to GGUF")
     raise Unsupported("tokenizer.json", f"{model.get('type')} tokenizers are not supported (byte-level BPE, "

@@ -44,8 +44,7 @@ def canonical(name: str) -> str | None:
 
 def normalize(config: dict) -> dict:
     cfg = dict(config)
-    cfg["num_key_value_heads"] = cfg["num_attention_heads"]  # no grouped-query attention in BERT
-    cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
+    cfg["num_key_value_heads"] = cfg["num_attention_heads"]  # no grouped-query attention (quantization asks)
     cfg.setdefault("layer_norm_eps", 1e-12)
     return cfg
 
