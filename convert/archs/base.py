@@ -43,9 +43,6 @@ class Arch:
     # an HF tensor name as `tensors` spells it, or None for one llama.cpp's converter leaves out (its filter_tensors:
     # BERT's "bert." prefix and pooler); GGUF -> HF gives the canonical names
     canonical: Callable[[str], str | None] = lambda name: name
-    # an HF tensor name as `tensors` spells it, or None for one llama.cpp's converter leaves out (its filter_tensors:
-    # BERT's "bert." prefix and pooler); GGUF -> HF gives the canonical names
-    canonical: Callable[[str], str | None] = lambda name: name
     # mixture of experts: the HF name gguf-py knows for a layer's stacked 3-D tensor -> the template of the per-expert
     # 2-D tensors ("{xid}": expert number) it stacks, in expert order; the expert count is the EXPERT_COUNT hparam
     experts: dict[str, str] = field(default_factory=dict)
