@@ -315,9 +315,9 @@ def _config(contents: OnnxContents, folder: Path) -> dict:
         return json.loads(contents.metadata[CONFIG_KEY])
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInput(contents.path, "no config.json beside the model and none recorded in its metadata; "
-                                      "modelport needs the Hugging Face config to read ONNX back") from None
+    except FileNotFoundError:  # a well-formed model we cannot map: whose config it computes is not said
+        raise Unsupported(contents.path, "no config.json beside the model and none recorded in its metadata; "
+                                         "modelport needs the Hugging Face config to read ONNX back") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BadInput(folder / "config.json", f"not valid JSON: {e}") from None
 

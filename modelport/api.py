@@ -146,12 +146,14 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str 
 
 
 def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
-             min_top1: float | None = None, max_ppl_ratio: float | None = None):
+             min_top1: float | None = None, max_ppl_ratio: float | None = None,
+             provider: str = "CPUExecutionProvider"):
     """REF (reference, fp32) vs CAND on their own runtimes over the same token ids -> validators.parity.Report
-    (the fields of `modelport validate --json`); `texts` name -> text, default the built-in ones."""
+    (the fields of `modelport validate --json`); `texts` name -> text, default the built-in ones; an ONNX side
+    runs in onnxruntime on the execution provider `provider`."""
     from modelport.validators.parity import validate as run
 
-    return run(ref, cand, texts, max_kl, min_top1, max_ppl_ratio)
+    return run(ref, cand, texts, max_kl, min_top1, max_ppl_ratio, provider=provider)
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, quant: str, block_size: int = 32, force: bool = False) -> Result:

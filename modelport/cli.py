@@ -195,9 +195,11 @@ def _print_validate(rep: dict) -> None:
 @click.option("--max-ppl-ratio", type=float, help="Gate: most perplexity(cand)/perplexity(ref) allowed.")
 @click.option("--report", "html_report", type=click.Path(path_type=Path), help="Write an HTML report with plots.")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per gate).")
+@click.option("--provider", default="CPUExecutionProvider", show_default=True,
+              help="onnxruntime execution provider for an ONNX side (CUDAExecutionProvider, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def validate_cmd(ref: Path, cand: Path, text_file, max_kl, min_top1, max_ppl_ratio, html_report, junit,
+def validate_cmd(ref: Path, cand: Path, text_file, max_kl, min_top1, max_ppl_ratio, html_report, junit, provider,
                  as_json) -> None:
     """Run REF (the reference) and CAND on their own runtimes over the same token ids and gate the difference:
     exit 0 pass, 1 a gate failed, 2 bad input, 3 unsupported, 4 runtime missing."""
@@ -208,7 +210,7 @@ def validate_cmd(ref: Path, cand: Path, text_file, max_kl, min_top1, max_ppl_rat
         reports.pyplot()  # fail before minutes of work, not after
     with err.status("validating", spinner="dots") if not as_json and err.is_terminal else nullcontext():
         rep = api.validate(ref, cand, texts=texts.from_file(text_file) if text_file else None, max_kl=max_kl,
-                           min_top1=min_top1, max_ppl_ratio=max_ppl_ratio)
+                           min_top1=min_top1, max_ppl_ratio=max_ppl_ratio, provider=provider)
     if html_report:
         from modelport.validators.diff import diff
         reports.write_html(rep, html_report, diff(ref, cand))

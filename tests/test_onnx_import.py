@@ -108,6 +108,80 @@ def test_exported_walk_needs_no_node_names(exported):
         assert np.array_equal(anonymous.tensors[name].read(), ref.read()), name
 
 
+# --- our own graphs: HF names kept, so fp32 comes back bit-identical; MatMulNBits come back as what onnxruntime runs
+
+
+@pytest.fixture(scope="module")
+def ours(checkpoints, tmp_path_factory):
+    """options -> (HF folder, `modelport convert HF DIR --to onnx OPTIONS` of the tiny llama), made on first use."""
+    made = {}
+
+    def get(*options):
+        if options not in made:
+            src = checkpoints("llama")
+            out = tmp_path_factory.mktemp("ours") / "onnx"
+            r = run_cli("convert", src, out, "--to", "onnx", *options)
+            assert r.returncode == 0, r.stderr
+            made[options] = src, out
+        return made[options]
+
+    return get
+
+
+def test_our_fp32_onnx_to_safetensors_is_bit_identical(ours, tmp_path):
+    src, onnx_dir = ours()
+    out = tmp_path / "hf"
+    r = run_cli("convert", onnx_dir, out, "--to", "safetensors")
+    assert r.returncode == 0, r.stderr
+    original, back = _tensors(src), _tensors(out)
+    assert list(back) == list(original)
+    for name, arr in original.items():
+        assert back[name].dtype == arr.dtype and back[name].tobytes() == arr.tobytes(), name
+
+
+def test_our_int4_onnx_reads_back_as_onnxruntime_runs_it(ours, tmp_path, mixed_text):
+    """int4 MatMulNBits -> float safetensors: transformers on the result computes what onnxruntime computes on the
+    ONNX model, so the dequantized weights are the ones the graph uses."""
+    from modelport.validators.metrics import logit_parity
+    from modelport.validators.runtimes import OnnxRuntime, Transformers
+
+    _, onnx_dir = ours("--ops", "ort", "--quant", "int4")
+    assert any(t.name.endswith(".qweight") for t in onnx.load(str(onnx_dir / "model.onnx"),
+                                                               load_external_data=False).graph.initializer)
+    out = tmp_path / "hf"
+    r = run_cli("convert", onnx_dir, out, "--to", "safetensors")
+    assert r.returncode == 0, r.stderr
+    ref = Transformers(out)
+    ids = ref.tokenize(mixed_text[:400])
+    parity = logit_parity(ref.logits(ids), OnnxRuntime(onnx_dir).logits(ids))
+    print(f"int4 ONNX in onnxruntime vs its read-back safetensors in transformers: {parity}")
+    assert parity["max_abs_diff"] < 1e-3 and parity["top1"] == 1.0, parity
+
+
+# --- validate with an ONNX side
+
+
+def test_validate_runs_onnx_on_either_side(ours, tmp_path, mixed_text):
+    src, onnx_dir = ours()
+    text = tmp_path / "text.txt"
+    text.write_text(mixed_text[:600], encoding="utf-8")
+    r = run_cli("validate", src, onnx_dir, "--text-file", text, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    as_candidate = json.loads(r.stdout)
+    as_reference = api.validate(onnx_dir, src, texts={"text": mixed_text[:600]}).to_json()
+    for report, onnx_side in ((as_candidate, "candidate"), (as_reference, "reference")):
+        side = report[onnx_side]
+        assert report["passed"] and side["runtime"] == "onnxruntime CPUExecutionProvider", report
+        assert side["type"] == "F32" and report["overall"]["kl_mean"] < 1e-6, report
+    print(f"validate HF vs our f32 ONNX: {as_candidate['overall']}")
+
+
+def test_validate_refuses_a_provider_onnxruntime_lacks(ours, tmp_path):
+    src, onnx_dir = ours()
+    r = run_cli("validate", src, onnx_dir, "--provider", "NoSuchExecutionProvider")
+    assert r.returncode == 4 and "NoSuchExecutionProvider" in r.stderr, r.stderr
+
+
 # --- MatMulNBits: dequantized as onnxruntime computes with the weight
 
 

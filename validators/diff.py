@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelport.convert import onnx_import
 from modelport.convert.dtypes import cast
 from modelport.convert.gguf_map import from_gguf
 from modelport.formats import registry
@@ -48,11 +49,13 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def load(path: str | Path) -> Model:
-    """Any supported model as the pivot (HF names; GGUF Q/K unpermuted), headers only."""
+    """Any supported model as the pivot (HF names; GGUF Q/K unpermuted; ONNX weights as HF lays them), headers
+    only."""
     path = Path(path)
     fmt = registry.detect(path)
     native = fmt.read(path)
-    return from_gguf(native, path) if fmt.name == "gguf" else native
+    to_pivot = {"gguf": from_gguf, "onnx": onnx_import.from_onnx}.get(fmt.name)
+    return to_pivot(native, path) if to_pivot else native
 
 
 def diff(a_path: str | Path, b_path: str | Path) -> DiffReport:

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from modelport.convert import onnx_import
 from modelport.formats import registry
-from modelport.formats.errors import BadInput, Unsupported
+from modelport.formats.errors import BadInput
 
 from . import gates, memory, metrics, texts as builtin_texts
-from .runtimes import LlamaCpp, Transformers
+from .runtimes import LlamaCpp, OnnxRuntime, Transformers, require_provider
 
 SCHEMA = "modelport.validate/1"
 MAX_TOKENS = 2048  # longer texts are cut here (the runtimes hold logits for every position)
-ONNX = (".onnx",)
+DEFAULT_PROVIDER = "CPUExecutionProvider"
 
 
 @dataclass
@@ -51,16 +52,25 @@ class Report:
         return d
 
 
-def _is_onnx(path: Path) -> bool:
-    return path.suffix in ONNX or (path.is_dir() and any(path.glob("*.onnx")) and not (path / "config.json").exists())
+def _onnx_type(native) -> str:
+    """INT4 / INT8 for MatMulNBits weights (their bits), else the float type most 2-D initializers have."""
+    bits = [a.i for n in native.proto.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+            if a.name == "bits"]
+    if bits:
+        return f"INT{Counter(bits).most_common(1)[0][0]}"
+    kinds = Counter(r.dtype for r in native.tensors.values() if len(r.shape) > 1)
+    return kinds.most_common(1)[0][0] if kinds else "F32"
 
 
-def describe(path: Path) -> tuple[Side, object]:
+def describe(path: Path, provider: str = DEFAULT_PROVIDER) -> tuple[Side, object]:
     """What `path` is, its storage type and parameter count, and its pivot view; headers only."""
-    if _is_onnx(path):
-        raise Unsupported(path, "ONNX models cannot be validated yet (safetensors folders and GGUF can)")
     fmt = registry.detect(path)
     native = fmt.read(path)
+    if fmt.name == "onnx":  # parameters as the HF model counts them: MatMulNBits blobs read back as weights
+        require_provider(provider)  # before minutes of reference logits, not after
+        model = onnx_import.from_onnx(native, path)
+        return Side(str(path), "onnx", f"onnxruntime {provider}", _onnx_type(native),
+                    sum(r.n_elements for r in model.tensors.values())), native
     if fmt.name == "gguf":  # native names: a GGUF whose keys no longer map back (a defect) still validates
         kinds = Counter(r.dtype for r in native.tensors.values() if len(r.shape) > 1)
         kind = gates.file_type_name(native.get("general.file_type")) or kinds.most_common(1)[0][0]
@@ -80,12 +90,13 @@ def _stored_bytes(native) -> int:
 class _Runner:
     """One side on its runtime: tokenizes with its own tokenizer, gives logits for given ids."""
 
-    def __init__(self, side: Side):
-        self.side, self.rt, self.n_ctx = side, None, 0
+    def __init__(self, side: Side, provider: str = DEFAULT_PROVIDER):
+        self.side, self.provider, self.rt, self.n_ctx = side, provider, None, 0
 
     def tokenizer(self):
         if self.rt is None:
             self.rt = LlamaCpp(self.side.path, n_ctx=64, vocab_only=True) if self.side.format == "gguf" \
+                else OnnxRuntime(self.side.path, self.provider) if self.side.format == "onnx" \
                 else Transformers(self.side.path)
         return self.rt
 
@@ -109,19 +120,20 @@ def _mismatch(a: list[int], b: list[int]) -> dict | None:
 
 
 def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
-             min_top1: float | None = None, max_ppl_ratio: float | None = None, check_memory: bool = True) -> Report:
+             min_top1: float | None = None, max_ppl_ratio: float | None = None, check_memory: bool = True,
+             provider: str = DEFAULT_PROVIDER) -> Report:
     """Reference vs candidate over `texts` (default: the built-in ones), gated by the candidate type's limits
-    with any given overrides."""
+    with any given overrides; an ONNX side runs in onnxruntime on `provider`."""
     t0 = time.perf_counter()
     ref, cand = Path(ref), Path(cand)
-    ref_side, _ = describe(ref)
-    cand_side, cand_native = describe(cand)
+    ref_side, _ = describe(ref, provider)
+    cand_side, cand_native = describe(cand, provider)
     if check_memory:
         memory.check(ref_side.parameters, _stored_bytes(cand_native), memory.available_bytes())
     lim, tier = gates.limits(cand_side.type, {"max_kl": max_kl, "min_top1": min_top1, "max_ppl_ratio": max_ppl_ratio})
     texts = texts or builtin_texts.builtin()
 
-    r, c = _Runner(ref_side), _Runner(cand_side)
+    r, c = _Runner(ref_side, provider), _Runner(cand_side, provider)
     ids = {name: r.tokenizer().tokenize(t)[:MAX_TOKENS] for name, t in texts.items()}
     if any(len(v) < 2 for v in ids.values()):
         raise BadInput(None, "every text needs at least two tokens")

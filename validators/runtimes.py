@@ -149,6 +149,17 @@ class TransformersEmbeddings:
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
+def require_provider(provider: str) -> None:
+    """onnxruntime falls back to CPU, silently, when asked for an execution provider its build lacks."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RuntimeMissing(None, "onnxruntime missing: pip install 'modelport[onnx]'") from None
+    if provider not in ort.get_available_providers():
+        raise RuntimeMissing(None, f"this onnxruntime has no {provider} (it has "
+                                   f"{', '.join(ort.get_available_providers())}); install the build for it")
+
+
 class OnnxRuntime:
     """An ONNX decoder (inputs input_ids, attention_mask, position_ids, past_key_values.N.key|value; outputs logits,
     present.N.key|value) in onnxruntime on `provider`, tokenizing with its folder's tokenizer.json."""
@@ -158,6 +169,7 @@ class OnnxRuntime:
             import onnxruntime as ort
         except ImportError:
             raise RuntimeMissing(None, "onnxruntime missing: pip install 'modelport[onnx]'") from None
+        require_provider(provider)
         path = Path(path)
         self.path = path / "model.onnx" if path.is_dir() else path
         options = ort.SessionOptions()
