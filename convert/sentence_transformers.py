@@ -10,6 +10,7 @@ other modules (Dense ...) have no llama.cpp counterpart, so such a model is refu
 from __future__ import annotations
 
 import json
+import re
 
 from gguf import GGUFValueType, Keys, PoolingType
 
@@ -20,6 +21,9 @@ MODES = {"mean": PoolingType.MEAN, "cls": PoolingType.CLS, "lasttoken": PoolingT
 MODE_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
               "lasttoken": "pooling_mode_lasttoken"}  # the Pooling config's boolean spelling, checked in this order
 RUN_BY_LLAMA_CPP = ("Transformer", "Pooling", "Normalize")  # module class names (the last part of "type")
+# the only names FILES_KEY may give (it is input): the folder's own files and module configs, never config.json,
+# tokenizer or weight files that GGUF -> HF writes itself
+NAMES = re.compile(r"(modules|sentence_bert_config|config_sentence_transformers)\.json|([\w.-]+/)+config\.json")
 
 
 def modules(files: dict[str, bytes]) -> list[dict]:
@@ -75,10 +79,13 @@ def from_gguf(values: dict[str, object], gguf_arch: str) -> dict[str, bytes]:
     """The sentence-transformers files a GGUF carries, or ones rebuilt from its pooling type; {} for neither."""
     if FILES_KEY in values:
         try:
-            stored = json.loads(values[FILES_KEY])
-            return {str(n): t.encode("utf-8") for n, t in stored.items()}
-        except (ValueError, AttributeError) as e:
+            files = {n: t.encode("utf-8") for n, t in json.loads(values[FILES_KEY]).items()}
+        except (ValueError, AttributeError, TypeError) as e:
             raise BadInput(None, f"malformed {FILES_KEY}: {e}") from None
+        odd = [n for n in files if not NAMES.fullmatch(n)]
+        if odd:
+            raise BadInput(None, f"{FILES_KEY} names {odd[0]!r}, not a sentence-transformers file")
+        return files
     mode = {int(v): m for m, v in MODES.items()}.get(values.get(Keys.LLM.POOLING_TYPE.format(arch=gguf_arch)))
     if mode is None:
         return {}

@@ -171,6 +171,18 @@ def test_a_gguf_made_elsewhere_converts_back(bert, tmp_path):
                                rtol=0, atol=1e-6)
 
 
+def test_a_gguf_cannot_write_other_files_through_the_sentence_transformers_key(bert, tmp_path):
+    api.convert(bert, tmp_path / "m.gguf", dtype="f32")
+    m = gguf.read(tmp_path / "m.gguf")
+    evil = json.dumps({"modules.json": "[]", "config.json": "{}"})
+    kv = [(k, evil if k == sentence_transformers.FILES_KEY else v, t, sub) for k, (v, t, sub) in m.kv.items()
+          if k != "general.architecture"]
+    gguf.write(tmp_path / "evil.gguf", "bert", kv, list(m.tensors.items()))
+    r = run_cli("convert", tmp_path / "evil.gguf", tmp_path / "back")
+    assert r.returncode == 2 and "'config.json', not a sentence-transformers file" in r.stderr, r.stderr
+    assert not (tmp_path / "back").exists()
+
+
 def test_a_gguf_without_the_files_gets_its_pooling_back():
     """A GGUF made by llama.cpp carries only `{arch}.pooling_type`: GGUF -> HF writes modules.json and a pooling
     config that say the same."""
