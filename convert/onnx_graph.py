@@ -294,8 +294,10 @@ class _Decoder:
             gate, up = (self.linear(x, f"{p}.mlp.{w}_proj") for w in ("gate", "up"))
             x = self.linear(self.n("Mul", self.n("Mul", gate, self.n("Sigmoid", gate)), up), f"{p}.mlp.down_proj")
         x, _ = self.add_norm(x, residual, "model.norm.weight")
-        head = "lm_head.weight" if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings") else embed
-        logits = self.n("Gemm", x, self.weight(head), transB=1)
+        if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings"):
+            logits = self.linear(x, "lm_head")
+        else:  # the embedding's one initializer serves the Gather and this Gemm
+            logits = self.n("Gemm", x, self.weight(embed), transB=1)
         self.n("Reshape", logits, self.rows_last, outputs=["logits"])
         return OnnxGraph(self.proto(), list(self.weights.items()), self.storage, self.compute, self.notes)
 
