@@ -199,7 +199,7 @@ def test_a_gguf_without_the_files_gets_its_pooling_back():
      2, "leaves the model folder"),
     (lambda d: (d / "1_Pooling/config.json").write_text('{"pooling_mode_max_tokens": true}'),
      3, "pooling pooling_mode_max_tokens has no llama.cpp equivalent"),
-])
+], ids=["module-path-leaves-folder", "max-pooling"])
 def test_bad_sentence_transformers_files_are_refused(bert, tmp_path, edit, code, message):
     src = shutil.copytree(bert, tmp_path / "bad")
     edit(src)
