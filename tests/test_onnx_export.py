@@ -211,3 +211,19 @@ def test_gguf_source_converts_like_its_safetensors(checkpoints, reference, tmp_p
     api.convert(tmp_path / "m.gguf", tmp_path / "o", to="onnx", ops="ort")
     _, ids, ref = reference("llama")
     assert logit_parity(ref, OnnxRuntime(tmp_path / "o").logits(ids))["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("ops", OPS)
+def test_bf16_weights_are_kept_and_computed_in_fp32(ops, checkpoints, tmp_path):
+    src = checkpoints("qwen3", "bfloat16")
+    api.convert(src, tmp_path / "o", to="onnx", ops=ops)
+    contents = onnx_format.read(tmp_path / "o")
+    source = api.load(src)
+    assert {r.dtype for r in contents.tensors.values()} == {"BF16"}
+    for name, ref in contents.tensors.items():
+        assert ref.stored.read() == source.tensors[name].stored.read(), name
+    ref = Transformers(src)  # upcasts the bf16 weights to fp32: the same numbers the graph computes with
+    ids = ref.tokenize("def f(x):\n    return x * 2  # 日本語")
+    onnx = OnnxRuntime(tmp_path / "o")
+    assert onnx.inputs["past_key_values.0.key"].type == "tensor(float)"
+    assert np.abs(ref.logits(ids) - onnx.logits(ids)).max() <= 1e-4
