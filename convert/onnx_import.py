@@ -31,9 +31,11 @@ from . import archs
 from .dtypes import FLOATS, cast
 
 CONFIG_KEY = "modelport.source.config"
-NBITS_PARTS = (".qweight", ".scales", ".zero_points")
+QWEIGHT = ".qweight"  # contract: HF `X.weight` as MatMulNBits is `X.weight.qweight`, `.scales`, `.zero_points`
 
 WEIGHTED = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1}  # op -> input slot of its weight
+# how a weight initializer is stored, relative to HF's [out, in]
+AS_HF, TRANSPOSED, NBITS = "hf", "transposed", "nbits"
 NORM_OPS = {"SimplifiedLayerNormalization": 1, "RMSNormalization": 1, "LayerNormalization": 1}  # op -> scale slot
 NORM_PATH = {"Cast", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Identity"}  # RMSNorm pieces
 FUSED_ATTENTION = {"Attention", "GroupQueryAttention", "MultiHeadAttention"}  # inputs 0, 1, 2 = q, k, v
@@ -115,21 +117,23 @@ class _Graph:
         return hits[0]
 
     # --- what a node is
-    def weight(self, node) -> tuple[str, bool] | None:
-        """(initializer, stored transposed?) of a weighted node: MatMul B is [K, N] unless it is a Transpose of the
-        HF [N, K] initializer; Gemm says so with transB."""
+    def weight(self, node) -> tuple[str, str] | None:
+        """(initializer, layout) of a weighted node: MatMul's B is [K, N] unless it is a Transpose of the HF
+        [N, K] initializer; Gemm says so with transB; MatMulNBits blobs are rows of N."""
         if node.op_type not in WEIGHTED or len(node.input) <= WEIGHTED[node.op_type]:
             return None
         b = node.input[WEIGHTED[node.op_type]]
+        if node.op_type == "MatMulNBits":
+            return (b, NBITS) if b in self.inits else None
         if node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            return (b, not trans_b) if b in self.inits else None
+            return (b, AS_HF if trans_b else TRANSPOSED) if b in self.inits else None
         if b in self.inits:
-            return b, True
+            return b, TRANSPOSED
         src = self.nodes[self.producer[b]] if b in self.producer else None
         if src is not None and src.op_type == "Transpose" and src.input[0] in self.inits:
             perm = next((list(a.ints) for a in src.attribute if a.name == "perm"), [1, 0])
-            return (src.input[0], False) if perm == [1, 0] else None
+            return (src.input[0], AS_HF) if perm == [1, 0] else None
         return None
 
     def norm_scale(self, node) -> str | None:
@@ -161,11 +165,11 @@ class _Graph:
 
 
 class _Walk:
-    """The walk from input_ids to logits, collecting HF name -> (initializer, transposed)."""
+    """The walk from input_ids to logits, collecting HF name -> (initializer, layout)."""
 
     def __init__(self, graph: _Graph, path: Path):
         self.g, self.path = graph, path
-        self.names: dict[str, tuple[str, bool]] = {}
+        self.names: dict[str, tuple[str, str]] = {}
 
     def _not_weighted(self, node) -> bool:
         return self.g.weight(node) is None
@@ -173,7 +177,7 @@ class _Walk:
     def _norm(self, x: str, hf: str) -> str:
         i, _ = self.g.first(x, lambda n, s: self.g.norm_scale(n) is not None, self.g.in_norm, f"norm for {hf}",
                             self.path)
-        self.names[hf] = (self.g.norm_scale(self.g.nodes[i]), False)
+        self.names[hf] = (self.g.norm_scale(self.g.nodes[i]), AS_HF)
         return self.g.nodes[i].output[0]
 
     def _projections(self, x: str) -> list[int]:
@@ -191,7 +195,7 @@ class _Walk:
             if user.op_type == "Add" and bias is None:
                 bias = next((x for x in user.input if x in self.g.inits and len(self.g.inits[x].shape) == 1), None)
         if bias:
-            self.names[hf + ".bias"] = (bias, False)
+            self.names[hf + ".bias"] = (bias, AS_HF)
         return node.output[0]
 
     def _next_weighted(self, x: str, what: str) -> int:
@@ -218,7 +222,7 @@ class _Walk:
                                     lambda n: self._not_weighted(n) and self.g.attention_use(n, 0) is None)
                 if hits:
                     self.names[f"{prefix}.{QK_NORMS[role]}.weight"] = (self.g.norm_scale(self.g.nodes[hits[0][0]]),
-                                                                       False)
+                                                                       AS_HF)
             if use != "scores":
                 context = self.g.nodes[j].output[0]
         if set(roles) != {"q_proj", "k_proj", "v_proj"} or context is None:
@@ -240,13 +244,13 @@ class _Walk:
         up = self._linear(ups[0], f"{prefix}.up_proj")
         return self._linear(self._next_weighted(up, f"down_proj of {prefix}"), f"{prefix}.down_proj")
 
-    def run(self, n_layers: int) -> dict[str, tuple[str, bool]]:
+    def run(self, n_layers: int) -> dict[str, tuple[str, str]]:
         hits = [i for i, slot in self.g.consumers.get("input_ids", ()) if self.g.nodes[i].op_type == "Gather"
                 and slot == 1 and self.g.nodes[i].input[0] in self.g.inits]
         if not hits:
             raise Unsupported(self.path, "ONNX graph: no embedding (a Gather of an initializer by input_ids)")
         embed = self.g.nodes[hits[0]]
-        self.names["model.embed_tokens.weight"] = (embed.input[0], False)
+        self.names["model.embed_tokens.weight"] = (embed.input[0], AS_HF)
         h = embed.output[0]
         for b in range(n_layers):
             prefix = f"model.layers.{b}"
@@ -261,27 +265,32 @@ class _Walk:
         return self.names
 
 
-def _hf_ref(ref: TensorRef, transposed: bool) -> TensorRef:
-    return ref.map(np.transpose, shape=ref.shape[::-1]) if transposed else ref
+def _hf_ref(graph: _Graph, name: str, layout: str, path: Path) -> TensorRef:
+    """An initializer as HF lays the tensor out, lazily."""
+    ref = graph.inits[name]
+    if layout == NBITS:
+        return _nbits(graph, name, path)
+    return ref.map(np.transpose, shape=ref.shape[::-1]) if layout == TRANSPOSED else ref
 
 
-def _nbits(graph: _Graph, base: str, path: Path) -> TensorRef:
-    """`base` (an HF `X.weight`) from its MatMulNBits initializers, dequantized when read."""
-    qweight = graph.inits[base + ".qweight"]
-    node = next((graph.nodes[i] for i, _ in graph.consumers.get(base + ".qweight", ())
+def _nbits(graph: _Graph, name: str, path: Path) -> TensorRef:
+    """The float [N, K] weight of MatMulNBits blobs `name` (with the node's scales and zero points), dequantized
+    when read."""
+    qweight = graph.inits[name]
+    node = next((graph.nodes[i] for i, _ in graph.consumers.get(name, ())
                  if graph.nodes[i].op_type == "MatMulNBits"), None)
     if node is None:
-        raise BadInput(path, f"initializer {base}.qweight feeds no MatMulNBits node")
+        raise BadInput(path, f"initializer {name} feeds no MatMulNBits node")
     attrs = {a.name: a.i for a in node.attribute}
     k, n, bits, block = attrs.get("K"), attrs.get("N"), attrs.get("bits", 4), attrs.get("block_size")
     if not k or not n or bits not in (2, 4, 8) or not block or \
             qweight.shape != (n, -(-k // block), block * bits // 8) or qweight.dtype != "U8":
-        raise BadInput(path, f"MatMulNBits weight {base}.qweight {list(qweight.shape)} does not match its node's "
+        raise BadInput(path, f"MatMulNBits weight {name} {list(qweight.shape)} does not match its node's "
                              f"K={k} N={n} bits={bits} block_size={block}")
     scales = graph.inits.get(node.input[2])
     zero_points = graph.inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     if scales is None or scales.n_elements != n * qweight.shape[1]:
-        raise BadInput(path, f"MatMulNBits weight {base}: scales missing or not {n * qweight.shape[1]} values")
+        raise BadInput(path, f"MatMulNBits weight {name}: scales missing or not {n * qweight.shape[1]} values")
 
     def dequantize(q: np.ndarray) -> np.ndarray:  # float32: exact for F32/F16/BF16 scales times small integers
         zp = None if zero_points is None else \
@@ -298,8 +307,8 @@ def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, Ten
     for name, ref in graph.inits.items():
         if name in hf_names:
             tensors[name] = ref
-        elif name.endswith(".qweight") and name[:-len(".qweight")] in hf_names:
-            tensors[name[:-len(".qweight")]] = _nbits(graph, name[:-len(".qweight")], path)
+        elif name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names:
+            tensors[name.removesuffix(QWEIGHT)] = _nbits(graph, name, path)
     return tensors
 
 
@@ -307,25 +316,28 @@ def _exported_tensors(graph: _Graph, cfg: dict, path: Path) -> dict[str, TensorR
     names = _Walk(graph, path).run(cfg["num_hidden_layers"])
     if cfg.get("tie_word_embeddings", False):
         names.pop("lm_head.weight", None)  # the HF checkpoint stores the tied weight once, as the embedding
-    return {hf: _hf_ref(graph.inits[init], transposed) for hf, (init, transposed) in names.items()}
+    return {hf: _hf_ref(graph, init, layout, path) for hf, (init, layout) in names.items()}
 
 
 def _config(contents: OnnxContents, folder: Path) -> dict:
-    if CONFIG_KEY in contents.metadata:
-        return json.loads(contents.metadata[CONFIG_KEY])
     try:
+        if CONFIG_KEY in contents.metadata:
+            return json.loads(contents.metadata[CONFIG_KEY])
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:  # a well-formed model we cannot map: whose config it computes is not said
         raise Unsupported(contents.path, "no config.json beside the model and none recorded in its metadata; "
                                          "modelport needs the Hugging Face config to read ONNX back") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise BadInput(folder / "config.json", f"not valid JSON: {e}") from None
+        raise BadInput(contents.path, f"its config (metadata {CONFIG_KEY} or config.json) is not valid JSON: "
+                                      f"{e}") from None
 
 
 def from_onnx(contents: OnnxContents, path: Path) -> Model:
     """The pivot from an ONNX model's native view; weights stay lazy (transposes and dequantization on read)."""
     folder = contents.path.parent
     cfg = _config(contents, folder)
+    if not isinstance(cfg, dict):
+        raise BadInput(contents.path, "its config is not a JSON object")
     arch = archs.for_hf(cfg.get("model_type", ""), path)
     norm = arch.normalize(cfg)
     graph = _Graph.of(contents)
