@@ -52,6 +52,9 @@ class Arch:
     # config.json fields a GGUF says only by which tensors it has (GGUF names -> fields), for a config rebuilt from
     # GGUF keys (a GGUF made by llama.cpp's converter): Falcon's one or two LayerNorms per block
     hf_from_tensors: Callable[[set[str]], dict] = lambda names: {}
+    # the same for fields told by values: (fields rebuilt so far, GGUF key values, GGUF tensors) -> fields, e.g. what
+    # llama.cpp assumes where no key speaks (gemma2's query scale) or what only tensors hold (phi3's LongRoPE factors)
+    hf_from_gguf: Callable[[dict, dict, dict], dict] = lambda cfg, kv, tensors: {}
 
     @property
     def gguf_name(self) -> str:

@@ -3,7 +3,8 @@ applied as 1 + w), no attention soft-capping, and local layers with their own ro
 between global ones every sliding_window_pattern-th layer. Keys as convert_hf_to_gguf.py's Gemma3Model writes them,
 plus the pattern itself, which Gemma3Model leaves to llama.cpp's default (6, the real models' value): written here
 so a config with another pattern still runs as transformers runs it (llama.cpp reads the key when present).
-Linear rope scaling (the 4B-27B checkpoints' factor 8) applies to the global layers only, in both runtimes.
+Linear rope scaling (the 4B-27B checkpoints' factor 8) applies to the global layers only, in both runtimes. The
+query scale as for Gemma 2 (the 27B shape has 62 layers here).
 
 Gemma3Model also trims token_embd to the tokenizer's length when the checkpoint pads the vocabulary beyond it;
 here the embedding keeps the config's vocab_size rows and the GGUF vocabulary is padded to match instead."""
@@ -14,20 +15,23 @@ from dataclasses import replace
 from gguf import MODEL_ARCH, Keys
 
 from .base import F32, STR, HParam, rope
+from .gemma import ARCH as GEMMA
 from .gemma import TENSORS
 from .gemma2 import ARCH as GEMMA2
-from .gemma2 import FFN_NORMS
+from .gemma2 import FFN_NORMS, checked_query_scalar, llama_cpp_query_scalar
 
 HPARAMS = tuple(h for h in GEMMA2.hparams if h.gguf != Keys.LLM.ATTN_LOGIT_SOFTCAPPING) + (
     HParam(Keys.Rope.FREQ_BASE_SWA, "rope_local_base_freq", F32),
     HParam(Keys.Attention.SLIDING_WINDOW_PATTERN, "sliding_window_pattern"),
 )
 QK_NORMS = tuple(f"model.layers.{{bid}}.self_attn.{p}_norm.weight" for p in "qk")
+LAYERS_27B = 62
 
 
 def normalize(config: dict) -> dict:
-    """Gemma 2's defaults, and the pattern from layer_types when a config gives only those (transformers 5)."""
-    cfg = GEMMA2.normalize(config)
+    """Gemma's defaults, the query scale checked, and the pattern from layer_types when a config gives only those
+    (transformers 5)."""
+    cfg = checked_query_scalar(config, LAYERS_27B)
     if cfg.get("sliding_window_pattern") is None and cfg.get("layer_types"):
         cfg["sliding_window_pattern"] = cfg["layer_types"].index("full_attention") + 1 \
             if "full_attention" in cfg["layer_types"] else len(cfg["layer_types"]) + 1
@@ -42,5 +46,14 @@ def linear_rope_kv(cfg: dict) -> list:
     return [(Keys.Rope.SCALING_TYPE, "linear", STR), (Keys.Rope.SCALING_FACTOR, params["factor"], F32)]
 
 
+def hf_from_gguf(cfg: dict, kv: dict, tensors: dict) -> dict:
+    """A rebuilt config's query scale (llama.cpp's) and linear rope scaling (from the keys linear_rope_kv writes)."""
+    out = {"query_pre_attn_scalar": llama_cpp_query_scalar(GEMMA.normalize(cfg), LAYERS_27B)}
+    if kv.get(Keys.Rope.SCALING_TYPE.format(arch="gemma3")) == "linear":
+        out["rope_scaling"] = {"rope_type": "linear", "factor": kv[Keys.Rope.SCALING_FACTOR.format(arch="gemma3")]}
+    return out
+
+
 ARCH = replace(GEMMA2, name="gemma3_text", hf_class="Gemma3ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA3,
-               hparams=HPARAMS, tensors=TENSORS + FFN_NORMS + QK_NORMS, normalize=normalize, extra_kv=linear_rope_kv)
+               hparams=HPARAMS, tensors=TENSORS + FFN_NORMS + QK_NORMS, normalize=normalize, extra_kv=linear_rope_kv,
+               hf_from_gguf=hf_from_gguf)

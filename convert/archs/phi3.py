@@ -43,16 +43,35 @@ def _longrope(cfg: dict) -> dict | None:
         else None
 
 
+def _default_attn_factor(cfg: dict, params: dict) -> float:
+    """transformers' longrope attention factor when the config sets none (Phi3MiniModel's formula)."""
+    orig = params.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings"))
+    scale = cfg["max_position_embeddings"] / orig
+    return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+
+
 def extra_kv(cfg: dict) -> list:
     kv = [(Keys.Rope.DIMENSION_COUNT, _rope_dims(cfg), U32)]
     if (params := _longrope(cfg)) is not None:
-        # transformers' longrope attention factor (Phi3MiniModel's formula, unless the config sets one)
-        orig = params.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings"))
-        scale = cfg["max_position_embeddings"] / orig
-        factor = params.get("attention_factor") or \
-            (math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0)
+        factor = params.get("attention_factor") or _default_attn_factor(cfg, params)
         kv.append((Keys.Rope.SCALING_ATTN_FACTOR, factor, F32))
     return kv
+
+
+def hf_from_gguf(cfg: dict, kv: dict, tensors: dict) -> dict:
+    """A rebuilt config's partial rotation (Phi-4-mini) and LongRoPE, from the key and tensors Phi3MiniModel writes."""
+    out = {}
+    dims = kv.get(Keys.Rope.DIMENSION_COUNT.format(arch="phi3"))
+    if dims and dims * cfg["num_attention_heads"] != cfg["hidden_size"]:
+        out["partial_rotary_factor"] = dims * cfg["num_attention_heads"] / cfg["hidden_size"]
+    if all(name in tensors for name in FACTOR_NAMES):
+        params = {"type": "longrope", **{key: tensors[TENSOR_NAMES[kind] + ".weight"].read().tolist()
+                                         for key, kind in FACTORS.items()}}
+        factor = kv.get(Keys.Rope.SCALING_ATTN_FACTOR.format(arch="phi3"))
+        if factor is not None and np.float32(factor) != np.float32(_default_attn_factor(cfg, params)):
+            params["attention_factor"] = factor
+        out["rope_scaling"] = params
+    return out
 
 
 def rope_factors(config: dict) -> dict[str, np.ndarray]:
@@ -70,4 +89,4 @@ def rope_factors(config: dict) -> dict[str, np.ndarray]:
 
 ARCH = replace(LLAMA, name="phi3", hf_class="Phi3ForCausalLM", gguf_arch=MODEL_ARCH.PHI3, hparams=HPARAMS,
                tensors=TENSORS, to_gguf={}, from_gguf={}, extra_tensors=rope_factors, extra_kv=extra_kv,
-               derived=FACTOR_NAMES)
+               derived=FACTOR_NAMES, hf_from_gguf=hf_from_gguf)

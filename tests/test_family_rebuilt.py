@@ -1,0 +1,56 @@
+"""gemma, gemma2, gemma3 and phi3 GGUFs without our stored config.json (as llama.cpp's own converter writes them)
+come back to HF folders transformers runs like the source: the config rebuilt from the keys plus what llama.cpp
+assumes where no key speaks (gemma2/3's query scale) and what only tensors say (phi3's LongRoPE factors). And a
+query scale llama.cpp cannot honour is refused, exit 3, naming config.json, before anything is written."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from modelport import api
+from modelport.convert.gguf_map import CONFIG_KEY
+from modelport.formats import gguf
+from modelport.validators.metrics import logit_parity
+from modelport.validators.runtimes import Transformers
+
+from family_variants import variant
+from helpers import run_cli
+from test_families import ROUNDTRIP_ATOL
+
+WRITER_KEYS = ("general.architecture", "general.alignment")  # gguf.write adds these itself
+CASES = {"gemma": {}, "gemma2": {}, "gemma3-linear-rope": {"rope_scaling": {"rope_type": "linear", "factor": 8.0}},
+         "phi3": {}}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gguf_without_our_config_comes_back_from_its_keys(case, checkpoints, mixed_text, tmp_path):
+    family = case.split("-")[0]
+    src = variant(checkpoints(family), tmp_path / "src", **CASES[case])
+    api.convert(src, tmp_path / "ours.gguf", dtype="f32")
+    contents = gguf.read(tmp_path / "ours.gguf")
+    kv = [(k, v, t, sub) for k, (v, t, sub) in contents.kv.items() if k not in (CONFIG_KEY, *WRITER_KEYS)]
+    gguf.write(tmp_path / "foreign.gguf", contents.get("general.architecture"), kv, list(contents.tensors.items()))
+    api.convert(tmp_path / "foreign.gguf", tmp_path / "back")
+    rebuilt = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert rebuilt != json.loads((src / "config.json").read_text())  # made from the keys, not copied
+    original, restored = api.load(src), api.load(tmp_path / "back")
+    assert set(restored.tensors) == set(original.tensors)
+    for name, ref in original.tensors.items():
+        np.testing.assert_allclose(restored.tensors[name].read(), ref.read(), rtol=0,
+                                   atol=ROUNDTRIP_ATOL.get(family, 0.0), err_msg=name)
+    ref = Transformers(src)
+    ids = ref.tokenize(mixed_text)
+    parity = logit_parity(ref.logits(ids), Transformers(tmp_path / "back").logits(ids))
+    assert parity["kl_mean"] <= 1e-9, parity
+
+
+@pytest.mark.parametrize("family", ("gemma2", "gemma3"))
+def test_query_scale_llama_cpp_cannot_honour_is_refused(family, checkpoints, tmp_path):
+    src = variant(checkpoints(family), tmp_path / "src", query_pre_attn_scalar=256)  # head_dim is 16
+    r = run_cli("convert", src, tmp_path / "out.gguf")
+    assert r.returncode == 3, r.stderr
+    assert "config.json" in r.stderr and "query_pre_attn_scalar" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not list(tmp_path.glob("out.gguf*"))
