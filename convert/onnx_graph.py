@@ -101,6 +101,7 @@ class _Decoder:
         self.eps = float(c["rms_norm_eps"])
         self.np_compute = np.float16 if self.compute == "F16" else np.float32
         self.head_shapes: dict[int, str] = {}  # [B, S, n, D] per head count
+        self.windows = sliding_windows(model.arch, self.cfg)
 
     # --- weights -------------------------------------------------------------------------------------------------
     def weight(self, name: str) -> str:
@@ -182,7 +183,7 @@ class _Decoder:
             self.total_len = self.n("Cast", total, to=_elem_int32())
             self.cos_cache, self.sin_cache = self.rope_caches()
         else:
-            self.mask = self.causal_mask()
+            self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
             self.cos, self.sin = self.rope_cos_sin()
 
     def rope_caches(self) -> tuple[str, str]:
@@ -205,8 +206,9 @@ class _Decoder:
         emb = self.n("Concat", freqs, freqs, axis=-1)
         return tuple(self.n("Unsqueeze", self.to_compute(self.n(fn, emb)), self.i64([1])) for fn in ("Cos", "Sin"))
 
-    def causal_mask(self) -> str:
-        """[B, 1, S, T] float32: 0 where query i may attend key j (j <= past + i and attention_mask[j]), else NEG."""
+    def causal_mask(self, window: int | None) -> str:
+        """[B, 1, S, T] float32: 0 where query i may attend key j (j <= past + i, attention_mask[j], and within the
+        sliding window: j > past + i - window), else NEG."""
         total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
         seq = self.n("Gather", self.batch_seq, self.i64(1), axis=0)
         past = self.n("Sub", total, seq)
@@ -216,6 +218,9 @@ class _Decoder:
         padding = self.n("Unsqueeze", self.n("Cast", "attention_mask", to=_onnx().TensorProto.BOOL),
                          self.i64([1, 2]))
         allowed = self.n("And", causal, padding)
+        if window:
+            recent = self.n("Greater", keys, self.n("Sub", queries, self.i64(window)))
+            allowed = self.n("And", allowed, recent)
         return self.n("Where", allowed, self.n.const(0.0, np.float32), self.n.const(NEG, np.float32))
 
     # --- attention -----------------------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ class _Decoder:
         scores = self.n("Mul", scores, self.c(self.head_dim ** -0.5))
         if self.compute != "F32":
             scores = self.n("Cast", scores, to=_elem("F32"))
-        probs = self.to_compute(self.n("Softmax", self.n("Add", scores, self.mask), axis=-1))
+        probs = self.to_compute(self.n("Softmax", self.n("Add", scores, self.masks[self.windows[layer]]), axis=-1))
         out = self.n("Transpose", self.n("MatMul", probs, self.repeat_kv(value)), perm=[0, 2, 1, 3])
         return self.n("Reshape", out, self.i64([-1, self.heads * self.head_dim]))
 
@@ -269,8 +274,14 @@ class _Decoder:
                      self.seqlens_k, self.total_len, self.cos_cache, self.sin_cache,
                      outputs=[f"/attn_{layer}/out", f"present.{layer}.key", f"present.{layer}.value"], domain=MS,
                      num_heads=self.heads, kv_num_heads=self.kv_heads, scale=self.head_dim ** -0.5, do_rotary=1,
-                     rotary_interleaved=0)[0]
+                     rotary_interleaved=0, **self.gqa_window(layer))[0]
         return self.n("Reshape", out, self.i64([-1, self.heads * self.head_dim]))
+
+    def gqa_window(self, layer: int) -> dict:
+        """GroupQueryAttention's local_window_size equals transformers' sliding_window (measured against it: a
+        window of 5 on 16 tokens matches to 1e-5 whole and step by step; window - 1 does not)."""
+        window = self.windows[layer]
+        return {"local_window_size": window} if window else {}
 
     def norm_name(self, prefix: str, which: str) -> str | None:
         name = f"{prefix}.self_attn.{which}_norm.weight"
@@ -319,6 +330,16 @@ class _Decoder:
         opsets = [h.make_opsetid("", OPSET)] + ([h.make_opsetid(MS, 1)] if self.ops == "ort" else [])
         model = h.make_model(graph, opset_imports=opsets, producer_name="modelport", ir_version=8)
         return model
+
+
+def sliding_windows(arch: str, cfg: dict) -> list[int | None]:
+    """Each layer's sliding attention window (None: full causal attention), as transformers reads the config:
+    `layer_types` where the config has them (qwen2, qwen3), else mistral's one `sliding_window` for every layer."""
+    n, window = cfg["num_hidden_layers"], cfg.get("sliding_window")
+    types = cfg.get("layer_types")
+    if types:
+        return [window if t == "sliding_attention" else None for t in types]
+    return [window if arch == "mistral" else None] * n
 
 
 def _elem_int32() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -227,3 +228,20 @@ def test_bf16_weights_are_kept_and_computed_in_fp32(ops, checkpoints, tmp_path):
     onnx = OnnxRuntime(tmp_path / "o")
     assert onnx.inputs["past_key_values.0.key"].type == "tensor(float)"
     assert np.abs(ref.logits(ids) - onnx.logits(ids)).max() <= 1e-4
+
+
+def test_sliding_window_attention_matches_transformers(checkpoints, tmp_path):
+    """Mistral's sliding window (every layer), here 5 tokens so that a short prompt crosses it."""
+    src = tmp_path / "mistral-window"
+    shutil.copytree(checkpoints("mistral"), src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "sliding_window": 5}))
+    ref = Transformers(src)
+    ids = ref.tokenize("The quick brown fox jumps over the lazy dog and runs far away")
+    logits = ref.logits(ids)
+    assert np.abs(logits - Transformers(checkpoints("mistral")).logits(ids)).max() > 1.0, "the window must matter"
+    for ops in OPS:
+        api.convert(src, tmp_path / ops, to="onnx", ops=ops)
+        onnx = OnnxRuntime(tmp_path / ops)
+        assert np.abs(logits - onnx.logits(ids)).max() <= 1e-4, ops
+        assert np.abs(logits - _stepwise(onnx, ids)).max() <= 1e-4, ops
