@@ -301,14 +301,13 @@ def _nbits(graph: _Graph, name: str, path: Path) -> TensorRef:
 
 
 def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, TensorRef]:
-    """Our graphs: initializers named as the HF tensors, MatMulNBits groups dequantized; anything else (caches,
-    constants the builder made) is not a model tensor."""
-    tensors = {}
-    for name, ref in graph.inits.items():
-        if name in hf_names:
-            tensors[name] = ref
-        elif name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names:
-            tensors[name.removesuffix(QWEIGHT)] = _nbits(graph, name, path)
+    """Our graphs: initializers named as the HF tensors, MatMulNBits groups dequantized. A float tensor wins over
+    blobs of the same name: a tied embedding quantized for its lm_head product only is still stored whole for its
+    Gather, and the HF checkpoint holds that one tensor."""
+    tensors = {name: ref for name, ref in graph.inits.items() if name in hf_names}
+    for name in graph.inits:
+        if name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names:
+            tensors.setdefault(name.removesuffix(QWEIGHT), _nbits(graph, name, path))
     return tensors
 
 
@@ -355,6 +354,5 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
                  tokenizer={n: (folder / n).read_bytes() for n in TOKENIZER_FILES if (folder / n).is_file()},
                  generation_config=json.loads(gen.read_text(encoding="utf-8")) if gen.is_file() else None,
                  metadata={"format": "onnx", "source_files": contents.files + config_file,
-                           "name": contents.metadata.get("modelport.name"),
                            "dtype": first.result_dtype if first is not None and first.result_dtype in FLOATS
                            else None})

@@ -175,6 +175,24 @@ def test_int4_onnx_reads_back_as_onnxruntime_runs_it(ours, exported, tmp_path, m
     assert parity["max_abs_diff"] < 1e-3 and parity["top1"] == 1.0, parity
 
 
+def test_tied_embedding_quantized_for_its_head_only_reads_back_whole(ours, tmp_path):
+    """`modelport quantize` on our tied graph quantizes the lm_head product and keeps the Gather's float
+    embedding, both under the embedding's name: the float one is the checkpoint's tensor."""
+    src, onnx_dir = ours()
+    quantized = tmp_path / "q"
+    quantized.mkdir()
+    api.quantize_onnx(onnx_dir, quantized / "model.onnx", "int4")
+    names = {t.name for t in onnx.load(str(quantized / "model.onnx"), load_external_data=False).graph.initializer}
+    assert {"model.embed_tokens.weight", "model.embed_tokens.weight.qweight"} <= names
+    back = api.load(quantized)
+    original = _tensors(src)
+    assert sorted(back.tensors) == sorted(original)
+    assert back.tensors["model.embed_tokens.weight"].read().tobytes() == original["model.embed_tokens.weight"].tobytes()
+    q = back.tensors["model.layers.0.mlp.down_proj.weight"].read()
+    w = original["model.layers.0.mlp.down_proj.weight"]
+    assert q.shape == w.shape and 0 < np.abs(q - w).max() < 0.2 * np.abs(w).max()
+
+
 # --- validate with an ONNX side
 
 
