@@ -85,7 +85,7 @@ class _Nodes:
 
 def _elem(dtype: str) -> int:
     tp = _onnx().TensorProto
-    return {"F32": tp.FLOAT, "F16": tp.FLOAT16, "BF16": tp.BFLOAT16}[dtype]
+    return {"F32": tp.FLOAT, "F16": tp.FLOAT16, "I32": tp.INT32, "BOOL": tp.BOOL}[dtype]
 
 
 class _Decoder:
@@ -95,6 +95,7 @@ class _Decoder:
         self.storage, self.compute = dtype, COMPUTE[dtype]
         self.n = _Nodes()
         self.weights: dict[str, TensorRef] = {}
+        self.casts: dict[str, str] = {}  # weight -> its Cast to the compute type (bf16 storage)
         self.notes: list[dict] = []
         c = self.cfg
         self.heads, self.kv_heads, self.head_dim = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
@@ -108,9 +109,9 @@ class _Decoder:
         """An HF tensor as an initializer in the storage dtype; its name in compute dtype for the nodes."""
         if name not in self.weights:
             self.weights[name] = cast(self.model.tensors[name], self.storage)
-        if self.storage != self.compute:
-            return self.n("Cast", name, to=_elem(self.compute))
-        return name
+            if self.storage != self.compute:  # one Cast per weight: onnxruntime folds each into one copy at load
+                self.casts[name] = self.n("Cast", name, to=_elem(self.compute))
+        return self.casts.get(name, name)
 
     def has(self, name: str) -> bool:
         return name in self.model.tensors
@@ -178,9 +179,9 @@ class _Decoder:
         self.rows_last = self.n("Concat", self.batch_seq, self.i64([-1]), axis=0)  # [B, S, -1]
         if self.ops == "ort":
             mask_sum = self.n("ReduceSum", "attention_mask", self.i64([1]), keepdims=0)
-            self.seqlens_k = self.n("Cast", self.n("Sub", mask_sum, self.i64(1)), to=_elem_int32())
+            self.seqlens_k = self.n("Cast", self.n("Sub", mask_sum, self.i64(1)), to=_elem("I32"))
             total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
-            self.total_len = self.n("Cast", total, to=_elem_int32())
+            self.total_len = self.n("Cast", total, to=_elem("I32"))
             self.cos_cache, self.sin_cache = self.rope_caches()
         else:
             self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
@@ -215,7 +216,7 @@ class _Decoder:
         keys = self.n("Unsqueeze", self.n("Range", self.i64(0), total, self.i64(1)), self.i64([0]))  # [1, T]
         queries = self.n("Unsqueeze", self.n("Range", past, total, self.i64(1)), self.i64([1]))  # [S, 1]
         causal = self.n("LessOrEqual", keys, queries)
-        padding = self.n("Unsqueeze", self.n("Cast", "attention_mask", to=_onnx().TensorProto.BOOL),
+        padding = self.n("Unsqueeze", self.n("Cast", "attention_mask", to=_elem("BOOL")),
                          self.i64([1, 2]))
         allowed = self.n("And", causal, padding)
         if window:
@@ -340,10 +341,6 @@ def sliding_windows(arch: str, cfg: dict) -> list[int | None]:
     if types:
         return [window if t == "sliding_attention" else None for t in types]
     return [window if arch == "mistral" else None] * n
-
-
-def _elem_int32() -> int:
-    return _onnx().TensorProto.INT32
 
 
 def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,

@@ -245,3 +245,14 @@ def test_sliding_window_attention_matches_transformers(checkpoints, tmp_path):
         onnx = OnnxRuntime(tmp_path / ops)
         assert np.abs(logits - onnx.logits(ids)).max() <= 1e-4, ops
         assert np.abs(logits - _stepwise(onnx, ids)).max() <= 1e-4, ops
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_portable_graph_is_standard_onnx(family, exported):
+    """Only default-domain operators that onnx itself knows: its full checker (with strict shape inference) passes;
+    the ort set uses the contrib operators instead."""
+    onnx = pytest.importorskip("onnx")
+    path = exported(family, "portable", "f16") / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    ort_ops = {n.op_type for n in onnx_format.read(exported(family, "ort", "f16")).proto.graph.node}
+    assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"} <= ort_ops
