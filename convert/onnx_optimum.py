@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -45,7 +46,7 @@ def _main_export():
     return main_export
 
 
-def _task(model: Model) -> str:
+def _task(model: Model, dst: Path) -> str:
     """optimum's task for the config's class (it infers none for a local folder), with the KV cache when offered."""
     import transformers
     from optimum.exporters.onnx import model_configs  # noqa: F401 (registers the ONNX configs with TasksManager)
@@ -54,12 +55,12 @@ def _task(model: Model) -> str:
     classes = model.config.get("architectures") or []
     model_class = getattr(transformers, classes[0], None) if classes else None
     if model_class is None:
-        raise Unsupported(None, f"config.json names no transformers class ({classes}); optimum needs one")
+        raise Unsupported(dst, f"config.json names no transformers class ({classes}); optimum needs one")
     try:
         task = TasksManager.infer_task_from_model(model_class)
         supported = TasksManager.get_supported_tasks_for_model_type(model.arch, "onnx", library_name="transformers")
     except (KeyError, ValueError) as e:
-        raise Unsupported(None, f"optimum cannot export {model.arch!r}: {str(e).splitlines()[0]}") from None
+        raise Unsupported(dst, f"optimum cannot export {model.arch!r}: {str(e).splitlines()[0]}") from None
     return task + "-with-past" if task + "-with-past" in supported else task
 
 
@@ -91,24 +92,24 @@ def export(model: Model, dst: Path, dtype: str | None, force: bool, provenance: 
         raise Unsupported(dst, f"optimum exports {model.arch} in f32 on CPU; convert with --dtype f32, then "
                                "`modelport quantize` the ONNX model to fp16")
     main_export = _main_export()
-    task = _task(model)
+    task = _task(model, dst)
     exporter = f"optimum-onnx {version('optimum-onnx')}"
-    with tempfile.TemporaryDirectory(prefix=".modelport-hf-", dir=dst.parent) as tmp:
+    with atomic_output(dst, force) as partial, contextlib.ExitStack() as scratch:
         folder = _hf_folder(model)
-        if folder is None:  # a GGUF or a bare .safetensors: optimum needs an HF folder, so write one first
+        if folder is None:  # a GGUF or a bare .safetensors: optimum reads an HF folder, so write one first
+            tmp = scratch.enter_context(tempfile.TemporaryDirectory(prefix=".modelport-hf-", dir=dst.parent))
             folder = Path(tmp) / "hf"
             safetensors.write(folder, to_hf(model, "F32"), {})
-        with atomic_output(dst, force) as partial:
-            try:
-                with contextlib.redirect_stdout(io.StringIO()), _quiet():
-                    main_export(str(folder), output=str(partial), task=task, device="cpu",
-                                dtype=OPTIMUM_DTYPES[dtype or "F32"], do_validation=False)
-            except (ValueError, KeyError, NotImplementedError) as e:  # optimum's "not supported" errors
-                raise Unsupported(dst, f"optimum cannot export {model.arch!r}: {str(e).splitlines()[0]}") from None
-            _record(partial / onnx_format.MODEL_FILE, {EXPORTER_KEY: exporter, **provenance,
-                                                       **({late.key: late.value()} if late else {})})
-            files = sorted(p.name for p in partial.iterdir())
-            total = sum(p.stat().st_size for p in partial.iterdir())
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), _quiet():
+                main_export(str(folder), output=str(partial), task=task, device="cpu",
+                            dtype=OPTIMUM_DTYPES[dtype or "F32"], do_validation=False)
+        except (ValueError, KeyError, NotImplementedError) as e:  # optimum's "not supported" errors
+            raise Unsupported(dst, f"optimum cannot export {model.arch!r}: {str(e).splitlines()[0]}") from None
+        _record(partial / onnx_format.MODEL_FILE, {EXPORTER_KEY: exporter, **provenance,
+                                                   **({late.key: late.value()} if late else {})})
+        files = sorted(p.name for p in partial.iterdir())
+        total = sum(p.stat().st_size for p in partial.iterdir())
     note = f"exported by {exporter} (optimum.exporters.onnx.main_export, task {task}): modelport has no ONNX " \
            f"graph builder for {model.arch!r}"
     return Exported(files, total, note)
@@ -116,13 +117,16 @@ def export(model: Model, dst: Path, dtype: str | None, force: bool, provenance: 
 
 @contextlib.contextmanager
 def _quiet():
-    """optimum and transformers log each step at INFO/WARNING; modelport prints its own one-line result."""
+    """optimum and transformers log each step, torch's tracer warns on every shape test; modelport prints its own
+    one-line result."""
     loggers = [logging.getLogger(n) for n in ("optimum", "transformers")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
