@@ -130,7 +130,7 @@ def _config(arch: archs.Arch, contents: GGUFContents) -> dict:
 def from_gguf(contents: GGUFContents, path: Path) -> Model:
     values = {k: v for k, (v, _, _) in contents.kv.items()}
     stored_type = json.loads(values[CONFIG_KEY]).get("model_type") if CONFIG_KEY in values else None
-    arch = archs.for_gguf(values.get(Keys.General.ARCHITECTURE, ""), stored_type, path)
+    arch = archs.for_gguf(values.get(Keys.General.ARCHITECTURE, ""), stored_type, path, values)
     cfg = _config(arch, contents)
     norm = arch.normalize(cfg)
     hf_names = {g: (kind, hf) for hf, (kind, g) in arch.name_map(norm["num_hidden_layers"], norm).items()}

@@ -5,6 +5,8 @@ import difflib
 from functools import cache
 from importlib.metadata import entry_points
 
+from gguf import Keys
+
 from modelport.formats.errors import Unsupported
 
 from .base import Arch
@@ -32,12 +34,14 @@ def for_hf(model_type: str, path=None) -> Arch:
     raise _unsupported(path, "architecture", model_type or "(none in config.json)", list(archs))
 
 
-def for_gguf(gguf_arch: str, model_type: str | None = None, path=None) -> Arch:
-    """The family for a GGUF arch; `model_type` (from our provenance) picks among families sharing one arch."""
+def for_gguf(gguf_arch: str, model_type: str | None = None, path=None, kv: dict | None = None) -> Arch:
+    """The family for a GGUF arch; `model_type` (from our provenance) picks among families sharing one arch, else
+    whether the GGUF has experts (`kv`: its keys; llama.cpp's Mixtral is `llama` with experts)."""
     matches = [a for a in registry().values() if a.gguf_name == gguf_arch]
     for a in matches:
         if a.name == model_type:
             return a
     if matches:
-        return min(matches, key=lambda a: a.name != gguf_arch)  # the family named like the arch comes first
+        moe = bool((kv or {}).get(Keys.LLM.EXPERT_COUNT.format(arch=gguf_arch)))
+        return min(matches, key=lambda a: (bool(a.experts) != moe, a.name != gguf_arch))  # then the arch's namesake
     raise _unsupported(path, "GGUF architecture", gguf_arch, sorted({a.gguf_name for a in registry().values()}))

@@ -3,7 +3,7 @@ ffn_*_exps and one shared expert behind a sigmoid gate (ffn_*_shexp, ffn_gate_in
 Qwen2MoeModel writes them. llama.cpp's qwen2moe never renormalises the top-k routing weights: norm_topk_prob false."""
 from dataclasses import replace
 
-from gguf import MODEL_ARCH, Keys
+from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from .base import HParam
 from .llama import HPARAMS, QKV_BIASES, TENSORS
@@ -19,11 +19,21 @@ EXPERT_HPARAMS = (
 ATTENTION = tuple(t for t in TENSORS if ".mlp." not in t)
 EXPERTS = {f"{MLP}.experts.{p}.weight": f"{MLP}.experts.{{xid}}.{p}.weight" for p in PROJS}
 
+
+
+def _gate_row(w, cfg):
+    """llama-quantize writes the (1, n_embd) shared-expert gate 1-D (ggml_n_dims); HF's Linear(n_embd, 1) is a row."""
+    return w.reshape(1, -1)
+
+
+_gate_row.shape = lambda shape: (1, shape[-1])
+
 ARCH = replace(
     QWEN2, name="qwen2_moe", hf_class="Qwen2MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN2MOE,
     hparams=HPARAMS + EXPERT_HPARAMS + (
         HParam(Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH, "shared_expert_intermediate_size"),),
     tensors=ATTENTION + QKV_BIASES + (f"{MLP}.gate.weight", f"{MLP}.shared_expert_gate.weight") + tuple(
         f"{MLP}.shared_expert.{p}.weight" for p in PROJS),
-    experts=EXPERTS, hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False},
+    experts=EXPERTS, from_gguf={MODEL_TENSOR.FFN_GATE_INP_SHEXP: _gate_row},
+    hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False},
 )
