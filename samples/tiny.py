@@ -52,7 +52,7 @@ CONFIGS = {
                       rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
                       num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True),
     # Gemma 2B, shrunk: norms stored as w and applied as (1 + w), embeddings scaled by sqrt(hidden), tied output.
-    # Gemma's own SentencePiece tokenizer (256k) is gated: Mistral's SentencePiece one stands in, so the vocab is 32k.
+    # Gemma's own SentencePiece tokenizer (256k) is gated: Mistral's stands in (vocab 32k), laid out as Gemma's is.
     "gemma": dict(model_type="gemma", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
                   rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None),
     # Gemma 2 2B, shrunk: attention and final logit soft-capping, pre/post feed-forward norms, local (sliding
@@ -190,6 +190,23 @@ def sentencepiece_tokenizer(out: Path, version: str = "v1") -> Path:
     return out
 
 
+def gemma_tokenizer(out: Path) -> Path:
+    """The SentencePiece tokenizer laid out as Gemma's is: no dummy "▁" in front of the text (add_dummy_prefix off
+    in tokenizer.model, no Prepend normalizer in tokenizer.json), which GGUF says as add_space_prefix = false."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    sentencepiece_tokenizer(out)
+    proto = pb.ModelProto()
+    proto.ParseFromString((out / "tokenizer.model").read_bytes())
+    proto.normalizer_spec.add_dummy_prefix = False
+    (out / "tokenizer.model").write_bytes(proto.SerializeToString())
+    tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    tj["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    tj["decoder"]["decoders"] = [d for d in tj["decoder"]["decoders"] if d["type"] != "Strip"]
+    (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
 PHI3_ADDED = ("<|endoftext|>", "<|assistant|>", *(f"<|placeholder{i}|>" for i in range(1, 5)), "<|system|>", "<|end|>",
               "<|placeholder5|>", "<|placeholder6|>", "<|user|>")
 
@@ -231,8 +248,8 @@ TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
               "falcon40b": llama3_tokenizer, "falcon2": llama3_tokenizer, "mpt": llama3_tokenizer,
               "bert": minilm_tokenizer,
-              "gemma": sentencepiece_tokenizer, "gemma2": sentencepiece_tokenizer,
-              "gemma3": sentencepiece_tokenizer, "phi3": phi3_tokenizer}
+              "gemma": gemma_tokenizer, "gemma2": gemma_tokenizer, "gemma3": gemma_tokenizer,
+              "phi3": phi3_tokenizer}
 
 
 # families whose norms are applied as (offset + w): their w is drawn around 1 - offset, so the applied scales are
