@@ -31,6 +31,8 @@ from . import archs
 from .dtypes import FLOATS, cast
 
 CONFIG_KEY = "modelport.source.config"
+# families whose block the walk knows: norm, attention (q, k, v, o), norm, gated MLP, with llama's tensor names
+WALKED = ("llama", "mistral", "qwen2", "qwen3")
 QWEIGHT = ".qweight"  # contract: HF `X.weight` as MatMulNBits is `X.weight.qweight`, `.scales`, `.zero_points`
 
 WEIGHTED = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1}  # op -> input slot of its weight
@@ -311,7 +313,10 @@ def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, Ten
     return tensors
 
 
-def _exported_tensors(graph: _Graph, cfg: dict, path: Path) -> dict[str, TensorRef]:
+def _exported_tensors(graph: _Graph, arch: str, cfg: dict, path: Path) -> dict[str, TensorRef]:
+    if arch not in WALKED:
+        raise Unsupported(path, f"reading an exported {arch} ONNX model back is not supported; the graph walk "
+                                f"knows {', '.join(WALKED)}")
     names = _Walk(graph, path).run(cfg["num_hidden_layers"])
     if cfg.get("tie_word_embeddings", False):
         names.pop("lm_head.weight", None)  # the HF checkpoint stores the tied weight once, as the embedding
@@ -342,7 +347,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     graph = _Graph.of(contents)
     hf_names = set(arch.name_map(norm["num_hidden_layers"]))
     own = CONFIG_KEY in contents.metadata
-    tensors = _own_tensors(graph, hf_names, path) if own else _exported_tensors(graph, norm, path)
+    tensors = _own_tensors(graph, hf_names, path) if own else _exported_tensors(graph, arch.name, norm, path)
     unknown = sorted(set(tensors) - hf_names)
     if unknown:
         raise Unsupported(path, f"tensor {unknown[0]!r} has no place in the {arch.name} family")

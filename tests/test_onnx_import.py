@@ -332,3 +332,5 @@ def test_bert_exports_through_optimum_and_runs_in_onnxruntime(tmp_path, mixed_te
     diff = np.abs(got - want.last_hidden_state.numpy()).max()
     print(f"tiny BERT via optimum: onnxruntime vs transformers last_hidden_state max |diff| {diff:.2e}")
     assert diff < 1e-4
+    back = run_cli("convert", dst, tmp_path / "back", "--to", "safetensors")  # the walk knows decoders only
+    assert back.returncode == 3 and "bert" in back.stderr and back.stderr.count("\n") == 1, back.stderr
