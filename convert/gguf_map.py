@@ -121,7 +121,6 @@ def _config(arch: archs.Arch, contents: GGUFContents) -> dict:
     if "vocab_size" not in cfg and "token_embd.weight" in contents.tensors:  # llama.cpp's BertModel writes none
         cfg["vocab_size"] = contents.tensors["token_embd.weight"].shape[0]
     cfg["tie_word_embeddings"] = "output.weight" not in contents.tensors
-    cfg.update(arch.hf_from_tensors(set(contents.tensors)))
     cfg.update(arch.hf_from_gguf(cfg, values, contents.tensors))
     cfg.update(tokenizer.special_ids(values))
     return cfg

@@ -49,11 +49,9 @@ class Arch:
     # the HF names when they depend on the config (Falcon 7B's input_layernorm vs 40B's ln_attn/ln_mlp, both of which
     # gguf-py maps to attn_norm): normalised config -> templates; None means `tensors` always
     tensors_for: Callable[[dict], tuple[str, ...]] | None = None
-    # config.json fields a GGUF says only by which tensors it has (GGUF names -> fields), for a config rebuilt from
-    # GGUF keys (a GGUF made by llama.cpp's converter): Falcon's one or two LayerNorms per block
-    hf_from_tensors: Callable[[set[str]], dict] = lambda names: {}
-    # the same for fields told by values: (fields rebuilt so far, GGUF key values, GGUF tensors) -> fields, e.g. what
-    # llama.cpp assumes where no key speaks (gemma2's query scale) or what only tensors hold (phi3's LongRoPE factors)
+    # config.json fields GGUF keys do not say, for a config rebuilt from them (a GGUF made by llama.cpp's converter):
+    # (fields rebuilt so far, GGUF key values, GGUF tensors) -> fields, e.g. what llama.cpp assumes where no key speaks
+    # (gemma2's query scale), what only tensors hold (phi3's LongRoPE factors) or tell (Falcon's LayerNorms per block)
     hf_from_gguf: Callable[[dict, dict, dict], dict] = lambda cfg, kv, tensors: {}
 
     @property

@@ -47,9 +47,9 @@ def tensors_for(cfg: dict) -> tuple[str, ...]:
     return COMMON + _norms(NORMS_TWO if _two_norms(cfg) else NORMS_ONE)
 
 
-def hf_from_tensors(names: set[str]) -> dict:
+def hf_from_gguf(cfg: dict, kv: dict, tensors: dict) -> dict:
     """A rebuilt config: the grouped layout reads 7B's single KV head right too; the norms are told by attn_norm_2."""
-    return {"new_decoder_architecture": True, "num_ln_in_parallel_attn": 2 if "blk.0.attn_norm_2.weight" in names
+    return {"new_decoder_architecture": True, "num_ln_in_parallel_attn": 2 if "blk.0.attn_norm_2.weight" in tensors
             else 1}
 
 
@@ -96,7 +96,7 @@ def _from_gguf(w: np.ndarray, cfg: dict) -> np.ndarray:
 
 ARCH = Arch(
     name="falcon", hf_class="FalconForCausalLM", gguf_arch=MODEL_ARCH.FALCON, hparams=HPARAMS,
-    tensors=COMMON + _norms(NORMS_ONE + NORMS_TWO), tensors_for=tensors_for, hf_from_tensors=hf_from_tensors,
+    tensors=COMMON + _norms(NORMS_ONE + NORMS_TWO), tensors_for=tensors_for, hf_from_gguf=hf_from_gguf,
     normalize=normalize,
     to_gguf={MODEL_TENSOR.ATTN_QKV: _to_gguf}, from_gguf={MODEL_TENSOR.ATTN_QKV: _from_gguf},
     hf_defaults={"alibi": False, "bias": False, "parallel_attn": True, "multi_query": True},
