@@ -345,13 +345,15 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     arch = archs.for_hf(cfg.get("model_type", ""), path)
     norm = arch.normalize(cfg)
     graph = _Graph.of(contents)
-    hf_names = set(arch.name_map(norm["num_hidden_layers"]))
+    hf_names = set(arch.name_map(norm["num_hidden_layers"], norm))
     own = CONFIG_KEY in contents.metadata
-    tensors = _own_tensors(graph, hf_names, path) if own else _exported_tensors(graph, arch.name, norm, path)
+    if own:  # in the graph's order, the source's
+        tensors = _own_tensors(graph, hf_names, path)
+    else:  # in save_pretrained's order
+        tensors = dict(sorted(_exported_tensors(graph, arch.name, norm, path).items()))
     unknown = sorted(set(tensors) - hf_names)
     if unknown:
         raise Unsupported(path, f"tensor {unknown[0]!r} has no place in the {arch.name} family")
-    tensors = dict(sorted(tensors.items()))  # save_pretrained's order
     first = next((r for r in tensors.values() if len(r.shape) > 1), None)
     config_file = [] if own or not (folder / "config.json").is_file() else [folder / "config.json"]
     gen = folder / "generation_config.json"
