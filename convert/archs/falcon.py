@@ -62,7 +62,6 @@ def normalize(config: dict) -> dict:
     for key, value in REQUIRED.items():
         if bool(cfg.get(key, value)) != value:
             raise Unsupported("config.json", f"falcon with {key}={cfg[key]} has no llama.cpp equivalent")
-    cfg["num_attention_heads"] = cfg.get("num_attention_heads") or cfg["n_head"]  # RW-era configs: n_head
     grouped = cfg.get("new_decoder_architecture") or not cfg.get("multi_query", True)
     cfg["num_kv_heads"] = (cfg.get("num_kv_heads") or cfg["num_attention_heads"]) if grouped else 1
     cfg["ffn_hidden_size"] = cfg.get("ffn_hidden_size") or 4 * cfg["hidden_size"]
