@@ -14,7 +14,9 @@ Two operator sets (`ops`):
   fused, float32 statistics inside), GroupQueryAttention with its rotary embedding (cos/sin caches computed by a
   constant subgraph that onnxruntime folds at load), MatMulNBits for quantized weights.
 
-Compute types by storage dtype: F32 -> float32; F16 -> float16 (inputs, KV cache and logits float16); BF16 ->
+Compute types by storage dtype: F32 -> float32; F16 -> float16 (inputs, KV cache and logits float16; on the CPU EP
+onnxruntime 1.32 has no float16 Gemm/MatMul/Mul/Neg kernels and inserts Casts around them itself, measured: the
+graph runs, within mean KL 1e-5 of transformers fp32, but computes those in float32); BF16 ->
 bfloat16 storage computed in float32 (a Cast after each weight, folded by onnxruntime at load): onnxruntime's CPU
 EP has no bfloat16 MatMul/Gemm kernels, and float32 compute loses nothing on bf16 weights.
 """

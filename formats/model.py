@@ -194,11 +194,13 @@ class TensorRef:
     def write_to(self, f: IO[bytes], progress: Callable[[int], None] | None = None,
                  after_block: Callable[[], None] | None = None) -> int:
         """Stream the result into `f`; bytes that pass through unchanged are copied file to file in the kernel
-        (copy_file_range, as cp does), everything else a row block at a time. Returns the bytes written."""
-        if not self.transforms and isinstance(self.stored, FileSlice) and hasattr(os, "copy_file_range"):
+        (copy_file_range, as cp does; stacked experts part by part), everything else a row block at a time.
+        Returns the bytes written."""
+        files = self.stored.parts if isinstance(self.stored, ConcatSlice) else (self.stored,)
+        if not self.transforms and all(isinstance(s, FileSlice) for s in files) and hasattr(os, "copy_file_range"):
             start = f.tell()
             try:
-                return self._copy_to(f, progress, after_block)
+                return sum(self._copy_to(s, f, progress, after_block) for s in files)
             except OSError as e:
                 if e.errno not in NO_KERNEL_COPY:
                     raise
@@ -212,22 +214,23 @@ class TensorRef:
                     hook()
         return written
 
-    def _copy_to(self, f: IO[bytes], progress, after_block) -> int:
+    @staticmethod
+    def _copy_to(stored: FileSlice, f: IO[bytes], progress, after_block) -> int:
         f.flush()
         out = f.fileno()
-        with open(self.stored.path, "rb", buffering=0) as src:
-            pos, left, dst = self.stored.offset, self.stored.nbytes, f.tell()
+        with open(stored.path, "rb", buffering=0) as src:
+            pos, left, dst = stored.offset, stored.nbytes, f.tell()
             while left:
                 n = os.copy_file_range(src.fileno(), out, min(left, CHUNK_BYTES * 16), pos, dst)
                 if n == 0:
-                    raise EOFError(f"{self.stored.path}: unexpected end of file at byte {pos}")
+                    raise EOFError(f"{stored.path}: unexpected end of file at byte {pos}")
                 pos, dst, left = pos + n, dst + n, left - n
                 f.seek(dst)
                 if after_block:
                     after_block()
                 if progress:
                     progress(n)
-        return self.stored.nbytes
+        return stored.nbytes
 
     def map(self, fn: Transform, rowwise: bool = False, shape: tuple[int, ...] | None = None,
             dtype: str | None = None) -> "TensorRef":

@@ -24,7 +24,7 @@ from test_quantize import llama_quantize
 QWEN_EXPERTS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 
 
-def test_stacked_experts_stream_in_row_blocks_from_the_experts_files(checkpoints):
+def test_stacked_experts_stream_in_row_blocks_from_the_experts_files(checkpoints, tmp_path):
     model = api.load(checkpoints("mixtral"))
     stacked = experts.stack(model.tensors, archs.for_hf("mixtral"), model.config)
     assert not any(".experts.0." in name for name in stacked)
@@ -38,6 +38,9 @@ def test_stacked_experts_stream_in_row_blocks_from_the_experts_files(checkpoints
         blocks = list(got.chunks(chunk_bytes=5 * row))  # 5 rows a block: blocks straddle the experts' 192 rows
         assert max(b.shape[0] for b in blocks) == 5
         np.testing.assert_array_equal(np.concatenate(blocks).reshape(ref.shape), whole.astype(dtype))
+    with open(tmp_path / "stacked", "wb") as f:  # unchanged bytes: copied file to file, expert by expert
+        assert ref.write_to(f) == whole.nbytes
+    assert (tmp_path / "stacked").read_bytes() == whole.tobytes()
 
 
 def test_llama_quantize_gguf_splits_into_experts_that_transformers_runs(checkpoints, mixed_text, tmp_path):
