@@ -63,7 +63,7 @@ class Transformers:
     def __init__(self, path: str | Path):
         try:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         except ImportError:
             raise RuntimeMissing(None, "transformers runtime missing: pip install 'modelport[torch]'") from None
         if not os.environ.get("MODELPORT_VERBOSE"):
@@ -72,7 +72,11 @@ class Transformers:
             hf_logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors on stderr
             hf_logging.set_verbosity_error()  # 4.57.3+ warns of a Mistral regex on any folder it saved itself
         self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        config = AutoConfig.from_pretrained(path)
+        # eager attention for a model that soft-caps attention scores (gemma2): the sdpa path leaves the cap out
+        attn = "eager" if getattr(config, "attn_logit_softcapping", None) else None
+        self.model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
+                                                          attn_implementation=attn).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
