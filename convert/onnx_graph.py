@@ -36,7 +36,7 @@ OPSET = 17
 MS = "com.microsoft"
 OPS = ("portable", "ort")
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # model_types built here; the others go through optimum
-COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> compute dtype
+COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> its default compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
 
@@ -91,13 +91,13 @@ def _elem(dtype: str) -> int:
 
 
 class _Decoder:
-    def __init__(self, model: Model, dtype: str, ops: str, quant: str | None, block_size: int):
+    def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int):
         self.model, self.ops, self.quant, self.block_size = model, ops, quant, block_size
         self.cfg = archs.for_hf(model.arch).normalize(model.config)
-        self.storage, self.compute = dtype, COMPUTE[dtype]
+        self.storage, self.compute = dtype, compute
         self.n = _Nodes()
         self.weights: dict[str, TensorRef] = {}
-        self.casts: dict[str, str] = {}  # weight -> its Cast to the compute type (bf16 storage)
+        self.casts: dict[str, str] = {}  # weight -> its Cast to the compute type (storage != compute)
         self.notes: list[dict] = []
         c = self.cfg
         self.heads, self.kv_heads, self.head_dim = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
@@ -355,10 +355,17 @@ def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: 
         raise Unsupported(None, f"ONNX --quant is one of {', '.join(QUANT_BITS)}, not {quant!r}")
     if quant and ops != "ort":
         raise Unsupported(None, f"--quant {quant} makes MatMulNBits weights, an onnxruntime contrib op: pass --ops ort")
+    # a GGUF-quantized source under ort, no --dtype: float leftovers stored F16 but computed in F32, whose scales
+    # every GGUF grid transcodes to (K-quant scales are products that F16 would round)
+    compute = "F32" if dtype is None and ops == "ort" and _quantized(model) else None
     dtype = dtype or _source_dtype(model)
     if dtype not in FLOATS:
         raise Unsupported(None, f"ONNX weights are stored as f32, f16 or bf16, not {dtype}")
-    return _Decoder(model, dtype, ops, quant, block_size).build()
+    return _Decoder(model, dtype, compute or COMPUTE[dtype], ops, quant, block_size).build()
+
+
+def _quantized(model: Model) -> bool:
+    return any(r.result_dtype not in FLOATS for r in model.tensors.values())
 
 
 def _source_dtype(model: Model) -> str:
