@@ -208,10 +208,14 @@ def test_validate_runs_onnx_on_either_side(ours, tmp_path, mixed_text):
     print(f"validate HF vs our f32 ONNX: {as_candidate['overall']}")
 
 
-def test_validate_refuses_a_provider_onnxruntime_lacks(ours, tmp_path):
+def test_validate_refuses_what_it_cannot_run_before_any_work(ours, tmp_path):
     src, onnx_dir = ours()
     r = run_cli("validate", src, onnx_dir, "--provider", "NoSuchExecutionProvider")
     assert r.returncode == 4 and "NoSuchExecutionProvider" in r.stderr, r.stderr
+    bare = tmp_path / "x.onnx"  # a bare .onnx has no tokenizer beside it
+    api.convert(src, bare)
+    r = run_cli("validate", src, bare)
+    assert r.returncode == 2 and "tokenizer.json" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
 # --- MatMulNBits: dequantized as onnxruntime computes with the weight

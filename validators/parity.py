@@ -68,6 +68,9 @@ def describe(path: Path, provider: str = DEFAULT_PROVIDER) -> tuple[Side, object
     native = fmt.read(path)
     if fmt.name == "onnx":  # parameters as the HF model counts them: MatMulNBits blobs read back as weights
         require_provider(provider)  # before minutes of reference logits, not after
+        if not (native.path.parent / "tokenizer.json").is_file():
+            raise BadInput(path, "no tokenizer.json beside the ONNX model: validate tokenizes with the model's own "
+                                 "tokenizer (convert to a folder, which holds it)")
         model = onnx_import.from_onnx(native, path)
         return Side(str(path), "onnx", f"onnxruntime {provider}", _onnx_type(native),
                     sum(r.n_elements for r in model.tensors.values())), native
