@@ -69,7 +69,7 @@ def test_llama_quantize_gguf_splits_into_experts_that_transformers_runs(checkpoi
     assert parity["kl_mean"] <= 1e-2 and parity["top1"] >= 0.99
 
 
-def test_a_mixtral_gguf_made_elsewhere_converts_back(checkpoints, tmp_path):
+def test_a_mixtral_gguf_made_elsewhere_converts_back(checkpoints, mixed_text, tmp_path):
     """Only llama.cpp's keys (no source config.json): arch `llama` with an expert count is Mixtral."""
     src = checkpoints("mixtral")
     api.convert(src, tmp_path / "ours.gguf", dtype="f32")
@@ -84,3 +84,6 @@ def test_a_mixtral_gguf_made_elsewhere_converts_back(checkpoints, tmp_path):
     assert set(restored.tensors) == set(original.tensors)
     for name, ref in original.tensors.items():
         np.testing.assert_array_equal(restored.tensors[name].read(), ref.read(), err_msg=name)
+    hf = Transformers(src)  # the rebuilt config.json runs the model as the source's does
+    ids = hf.tokenize(mixed_text)
+    assert logit_parity(hf.logits(ids), Transformers(tmp_path / "back").logits(ids))["kl_mean"] <= 1e-9
