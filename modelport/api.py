@@ -157,13 +157,15 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, quant: str, block_size: int = 32, force: bool = False) -> Result:
-    """An existing ONNX model (a .onnx, or a folder holding model.onnx; ours or anyone's) quantized by onnxruntime's
-    quantizers (convert.onnx_quantize: int4 / int8 MatMulNBits, fp16) into DST.onnx with DST.onnx.data beside it,
-    both whole or neither. onnxruntime's quantizers work on the whole model in memory, so unlike `convert` this
-    holds the model (and its quantized copy) in RAM."""
+    """An existing ONNX model (ours or anyone's) quantized by onnxruntime's quantizers (convert.onnx_quantize: int4 /
+    int8 MatMulNBits, fp16). SRC a .onnx gives DST.onnx with DST.onnx.data beside it, both whole or neither; SRC a
+    model folder (model.onnx, genai_config.json, tokenizer ...) gives the folder DST with the other files copied, so
+    onnxruntime-genai loads it as it loaded SRC. onnxruntime's quantizers work on the whole model in memory, so
+    unlike `convert` this holds the model (and its quantized copy) in RAM."""
     src, dst = Path(src), Path(dst)
-    if dst.suffix != ".onnx":
-        raise BadInput(dst, "an ONNX quantization writes a .onnx file (its weights go to a .onnx.data beside it)")
+    folder = src.is_dir()
+    if (dst.suffix == ".onnx") == folder:
+        raise BadInput(dst, "a model folder quantizes into a folder, a .onnx file into a .onnx file")
     contents = onnx_format.read(src)  # a valid graph whose external data stays in its folder
     hashes = SourceHashes(contents.files)
     proto = onnx_quantize.quantize(contents.path, quant, block_size)
@@ -171,8 +173,21 @@ def quantize_onnx(src: str | Path, dst: str | Path, quant: str, block_size: int 
     prov = {"modelport.version": VERSION, "modelport.source.format": "onnx",
             "modelport.options": json.dumps({"quant": quant, "block_size": block_size}, sort_keys=True)}
     late = Late(HASHES_KEY, hashes.placeholder, hashes.text)
-    _write_onnx_pair(dst, force, lambda model, data, location: onnx_format.write(
-        model, data, location, proto, tensors, {**contents.metadata, **prov}, late))
+
+    def write(model: Path, data: Path, location: str) -> None:
+        onnx_format.write(model, data, location, proto, tensors, {**contents.metadata, **prov}, late)
+
+    if folder:
+        with atomic_output(dst, force) as partial:
+            partial.mkdir()
+            write(partial / onnx_format.MODEL_FILE, partial / f"{onnx_format.MODEL_FILE}.data",
+                  f"{onnx_format.MODEL_FILE}.data")
+            model_files = {f.resolve() for f in contents.files}
+            for f in sorted(src.iterdir()):
+                if f.is_file() and f.resolve() not in model_files:
+                    (partial / f.name).write_bytes(f.read_bytes())
+    else:
+        _write_onnx_pair(dst, force, write)
     return Result(str(src), str(dst), "onnx", "onnx", quant, len(tensors), sum(r.nbytes for _, r in tensors), prov)
 
 

@@ -100,9 +100,10 @@ def convert(src: Path, dst: Path, to, dtype, quant, imatrix, ops, block_size, fo
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
 def quantize(src: Path, dst: Path, quant, imatrix, block_size, force, as_json) -> None:
-    """Quantize SRC (a GGUF or an HF folder) into the GGUF DST with a llama.cpp preset, or an ONNX model into the
-    ONNX DST (with DST.data beside it) through onnxruntime's quantizers: int4 / int8 weight-only MatMulNBits, or
-    fp16. ONNX quantization holds the whole model in memory."""
+    """Quantize SRC (a GGUF or an HF folder) into the GGUF DST with a llama.cpp preset, or an ONNX model (x.onnx, or
+    a model folder) into DST (y.onnx with y.onnx.data beside it, or a folder with the other files copied) through
+    onnxruntime's quantizers: int4 / int8 weight-only MatMulNBits, or fp16. ONNX quantization holds the whole model
+    in memory."""
     if registry.detect(src).name != "onnx":
         _run_conversion(src, dst, as_json, to="gguf", quant=quant, imatrix=imatrix, force=force)
         return

@@ -258,6 +258,31 @@ def test_quantize_onnx_refuses_what_it_cannot_do(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "taken.onnx"]
 
 
+def test_quantize_a_genai_model_folder(checkpoints, tmp_path):
+    """A model folder (ours, `--ops ort`) quantized into a folder: the other files come along, and onnxruntime-genai
+    loads it and generates the greedy tokens of the float folder."""
+    og = pytest.importorskip("onnxruntime_genai")
+    src, dst = tmp_path / "float", tmp_path / "int8"
+    api.convert(checkpoints("llama"), src, to="onnx", ops="ort")
+    r = run_cli("quantize", src, dst, "--quant", "int8")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in dst.iterdir()) == sorted(p.name for p in src.iterdir())
+    assert _nbits_of(dst / "model.onnx")
+
+    def greedy(folder) -> list[int]:
+        model = og.Model(str(folder))
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=32, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(og.Tokenizer(model).encode("The quick brown fox jumps over"))
+        while not gen.is_done():
+            gen.generate_next_token()
+        return [int(t) for t in gen.get_sequence(0)]
+
+    want, got = greedy(src), greedy(dst)
+    assert len(got) == 32 and got == want
+
+
 def _onnx_logits(path, ids: list[int]) -> np.ndarray:
     """Logits of one of our decoder graphs for a prompt, with an empty KV cache."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
