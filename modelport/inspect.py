@@ -5,9 +5,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from modelport.convert import archs
+from modelport.convert import archs, onnx_import
 from modelport.formats import gguf, registry, safetensors
-from modelport.formats.errors import Unsupported
+from modelport.formats import onnx as onnx_format
+from modelport.formats.errors import ModelportError, Unsupported
 
 BIG_ARRAY = 16  # metadata arrays longer than this are summarised
 
@@ -54,20 +55,42 @@ def _gguf(path: Path) -> dict:
             "metadata": meta}
 
 
+def _hf_tokenizer(files: dict[str, bytes]) -> dict:
+    tok: dict = {"files": sorted(files)}
+    if "tokenizer.json" in files:
+        tj = json.loads(files["tokenizer.json"])
+        tok.update(model=tj["model"]["type"], tokens=len(tj["model"].get("vocab", {})) + len(tj.get("added_tokens", [])))
+    return tok
+
+
 def _safetensors(path: Path) -> dict:
     m = safetensors.read(path)
     rows, params, dtypes = _tensors(list(m.tensors.items()))
-    tok = {"files": sorted(m.tokenizer)}
-    if "tokenizer.json" in m.tokenizer:
-        tj = json.loads(m.tokenizer["tokenizer.json"])
-        tok.update(model=tj["model"]["type"], tokens=len(tj["model"].get("vocab", {})) + len(tj.get("added_tokens", [])))
+    tok = _hf_tokenizer(m.tokenizer)
     meta = {"config": m.config, **({"safetensors": m.metadata["safetensors_metadata"]}
                                    if m.metadata["safetensors_metadata"] else {})}
     return {"format": "safetensors", "arch": m.arch, "files": len(m.metadata["source_files"]), "parameters": params,
             "dtypes": dtypes, "size": _sizes(rows, params), "tensors": rows, "tokenizer": tok, "metadata": meta}
 
 
-READERS = {"gguf": _gguf, "safetensors": _safetensors}
+def _onnx(path: Path) -> dict:
+    """The initializers as stored (MatMulNBits blobs included); parameters as the HF model counts them when the
+    graph reads back into the pivot."""
+    c = onnx_format.read(path)
+    rows, params, dtypes = _tensors(list(c.tensors.items()))
+    meta = {k: _short(v) for k, v in c.metadata.items()}
+    try:
+        model = onnx_import.from_onnx(c, path)
+        arch, params, tok = model.arch, sum(r.n_elements for r in model.tensors.values()), _hf_tokenizer(model.tokenizer)
+    except ModelportError as e:  # still a model to describe: say why it does not read back
+        arch, tok, meta["read_back"] = "unknown", {}, e.problem
+    meta["operators"] = dict(Counter(n.op_type for n in c.proto.graph.node).most_common())
+    meta["opsets"] = {o.domain or "ai.onnx": o.version for o in c.proto.opset_import}
+    return {"format": "onnx", "arch": arch, "files": len(c.files), "parameters": params, "dtypes": dtypes,
+            "size": _sizes(rows, params), "tensors": rows, "tokenizer": tok, "metadata": meta}
+
+
+READERS = {"gguf": _gguf, "safetensors": _safetensors, "onnx": _onnx}
 
 
 def inspect(path: str | Path) -> dict:

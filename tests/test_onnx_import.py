@@ -193,6 +193,17 @@ def test_tied_embedding_quantized_for_its_head_only_reads_back_whole(ours, tmp_p
     assert q.shape == w.shape and 0 < np.abs(q - w).max() < 0.2 * np.abs(w).max()
 
 
+def test_inspect_describes_onnx_models(ours):
+    from modelport.inspect import inspect
+
+    src, onnx_dir = ours("--ops", "ort", "--quant", "int4")
+    info = inspect(onnx_dir)
+    params = sum(a.size for a in _tensors(src).values())
+    assert (info["format"], info["arch"], info["parameters"]) == ("onnx", "llama", params), info
+    assert info["metadata"]["operators"]["MatMulNBits"] >= 14 and "U8" in info["dtypes"]
+    assert "tokenizer.json" in info["tokenizer"]["files"]
+
+
 # --- validate with an ONNX side
 
 
