@@ -29,7 +29,7 @@ from .dtypes import cast
 
 SCALE_DTYPES = ("F32", "F16")
 GROUP_BYTES = CHUNK_BYTES * 2  # source bytes quantized in one go: bounds memory whatever range a reader asks for
-TRANSPOSED_ROWS = 32  # rows per onnxruntime kernel call (measured fastest: 32 rows x 2048 transpose in L2)
+TRANSPOSED_ROWS = 32  # rows per kernel call: their transpose stays in cache (a 4 MiB one costs as much as quantizing)
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,8 @@ def _pack(q: np.ndarray, bits: int) -> np.ndarray:
 # A decoder turns rows of GGUF blocks (rows, n_super, type_size) into (q, scale, offset) per MatMulNBits block:
 # W = scale * q - offset. q is already shifted so that the default zero point 2^(bits-1) applies when offset is None;
 # otherwise the zero point is the float offset / scale. Each follows gguf-py's dequantize_blocks for its type.
+# So Q4_0 is bits 4, block 32 with no zero point initializer: the default zero point 8 is Q4_0's own; Q8_0 stores
+# q + 128 against the default 128.
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
@@ -294,8 +296,8 @@ def _transcoder(grid: Grid, qtype: GGMLQuantizationType, scale_dtype: str) -> Co
 
 
 def from_gguf(ref: TensorRef, scale_dtype: str = "F32") -> NBits | None:
-    """A GGUF-quantized weight (ref.dtype Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; rows = output features N, row = K inputs,
-    exactly as HF's [N, K] Linear weight) as MatMulNBits without quantizing again; None when its grid has no match.
+    """A GGUF-quantized weight (rows = output features N, row = K inputs, exactly as HF's [N, K] Linear weight) as
+    MatMulNBits without quantizing again; None when its grid has no match (GRIDS lists the types that have one).
 
     Exact (bit for bit, through onnxruntime's CPU kernel) for Q4_0, Q5_0, Q8_0, Q3_K and Q6_K; Q4_1, Q2_K and Q4_K
     need a float zero point offset/scale, exact up to fp32 rounding of the products. F16 scales are exact only where
