@@ -10,7 +10,9 @@ norm op's scale); the projections fed by that norm's output are q/k/v, told apar
 (scores MatMul operand 0 = q, operand 1 = k, context MatMul operand 1 = v, or a fused attention op's q/k/v inputs);
 o_proj is the next weighted MatMul after attention; the residual is the first Add of two computed tensors after it;
 in the MLP the projection that reaches an activation is gate, the other up, and down is the next weighted MatMul.
-Node names are never consulted: exporters rename nodes from version to version. onnx has no library for this walk.
+A weight is a MatMul's B (transposed, or a Transpose of the HF-laid initializer), a Gemm's (transB says), or
+MatMulNBits blobs (an export quantized afterwards). Node names are never consulted: exporters rename nodes from
+version to version. The walk knows the llama-like families (WALKED); onnx has no library for it.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from modelport.formats.safetensors import TOKENIZER_FILES
 
 from . import archs
 from .dtypes import FLOATS, cast
+from .gguf_map import CONFIG_KEY
 
-CONFIG_KEY = "modelport.source.config"
 # families whose block the walk knows: norm, attention (q, k, v, o), norm, gated MLP, with llama's tensor names
 WALKED = ("llama", "mistral", "qwen2", "qwen3")
 QWEIGHT = ".qweight"  # contract: HF `X.weight` as MatMulNBits is `X.weight.qweight`, `.scales`, `.zero_points`
