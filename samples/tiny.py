@@ -21,6 +21,19 @@ SHAPES = {
                  num_key_value_heads=2, head_dim=32),
 }
 
+def head_dim(dims: dict) -> int:
+    return dims["head_dim"]
+
+
+def longrope(dims: dict) -> dict:
+    """LongRoPE factors for the shape's head_dim / 2 frequencies, shaped like Phi-3-mini-128k's: near 1 for the high
+    frequencies, growing to 2 (short) and 30 (long) for the low ones."""
+    t = [i / (dims["head_dim"] // 2 - 1) for i in range(dims["head_dim"] // 2)]
+    return {"type": "longrope", "short_factor": [round(1 + x ** 3, 4) for x in t],
+            "long_factor": [round(1 + 29 * x ** 3, 4) for x in t]}
+
+
+# fields given as functions follow the shape: make() calls them with the shape's dims
 CONFIGS = {
     # Llama 3.2 1B, shrunk: llama3 rope scaling, tied embeddings, Llama 3 tokenizer.
     "llama": dict(model_type="llama", vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
@@ -59,24 +72,21 @@ CONFIGS = {
     # window, made short here so the mixed text crosses it) and global layers alternating; scalar = head_dim.
     "gemma2": dict(model_type="gemma2", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
                    rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None,
-                   query_pre_attn_scalar=16, sliding_window=32, attn_logit_softcapping=50.0,
+                   query_pre_attn_scalar=head_dim, sliding_window=32, attn_logit_softcapping=50.0,
                    final_logit_softcapping=30.0),
     # Gemma 3 1B (text), shrunk: Q/K norms, local layers with their own rope base (rope_local_base_freq) and a short
     # sliding window, every second layer global (the real pattern is 6: two layers would both be local).
     "gemma3": dict(model_type="gemma3_text", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-6,
                    rope_theta=1000000.0, rope_local_base_freq=10000.0, tie_word_embeddings=True, bos_token_id=1,
-                   eos_token_id=2, pad_token_id=None, query_pre_attn_scalar=16, sliding_window=32,
+                   eos_token_id=2, pad_token_id=None, query_pre_attn_scalar=head_dim, sliding_window=32,
                    sliding_window_pattern=2, rope_scaling=None),
-    # Phi-3-mini-128k, shrunk: fused qkv_proj and gate_up_proj, LongRoPE (head_dim / 2 = 8 factors each, shaped like
-    # the real ones: near 1 for high frequencies, growing for low). Llama 2's tokenizer padded to 32064; Mistral's
-    # SentencePiece one (also 32000 pieces) stands in, with Phi-3's added tokens.
+    # Phi-3-mini-128k, shrunk: fused qkv_proj and gate_up_proj, LongRoPE. Llama 2's tokenizer padded to 32064;
+    # Mistral's SentencePiece one (also 32000 pieces) stands in, with Phi-3's added tokens.
     "phi3": dict(model_type="phi3", vocab_size=32064, max_position_embeddings=131072,
                  original_max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000, pad_token_id=32000,
                  sliding_window=262144,
-                 rope_scaling={"type": "longrope",
-                               "short_factor": [1.0, 1.01, 1.03, 1.08, 1.15, 1.3, 1.6, 2.0],
-                               "long_factor": [1.0, 1.1, 1.4, 2.2, 4.5, 9.0, 18.0, 30.0]}),
+                 rope_scaling=longrope),
     # GPT-2 (124M), shrunk: learned positions, LayerNorms with biases, Conv1D weights, tied output. GPT-2's own 50k
     # byte-level BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
     "gpt2": dict(model_type="gpt2", vocab_size=128256, n_positions=1024, layer_norm_epsilon=1e-5,
@@ -270,6 +280,7 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, sh
     cfg = dict(CONFIGS[family])
     keys = SHAPE_KEYS.get(family, {})
     dims = {keys.get(k, k): v for k, v in SHAPES[shape].items() if keys.get(k, k)}
+    cfg = {k: v(dims) if callable(v) else v for k, v in cfg.items()}
     config = AutoConfig.for_model(cfg.pop("model_type"), **dims, **cfg)
     torch.manual_seed(seed)
     model = getattr(transformers, AUTO_CLASSES.get(family, "AutoModelForCausalLM")).from_config(
