@@ -31,7 +31,8 @@ GGUF_QUANTS = {"Q4_0": (0.0, {"Q4_0", "Q8_0"}), "Q8_0": (0.0, {"Q8_0"}), "Q4_K_M
 
 def _model(nodes, inputs, outputs, initializers, opset=21):
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 def _session(model):
