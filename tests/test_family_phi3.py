@@ -1,7 +1,8 @@
 """Phi-3's LongRoPE beyond the shared family tests (which run the 128k config at a context under its original 4096,
 so on the short factors): the factor tensors and attention factor as Phi3MiniModel writes them; the long factors,
 which llama.cpp takes when its context exceeds the original one and transformers when the sequence does (an
-original length of 64 puts both past it); and Phi-3-mini-4k's config, which has no rope scaling at all."""
+original length of 64 puts both past it); Phi-3-mini-4k's config, which has no rope scaling at all; and Phi-4-mini's
+partial rotation (rope.dimension_count below head_dim, with factors for the rotated half only)."""
 from __future__ import annotations
 
 import math
@@ -13,12 +14,15 @@ from gguf import Keys
 from modelport import api
 from modelport.formats import gguf
 from modelport.validators.metrics import logit_parity
+from modelport.samples import tiny
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
 from family_variants import hf_logits, variant
 
 VARIANTS = {"128k_long_factors": dict(original_max_position_embeddings=64),
-            "4k_no_scaling": dict(rope_scaling=None, max_position_embeddings=4096, sliding_window=2047)}
+            "4k_no_scaling": dict(rope_scaling=None, max_position_embeddings=4096, sliding_window=2047),
+            "partial_rotary": dict(partial_rotary_factor=0.5,
+                                   rope_scaling=tiny.longrope({"head_dim": tiny.SHAPES["tiny"]["head_dim"] // 2}))}
 
 
 def test_longrope_factor_tensors_and_attention_factor(checkpoints, tmp_path):

@@ -1,6 +1,7 @@
 """gemma, gemma2, gemma3 and phi3 GGUFs without our stored config.json (as llama.cpp's own converter writes them)
 come back to HF folders transformers runs like the source: the config rebuilt from the keys plus what llama.cpp
-assumes where no key speaks (gemma2/3's query scale) and what only tensors say (phi3's LongRoPE factors). And a
+assumes where no key speaks (gemma2/3's query scale) and what only tensors say (phi3's LongRoPE factors; its
+partial rotation from rope.dimension_count). And a
 query scale llama.cpp cannot honour is refused, exit 3, naming config.json, before anything is written."""
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from test_families import ROUNDTRIP_ATOL
 
 WRITER_KEYS = ("general.architecture", "general.alignment")  # gguf.write adds these itself
 CASES = {"gemma": {}, "gemma2": {}, "gemma3-linear-rope": {"rope_scaling": {"rope_type": "linear", "factor": 8.0}},
-         "phi3": {}}
+         "phi3": {}, "phi3-partial-rotary": {"partial_rotary_factor": 0.5, "rope_scaling": None}}
 
 
 @pytest.mark.parametrize("case", CASES)
