@@ -54,6 +54,10 @@ CONFIGS = {
     "mixtral": dict(model_type="mixtral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
                     rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
                     sliding_window=None, num_local_experts=4, num_experts_per_tok=2),
+    # Mixtral 8x7B's own 8 experts: llama.cpp's quant mixes have rules for exactly 8 (attn_k/attn_v Q8_0 ...).
+    "mixtral8": dict(model_type="mixtral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
+                     rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                     sliding_window=None, num_local_experts=8, num_experts_per_tok=2),
     # Qwen1.5-MoE-A2.7B, shrunk to 4 routed experts (2 used) and a gated shared expert 4x as wide: QKV biases,
     # routing weights not renormalised (norm_topk_prob false, as llama.cpp's qwen2moe computes it).
     "qwen2_moe": dict(model_type="qwen2_moe", vocab_size=128256, max_position_embeddings=8192, rms_norm_eps=1e-6,
@@ -253,7 +257,8 @@ def minilm_tokenizer(out: Path) -> Path:
 TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
-              "mixtral": sentencepiece_tokenizer, "qwen2_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
+              "mixtral": sentencepiece_tokenizer, "mixtral8": sentencepiece_tokenizer,
+              "qwen2_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "qwen3_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
               "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
               "falcon40b": llama3_tokenizer, "falcon2": llama3_tokenizer, "mpt": llama3_tokenizer,
