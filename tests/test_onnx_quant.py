@@ -231,6 +231,11 @@ def test_quantize_onnx_rewrites_matmul_and_gemm_as_matmulnbits(quant, tmp_path):
     original = _run(src, {"x": x})
     err = np.abs(got - original).max() / np.abs(original).max()
     assert err < (0.1 if quant == "int4" else 0.01)
+    (tmp_path / "again").mkdir()
+    again = tmp_path / "again" / dst.name
+    api.quantize_onnx(src, again, quant, 32)  # deterministic: the same bytes
+    assert again.read_bytes() == dst.read_bytes()
+    assert again.with_suffix(".onnx.data").read_bytes() == dst.with_suffix(".onnx.data").read_bytes()
 
 
 def test_quantize_onnx_fp16_keeps_float32_io(tmp_path):
