@@ -6,10 +6,12 @@ converts back to Mixtral."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 from gguf import GGUFReader
 from gguf.quants import dequantize
+from safetensors.numpy import load_file, save_file
 
 from modelport import api
 from modelport.convert import archs, experts
@@ -19,6 +21,7 @@ from modelport.formats.model import ConcatSlice, FileSlice
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
+from helpers import run_cli
 from test_quantize import llama_quantize
 
 QWEN_EXPERTS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
@@ -87,3 +90,14 @@ def test_a_mixtral_gguf_made_elsewhere_converts_back(checkpoints, mixed_text, tm
     hf = Transformers(src)  # the rebuilt config.json runs the model as the source's does
     ids = hf.tokenize(mixed_text)
     assert logit_parity(hf.logits(ids), Transformers(tmp_path / "back").logits(ids))["kl_mean"] <= 1e-9
+
+
+def test_a_missing_expert_is_bad_input_naming_it(checkpoints, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints("mixtral"), src)
+    tensors = load_file(src / "model.safetensors")
+    del tensors["model.layers.1.block_sparse_moe.experts.2.w3.weight"]
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    r = run_cli("convert", src, tmp_path / "m.gguf")
+    assert r.returncode == 2 and "experts.2.w3" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "m.gguf").exists()

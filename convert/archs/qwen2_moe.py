@@ -20,7 +20,6 @@ ATTENTION = tuple(t for t in TENSORS if ".mlp." not in t)
 EXPERTS = {f"{MLP}.experts.{p}.weight": f"{MLP}.experts.{{xid}}.{p}.weight" for p in PROJS}
 
 
-
 def _gate_row(w, cfg):
     """llama-quantize writes the (1, n_embd) shared-expert gate 1-D (ggml_n_dims); HF's Linear(n_embd, 1) is a row."""
     return w.reshape(1, -1)
