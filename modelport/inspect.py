@@ -59,7 +59,8 @@ def _hf_tokenizer(files: dict[str, bytes]) -> dict:
     tok: dict = {"files": sorted(files)}
     if "tokenizer.json" in files:
         tj = json.loads(files["tokenizer.json"])
-        tok.update(model=tj["model"]["type"], tokens=len(tj["model"].get("vocab", {})) + len(tj.get("added_tokens", [])))
+        tok.update(model=tj["model"]["type"],
+                   tokens=len(tj["model"].get("vocab", {})) + len(tj.get("added_tokens", [])))
     return tok
 
 
@@ -81,7 +82,8 @@ def _onnx(path: Path) -> dict:
     meta = {k: _short(v) for k, v in c.metadata.items()}
     try:
         model = onnx_import.from_onnx(c, path)
-        arch, params, tok = model.arch, sum(r.n_elements for r in model.tensors.values()), _hf_tokenizer(model.tokenizer)
+        arch, tok = model.arch, _hf_tokenizer(model.tokenizer)
+        params = sum(r.n_elements for r in model.tensors.values())
     except ModelportError as e:  # still a model to describe: say why it does not read back
         arch, tok, meta["read_back"] = "unknown", {}, e.problem
     meta["operators"] = dict(Counter(n.op_type for n in c.proto.graph.node).most_common())

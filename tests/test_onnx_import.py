@@ -155,12 +155,8 @@ def test_int4_onnx_reads_back_as_onnxruntime_runs_it(ours, exported, tmp_path, m
     from modelport.validators.runtimes import OnnxRuntime, Transformers
 
     if made_by.startswith("optimum"):
-        _, exported_dir = exported("llama")
-        onnx_dir = tmp_path / "q"
-        onnx_dir.mkdir()
-        for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copy(exported_dir / name, onnx_dir / name)
-        api.quantize_onnx(exported_dir, onnx_dir / "model.onnx", "int4")
+        onnx_dir = tmp_path / "q"  # the folder's other files (config.json, tokenizer) come along
+        api.quantize_onnx(exported("llama")[1], onnx_dir, "int4")
     else:
         _, onnx_dir = ours("--ops", "ort", "--quant", "int4")
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
@@ -180,8 +176,7 @@ def test_tied_embedding_quantized_for_its_head_only_reads_back_whole(ours, tmp_p
     embedding, both under the embedding's name: the float one is the checkpoint's tensor."""
     src, onnx_dir = ours()
     quantized = tmp_path / "q"
-    quantized.mkdir()
-    api.quantize_onnx(onnx_dir, quantized / "model.onnx", "int4")
+    api.quantize_onnx(onnx_dir, quantized, "int4")
     names = {t.name for t in onnx.load(str(quantized / "model.onnx"), load_external_data=False).graph.initializer}
     assert {"model.embed_tokens.weight", "model.embed_tokens.weight.qweight"} <= names
     back = api.load(quantized)
@@ -244,7 +239,8 @@ def _nbits_model(q, scales, zero_points, k, n, bits, block):
                             block_size=block)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [k, k])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [k, n])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 @pytest.mark.parametrize("bits,zp", [(4, None), (4, "u8"), (4, "f32"), (8, None), (8, "u8")])
