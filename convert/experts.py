@@ -32,14 +32,15 @@ def stack(tensors: dict[str, TensorRef], arch: Arch, config: dict, path: Path | 
             continue
         if stacked in out:
             continue
+        source = getattr(ref.stored, "path", path)  # the file with the layer's other experts
         missing = [one for one in groups[stacked] if one not in tensors]
         if missing:
-            raise BadInput(path, f"expert tensor {missing[0]!r} is missing")
+            raise BadInput(source, f"expert tensor {missing[0]!r} is missing")
         parts = [tensors[one] for one in groups[stacked]]
         if any(p.transforms for p in parts):
-            raise Unsupported(path, f"experts of {stacked!r} need transforms before stacking")
+            raise Unsupported(source, f"experts of {stacked!r} need transforms before stacking")
         if len({(p.dtype, p.shape) for p in parts}) > 1:
-            raise BadInput(path, f"the experts of {stacked!r} differ in shape or dtype")
+            raise BadInput(source, f"the experts of {stacked!r} differ in shape or dtype")
         out[stacked] = TensorRef.stack(parts)
     return out
 
