@@ -24,6 +24,8 @@ from modelport.formats.onnx import ONNX_DTYPES
 from .onnx_quant import from_float
 
 QUANTS = {"int4": 4, "int8": 8, "fp16": None}  # --quant -> MatMulNBits bits (None: float16 conversion)
+FLOATS = {1: "F32", 10: "F16", 16: "BF16"}  # onnx TensorProto float types of weights
+COMPUTE = {1: "F32", 10: "F16"}  # the types onnxruntime's CPU MatMulNBits computes in
 MS = "com.microsoft"
 PROTOBUF_LIMIT = 2 << 30  # onnx's shape inference serializes the model: not past protobuf's 2 GiB
 INLINE_BYTES = 1024  # smaller initializers stay in the .onnx, as onnx's own external-data threshold keeps them
@@ -39,48 +41,64 @@ def _onnx():
     return onnx
 
 
-def _linear_gemm(node, inits: dict, onnx):
-    """(weight initializer, bias name) when `node` is Gemm(x, W, b?) = x @ W.T + b with W a 2-D float initializer
-    and b absent or a 1-D initializer, the form MatMulNBits(x, W) + bias computes; else None."""
-    if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in inits:
+def _stored(name: str, inits: dict, producers: dict, onnx):
+    """(initializer, element type the graph computes in) for a tensor that is a float initializer, or a Cast of one
+    (how a graph computes in float32 on bfloat16 weights); else None."""
+    if name in inits:
+        return inits[name], inits[name].data_type
+    cast = producers.get(name)
+    if cast is None or cast.op_type != "Cast" or cast.input[0] not in inits:
         return None
+    return inits[cast.input[0]], next(onnx.helper.get_attribute_value(a) for a in cast.attribute if a.name == "to")
+
+
+def _linear_gemm(node, inits: dict, producers: dict, onnx):
+    """(weight initializer, compute type, bias name) when `node` is Gemm(x, W, b?) = x @ W.T + b with W a 2-D float
+    initializer (or its Cast) and b absent or of shape [N], the form MatMulNBits(x, W, bias) computes; else None."""
+    if node.op_type != "Gemm" or len(node.input) < 2:
+        return None
+    found = _stored(node.input[1], inits, producers, onnx)
+    if found is None:
+        return None
+    weight, compute = found
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    weight = inits[node.input[1]]
     if attrs.get("transB") != 1 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
-            or attrs.get("beta", 1.0) != 1.0 or len(weight.dims) != 2 \
-            or weight.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            or attrs.get("beta", 1.0) != 1.0 or len(weight.dims) != 2 or weight.data_type not in FLOATS \
+            or compute not in COMPUTE:
         return None
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-    if bias and (bias not in inits or list(inits[bias].dims) != [weight.dims[0]]
-                 or inits[bias].data_type != weight.data_type):
+    found = _stored(bias, inits, producers, onnx) if bias else None
+    if bias and (found is None or list(found[0].dims) != [weight.dims[0]] or found[1] != compute):
         return None
-    return weight, bias
+    return weight, compute, bias
 
 
 def _gemms_to_nbits(graph, bits: int, block_size: int, onnx) -> int:
     """Rewrite the linear Gemms of `graph` as MatMulNBits (a weight two Gemms share is quantized once); returns
-    how many. Float weights nothing else reads any more are dropped."""
+    how many weights. Casts and float weights that nothing reads any more are dropped."""
     inits = {t.name: t for t in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
     nodes, done = [], {}
     for node in graph.node:
-        found = _linear_gemm(node, inits, onnx)
+        found = _linear_gemm(node, inits, producers, onnx)
         if found is None:
             nodes.append(node)
             continue
-        weight, bias = found
+        weight, compute, bias = found
         if weight.name not in done:
-            arr = numpy_helper.to_array(weight)
-            dtype = "F16" if weight.data_type == onnx.TensorProto.FLOAT16 else "F32"
-            nb = from_float(MemorySlice.tensor(arr, dtype), bits, block_size, dtype)
+            source = MemorySlice.tensor(numpy_helper.to_array(weight), FLOATS[weight.data_type])
+            nb = from_float(source, bits, block_size, COMPUTE[compute])
             names = [f"{weight.name}.{part}" for part in ("qweight", "scales", "zero_points")]
-            graph.initializer.extend(numpy_helper.from_array(ref.read(), name) for ref, name in
+            graph.initializer.extend(numpy_helper.from_array(part.read(), name) for part, name in
                                      zip((nb.qweight, nb.scales, nb.zero_points), names))
             done[weight.name] = (nb, names)
         nb, names = done[weight.name]
         inputs = [node.input[0], *names] + (["", bias] if bias else [])
         nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name, domain=MS,
                                       K=nb.K, N=nb.N, bits=nb.bits, block_size=nb.block_size))
+    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if n.op_type != "Cast" or any(o in used for o in n.output)]
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input}
@@ -111,7 +129,10 @@ def quantize(path: Path, quant: str, block_size: int = 32):
         proto.opset_import.append(onnx.helper.make_opsetid(MS, 1))
     quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=block_size)
     quantizer.process()
-    return quantizer.model.model
+    out = quantizer.model.model
+    if not any(n.op_type == "MatMulNBits" for n in out.graph.node):
+        raise Unsupported(path, "no MatMul or Gemm with a constant float weight: nothing to quantize")
+    return out
 
 
 def detach_weights(proto) -> list[tuple[str, TensorRef]]:

@@ -14,7 +14,7 @@ from helpers import run_cli
 from modelport import api
 from modelport.convert import ggml
 from modelport.convert.onnx_quant import GRIDS, NBits, from_float, from_gguf
-from modelport.formats.errors import BadInput, OutputExists
+from modelport.formats.errors import BadInput, OutputExists, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
@@ -261,7 +261,28 @@ def test_quantize_onnx_refuses_what_it_cannot_do(tmp_path):
     (tmp_path / "taken.onnx").write_bytes(b"x")
     with pytest.raises(OutputExists, match="--force"):
         api.quantize_onnx(src, tmp_path / "taken.onnx", "int4")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "taken.onnx"]
+    relu = tmp_path / "relu.onnx"
+    onnx.save_model(_model([helper.make_node("Relu", ["x"], ["y"])],
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], []), str(relu))
+    with pytest.raises(Unsupported, match="nothing to quantize"):
+        api.quantize_onnx(relu, tmp_path / "q.onnx", "int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "relu.onnx", "taken.onnx"]
+
+
+def test_quantize_a_bf16_export(checkpoints, tmp_path):
+    """Our bf16 export computes in float32 through a Cast after each weight: the Gemms on those Casts become
+    float32 MatMulNBits quantized from the bf16 weights, and the Casts nothing reads any more go."""
+    src, dst = tmp_path / "bf16.onnx", tmp_path / "int8.onnx"
+    api.convert(checkpoints("llama", "bfloat16"), src, to="onnx")
+    before = onnx.load(str(src), load_external_data=False).graph
+    api.quantize_onnx(src, dst, "int8")
+    after = onnx.load(str(dst), load_external_data=False).graph
+    count = lambda graph, op: sum(n.op_type == op for n in graph.node)  # noqa: E731
+    assert count(after, "MatMulNBits") == count(before, "Gemm") > 0 and count(after, "Gemm") == 0
+    assert count(after, "Cast") < count(before, "Cast")
+    ids = list(range(100, 140))
+    assert logit_parity(_onnx_logits(src, ids), _onnx_logits(dst, ids))["kl_mean"] <= 1e-2
 
 
 def test_quantize_a_genai_model_folder(checkpoints, tmp_path):
