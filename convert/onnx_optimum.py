@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Callable
 
 from modelport.formats import onnx as onnx_format
 from modelport.formats import safetensors
@@ -28,6 +29,55 @@ from .gguf_map import to_hf
 
 EXPORTER_KEY = "modelport.exporter"
 OPTIMUM_DTYPES = {"F32": "fp32"}  # optimum exports fp16/bf16 on GPU only; `modelport quantize --quant fp16` after
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A configuration optimum's export gets wrong or cannot trace: modelport refuses it rather than write it."""
+
+    applies: Callable[[dict], bool]  # the HF config -> whether this limit refuses it
+    what: str  # the configuration, as the user knows it
+    why: str
+
+
+def _rope_type(cfg: dict) -> str | None:
+    scaling = cfg.get("rope_scaling") or {}
+    return scaling.get("rope_type", scaling.get("type"))
+
+
+# transformers recomputes these rotary frequencies from each call's sequence length (its dynamic_rope_update); the
+# trace sees one dummy length and bakes in the short-sequence frequencies (phi3 LongRoPE beyond
+# original_max_position_embeddings: logits off by 5.8, tests/test_family_onnx.py)
+ROPE_BY_LENGTH = Limit(lambda cfg: _rope_type(cfg) in ("longrope", "dynamic"), "rope_scaling longrope/dynamic",
+                              "the traced graph keeps the short-sequence rotary frequencies for every length")
+
+# model_type -> what optimum-onnx 0.1 (with transformers 4.57) exports wrongly or not at all; a family not listed is
+# one optimum does not export (mixtral, qwen2_moe, starcoder2: not in its TasksManager). Each entry is checked by
+# tests/test_family_onnx.py (logits against transformers, or the refusal).
+EXPORTS: dict[str, tuple[Limit, ...]] = {
+    "bert": (), "gpt2": (), "mpt": (),
+    "gemma": (ROPE_BY_LENGTH,), "gemma3_text": (ROPE_BY_LENGTH,), "phi3": (ROPE_BY_LENGTH,),
+    "qwen3_moe": (ROPE_BY_LENGTH,),
+    "falcon": (Limit(lambda cfg: bool(cfg.get("new_decoder_architecture")),
+                     "new_decoder_architecture (Falcon 40B/180B, Falcon2)",
+                     "optimum's dummy cache has num_kv_heads heads, transformers caches keys broadcast to all "
+                     "attention heads, and the trace fails"), ROPE_BY_LENGTH),
+    "gemma2": (Limit(lambda cfg: cfg.get("attn_logit_softcapping") is not None, "attn_logit_softcapping",
+                     "optimum loads the model with sdpa attention, which leaves the attention soft-capping out"),
+               ROPE_BY_LENGTH),
+}
+
+
+def check(model_type: str, config: dict, dst: Path) -> None:
+    """Unsupported naming the family and why, before optimum and torch load anything, if optimum's export of this
+    config would fail or compute something else than transformers."""
+    if model_type not in EXPORTS:
+        raise Unsupported(dst, f"no ONNX export for {model_type!r}: modelport has no graph builder for it and "
+                               f"optimum-onnx does not export it (it does: {', '.join(sorted(EXPORTS))})")
+    for limit in EXPORTS[model_type]:
+        if limit.applies(config):
+            raise Unsupported(dst, f"no ONNX export for {model_type!r} with {limit.what}: optimum-onnx does not "
+                                   f"export it right ({limit.why})")
 
 
 @dataclass
@@ -86,6 +136,7 @@ def export(model: Model, dst: Path, dtype: str | None, force: bool, provenance: 
            late: Late | None = None) -> Exported:
     """`model` as an ONNX folder at DST by optimum's `main_export` (task inferred: feature-extraction for encoders,
     text-generation-with-past for decoders), on CPU in fp32. Loads the whole model in torch."""
+    check(model.arch, model.config, dst)
     if dst.suffix == ".onnx":
         raise Unsupported(dst, f"{model.arch} goes to ONNX through optimum, which writes a folder: give a folder DST")
     if (dtype or "F32") not in OPTIMUM_DTYPES:

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from modelport import api
-from modelport.convert import archs
+from modelport.convert import archs, support
 from modelport.formats import registry
 from modelport.formats.errors import BadInput, ModelportError
 from modelport.inspect import inspect as inspect_model
@@ -152,15 +152,24 @@ def formats_cmd(as_json: bool) -> None:
                                      for r in rs])
 
 
+def _print_family(r: dict) -> None:
+    lines = [f"{r['name']:12} {r['hf_class']:22} gguf:{r['gguf_arch']:10} onnx:{r['onnx_export'] or '-'}",
+             f"  paths: {', '.join(r['paths'])}",
+             f"  quant: gguf {' '.join(r['quant']['gguf'])}; onnx {' '.join(r['quant']['onnx']) or '-'}",
+             *(f"  no onnx with {refused}" for refused in r["onnx_refused"])]
+    for line in lines:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @main.command("archs")
+@click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def archs_cmd(as_json: bool) -> None:
-    """List the architecture families and the paths they support."""
-    rows = [{"name": a.name, "hf_class": a.hf_class, "gguf_arch": a.gguf_name,
-             "paths": ["safetensors->gguf", "gguf->safetensors"]} for a in archs.registry().values()]
-    _emit(rows, as_json, lambda rs: [out.print(f"{r['name']:10} {r['hf_class']:22} gguf:{r['gguf_arch']:8} "
-                                               f"{', '.join(r['paths'])}") for r in rs])
+def archs_cmd(name: str | None, as_json: bool) -> None:
+    """List the architecture families (or the one NAME, an HF model_type): the conversion paths each supports, who
+    builds its ONNX graph, and the quantization types per format."""
+    rows = [support.family(archs.for_hf(name).name)] if name else support.families()
+    _emit(rows, as_json, lambda rs: [_print_family(r) for r in rs])
 
 
 def _print_validate(rep: dict) -> None:
