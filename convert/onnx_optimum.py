@@ -46,8 +46,8 @@ def _rope_type(cfg: dict) -> str | None:
 
 
 # transformers recomputes these rotary frequencies from each call's sequence length (its dynamic_rope_update); the
-# trace sees one dummy length and bakes in the short-sequence frequencies (phi3 LongRoPE beyond
-# original_max_position_embeddings: logits off by 5.8, tests/test_family_onnx.py)
+# trace sees one dummy length and bakes in the short-sequence frequencies (past the switch, logits off by 5.8 for phi3
+# LongRoPE and 0.8 for dynamic NTK on gemma: tests/test_family_onnx.py)
 ROPE_BY_LENGTH = Limit(lambda cfg: _rope_type(cfg) in ("longrope", "dynamic"), "rope_scaling longrope/dynamic",
                               "the traced graph keeps the short-sequence rotary frequencies for every length")
 
