@@ -13,10 +13,10 @@ import io
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 from modelport.formats import onnx as onnx_format
 from modelport.formats import safetensors
