@@ -9,16 +9,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from .atomic import WriteBehind
-from .errors import BadInput, RuntimeMissing
+from .atomic import WriteBehind, atomic_output
+from .errors import BadInput, OutputExists, RuntimeMissing
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, MemorySlice, TensorRef
 from .registry import Format
 
 MODEL_FILE = "model.onnx"
+DATA_FILE = MODEL_FILE + ".data"
 
 # ONNX TensorProto.DataType -> our dtype names (numpy has no bfloat16: it travels as uint16 bits)
 ONNX_DTYPES = {1: "F32", 2: "U8", 3: "I8", 5: "I16", 6: "I32", 7: "I64", 9: "BOOL", 10: "F16", 11: "F64", 16: "BF16"}
@@ -151,6 +153,34 @@ def write(model_path: Path, data_path: Path, location: str, proto, tensors: list
     for key, value in sorted({**meta, **({late.key: late.value()} if late else {})}.items()):
         out.metadata_props.add(key=key, value=value)
     model_path.write_bytes(out.SerializeToString(deterministic=True))
+
+
+def place(dst: Path, force: bool, write_files: Callable[[Path, Path, str], None],
+          folder_files: Callable[[], dict[str, bytes]] = dict) -> None:
+    """Put an ONNX model at DST atomically. `write_files(model path, data path, data location)` writes the pair.
+    DST a folder: model.onnx, model.onnx.data and `folder_files()` (genai_config.json, tokenizer ...) in it, renamed
+    into place together. DST `x.onnx`: `x.onnx` and `x.onnx.data` beside it; the model is put in place last and taken
+    back out if the data cannot follow, so both appear or neither."""
+    if dst.suffix != ".onnx":
+        with atomic_output(dst, force) as partial:
+            partial.mkdir()
+            write_files(partial / MODEL_FILE, partial / DATA_FILE, DATA_FILE)
+            for name, content in sorted(folder_files().items()):
+                (partial / name).write_bytes(content)
+        return
+    data = dst.with_name(dst.name + ".data")
+    if dst.exists() and not force:  # named first: the data file beside it is the second thing checked
+        raise OutputExists(dst, "exists; pass --force to overwrite")
+    model_done = False
+    try:
+        with atomic_output(data, force) as partial_data:
+            with atomic_output(dst, force) as partial:
+                write_files(partial, partial_data, data.name)
+            model_done = True
+    except BaseException:
+        if model_done:
+            dst.unlink(missing_ok=True)
+        raise
 
 
 FORMAT = Format("onnx", (".onnx",), sniff, read, write,

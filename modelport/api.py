@@ -13,7 +13,7 @@ from modelport.convert.dtypes import parse as parse_dtype
 from modelport.formats import onnx as onnx_format
 from modelport.formats import registry
 from modelport.formats.atomic import atomic_output
-from modelport.formats.errors import BadInput, OutputExists, Unsupported
+from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.hashing import Late, SourceHashes
 from modelport.formats.model import Model
 
@@ -48,8 +48,8 @@ class Result:
 
 def save(model: Model, dst: str | Path, to: str | None = None, dtype: str | None = None, force: bool = False,
          quant: str | None = None, imatrix: str | Path | None = None, provenance: dict[str, str] | None = None,
-         hashes: SourceHashes | None = None, progress: Callable[[int], None] | None = None, ops: str = "portable",
-         block_size: int = 32) -> Result:
+         hashes: SourceHashes | None = None, progress: Callable[[int], None] | None = None, ops: str | None = None,
+         block_size: int | None = None) -> Result:
     """Write the pivot as `to` (default: by DST's extension, else an HF folder), atomically; `quant` is a
     llama.cpp preset (Q4_K_M, ...) for GGUF output, with an optional importance matrix file, or int4 / int8 for
     ONNX (`ops` "ort", MatMulNBits blocks of `block_size`)."""
@@ -58,8 +58,10 @@ def save(model: Model, dst: str | Path, to: str | None = None, dtype: str | None
     dtype = parse_dtype(dtype)
     if fmt.name == "onnx":
         late = Late(HASHES_KEY, hashes.placeholder, hashes.text) if hashes else None
-        return _save_onnx(model, dst, dtype, ops, quant, block_size, force,
+        return _save_onnx(model, dst, dtype, ops or "portable", quant, block_size or 32, force,
                           {"modelport.version": VERSION, **(provenance or {})}, late, progress)
+    if ops or block_size:
+        raise Unsupported(dst, f"--ops and --block-size shape ONNX output; {fmt.name} has no use for them")
     quant = quantize.preset(quant) if quant else None
     if quant and fmt.name != "gguf":
         raise Unsupported(dst, f"--quant {quant} is a GGUF quantization; write a .gguf or pass --to gguf")
@@ -91,29 +93,9 @@ def _save_onnx(model: Model, dst: Path, dtype: str | None, ops: str, quant: str 
     graph = onnx_graph.build(model, dtype, ops, quant, block_size)
     meta = {ARCH_KEY: model.arch, gguf_map.CONFIG_KEY: json.dumps(model.config, sort_keys=True), **prov}
     total = sum(r.nbytes for _, r in graph.weights)
-    if dst.suffix != ".onnx":
-        with atomic_output(dst, force) as partial:
-            partial.mkdir()
-            data = onnx_format.MODEL_FILE + ".data"
-            onnx_format.write(partial / onnx_format.MODEL_FILE, partial / data, data, graph.proto, graph.weights,
-                              meta, late, progress)
-            for name, content in sorted(onnx_genai.folder_files(model, onnx_format.MODEL_FILE).items()):
-                (partial / name).write_bytes(content)
-    else:
-        data = dst.with_name(dst.name + ".data")
-        if dst.exists() and not force:  # named first: the data file beside it is the second thing checked
-            raise OutputExists(dst, "exists; pass --force to overwrite")
-        model_done = False
-        try:
-            with atomic_output(data, force) as partial_data:
-                with atomic_output(dst, force) as partial:
-                    onnx_format.write(partial, partial_data, data.name, graph.proto, graph.weights, meta, late,
-                                      progress)
-                model_done = True
-        except BaseException:
-            if model_done:  # the data file could not be put in place: take the model back out too
-                dst.unlink(missing_ok=True)
-            raise
+    onnx_format.place(dst, force, lambda m, d, loc: onnx_format.write(m, d, loc, graph.proto, graph.weights, meta,
+                                                                      late, progress),
+                      lambda: onnx_genai.folder_files(model, onnx_format.MODEL_FILE))
     return Result("", str(dst), model.metadata.get("format", ""), "onnx", quant or graph.dtype, len(graph.weights),
                   total, prov, graph.notes)
 
@@ -121,6 +103,7 @@ def _save_onnx(model: Model, dst: Path, dtype: str | None, ops: str, quant: str 
 def _save_onnx_optimum(model: Model, dst: Path, dtype: str | None, quant: str | None, force: bool,
                        prov: dict[str, str], late: Late | None) -> Result:
     """No graph builder here for this architecture: optimum's exporter writes the folder, and the result says so."""
+    onnx_optimum.check(model.arch, model.config, dst)  # a family optimum cannot export is named as such first
     if quant:
         raise Unsupported(dst, f"--quant {quant}: {model.arch} goes to ONNX through optimum, which exports f32; "
                                "quantize its output with `modelport quantize`")
@@ -140,7 +123,7 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str 
     prov = {"modelport.source.format": model.metadata["format"],
             "modelport.options": json.dumps({k: v for k, v in options.items() if v is not None}, sort_keys=True)}
     result = save(model, dst, to, dtype, force, quant, imatrix, prov, SourceHashes(model.metadata["source_files"]),
-                  progress, ops or "portable", block_size or 32)
+                  progress, ops, block_size)
     result.src = str(src)
     return result
 
@@ -177,33 +160,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, quant: str, block_size: int 
     def write(model: Path, data: Path, location: str) -> None:
         onnx_format.write(model, data, location, proto, tensors, {**contents.metadata, **prov}, late)
 
-    if folder:
-        with atomic_output(dst, force) as partial:
-            partial.mkdir()
-            write(partial / onnx_format.MODEL_FILE, partial / f"{onnx_format.MODEL_FILE}.data",
-                  f"{onnx_format.MODEL_FILE}.data")
-            model_files = {f.resolve() for f in contents.files}
-            for f in sorted(src.iterdir()):
-                if f.is_file() and f.resolve() not in model_files:
-                    (partial / f.name).write_bytes(f.read_bytes())
-    else:
-        _write_onnx_pair(dst, force, write)
+    model_files = {f.resolve() for f in contents.files}
+    onnx_format.place(dst, force, write, lambda: {f.name: f.read_bytes() for f in sorted(src.iterdir())
+                                                  if f.is_file() and f.resolve() not in model_files})
     return Result(str(src), str(dst), "onnx", "onnx", quant, len(tensors), sum(r.nbytes for _, r in tensors), prov)
-
-
-def _write_onnx_pair(dst: Path, force: bool, write: Callable[[Path, Path, str], None]) -> None:
-    """`write(model partial, data partial, data file name)` for DST.onnx and DST.onnx.data: the model is put in
-    place first and taken back out if the data cannot follow, so both appear or neither."""
-    data = dst.with_name(dst.name + ".data")
-    if dst.exists() and not force:
-        raise OutputExists(dst, "exists; pass --force to overwrite")
-    model_done = False
-    try:
-        with atomic_output(data, force) as partial_data:
-            with atomic_output(dst, force) as partial:
-                write(partial, partial_data, data.name)
-            model_done = True
-    except BaseException:
-        if model_done:
-            dst.unlink(missing_ok=True)
-        raise

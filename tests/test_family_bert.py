@@ -207,3 +207,11 @@ def test_bad_sentence_transformers_files_are_refused(bert, tmp_path, edit, code,
     assert r.returncode == code, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_validate_refuses_an_encoder_in_one_line(bert, tmp_path):
+    """validate compares next-token distributions; BERT has none (its embeddings are checked above)."""
+    api.convert(bert, tmp_path / "b.gguf")
+    for cand in (bert, tmp_path / "b.gguf"):
+        r = run_cli("validate", bert, cand)
+        assert r.returncode == 3 and "bert is an encoder" in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -188,6 +188,12 @@ def test_quant_needs_the_ort_operator_set(checkpoints, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_onnx_options_are_refused_for_other_outputs(checkpoints, tmp_path):
+    r = run_cli("convert", checkpoints("llama"), tmp_path / "m.gguf", "--ops", "ort")
+    assert r.returncode == 3 and "--ops and --block-size" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "m.gguf").exists()
+
+
 @pytest.mark.parametrize("quant,max_kl", [("int8", 5e-3), ("int4", None)])
 def test_quantized_weights_are_matmulnbits_with_hf_names(quant, max_kl, checkpoints, reference, tmp_path):
     src, dst = checkpoints("mistral"), tmp_path / "q"

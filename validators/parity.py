@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport.convert import onnx_import
+from modelport.convert import archs, onnx_import
 from modelport.formats import registry
-from modelport.formats.errors import BadInput
+from modelport.formats.errors import BadInput, Unsupported
 
 from . import gates, memory, metrics, texts as builtin_texts
 from .runtimes import LlamaCpp, OnnxRuntime, Transformers, require_provider
@@ -62,10 +62,20 @@ def _onnx_type(native) -> str:
     return kinds.most_common(1)[0][0] if kinds else "F32"
 
 
+def _refuse_encoders(path: Path, families: list[archs.Arch]) -> None:
+    """validate compares next-token distributions: an encoder (bert) has none to compare."""
+    if families and not any(a.hf_class.endswith("ForCausalLM") for a in families):
+        raise Unsupported(path, f"{families[0].name} is an encoder: validate compares the next-token distributions "
+                                "of causal language models")
+
+
 def describe(path: Path, provider: str = DEFAULT_PROVIDER) -> tuple[Side, object]:
     """What `path` is, its storage type and parameter count, and its pivot view; headers only."""
     fmt = registry.detect(path)
     native = fmt.read(path)
+    gguf_arch = native.get("general.architecture") if fmt.name == "gguf" else None
+    _refuse_encoders(path, [a for a in archs.registry().values()
+                            if a.gguf_name == gguf_arch or (fmt.name != "gguf" and a.name == _model_type(native))])
     if fmt.name == "onnx":  # parameters as the HF model counts them: MatMulNBits blobs read back as weights
         require_provider(provider)  # before minutes of reference logits, not after
         if not (native.path.parent / "tokenizer.json").is_file():
@@ -84,6 +94,11 @@ def describe(path: Path, provider: str = DEFAULT_PROVIDER) -> tuple[Side, object
     kinds = Counter(r.result_dtype for r in native.tensors.values() if len(r.shape) > 1)
     kind = kinds.most_common(1)[0][0] if kinds else "F32"
     return Side(str(path), fmt.name, "transformers", kind, sum(r.n_elements for r in native.tensors.values())), native
+
+
+def _model_type(native) -> str | None:
+    """The HF model_type of an HF folder (the pivot) or of one of our ONNX models (its metadata)."""
+    return getattr(native, "arch", None) or getattr(native, "metadata", {}).get("modelport.arch")
 
 
 def _stored_bytes(native) -> int:
