@@ -24,6 +24,7 @@ from pathlib import Path
 
 from common import MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, log, modelport_cmd, run
 
+REF_PYTHON = Path(__file__).resolve().parent / ".venv-ref" / "bin" / "python"
 WALL_TARGET_S = 20.0
 RSS_TARGET_BYTES = 1.5e9
 
@@ -38,7 +39,7 @@ def jobs(src, a) -> list[tuple[str, list[str], bool]]:
     ]
     if a.no_reference:
         return ours
-    builder = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-e", "cpu",
+    builder = [str(a.ref_python), "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-e", "cpu",
                "-c", str(OUT / "genai-cache")]
     refs = [
         ("onnxruntime-genai builder int4", builder + ["-o", str(OUT / "genai-int4"), "-p", "int4"], False),
@@ -46,7 +47,7 @@ def jobs(src, a) -> list[tuple[str, list[str], bool]]:
     ]
     if not a.no_optimum:
         refs.append(("optimum-cli export onnx (fp32)",
-                     [shutil.which("optimum-cli") or "optimum-cli", "export", "onnx", "--model", str(src), "--task",
+                     [str(Path(sys.executable).with_name("optimum-cli")), "export", "onnx", "--model", str(src), "--task",
                       "text-generation-with-past", str(OUT / "optimum")], False))
     return ours + refs
 
@@ -57,6 +58,9 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="time modelport only")
     ap.add_argument("--no-optimum", action="store_true", help="skip optimum's exporter (about 2 minutes, 12 GB)")
     ap.add_argument("--keep", action="store_true", help="keep bench/out/ afterwards")
+    ap.add_argument("--ref-python", type=Path, default=REF_PYTHON if REF_PYTHON.exists() else Path(sys.executable),
+                    help="python with onnxruntime-genai and the transformers its builder imports (default: "
+                         "bench/.venv-ref if present; see bench/README.md)")
     a = ap.parse_args()
 
     src = ensure_model(MODELS / "l32-1b")
@@ -69,13 +73,13 @@ def main() -> None:
     for label, cmd, ours in jobs(src, a):
         os.sync()
         log(f"running {label}")
-        wall, rss, _ = run(cmd)
+        wall, rss, code = run(cmd, ok=(0,) if ours else tuple(range(-64, 256)))  # a reference may fail: say so
         out_dir = next(p for p in cmd if p.startswith(str(OUT)) and "cache" not in p)
-        rows.append({"label": label, "ours": ours, "wall_s": wall, "peak_rss_bytes": rss,
+        rows.append({"label": label, "ours": ours, "wall_s": wall, "peak_rss_bytes": rss, "exit_code": code,
                      "output_bytes": dir_bytes(Path(out_dir)),
                      "command": " ".join(cmd).replace(str(REPO) + "/", "").replace(sys.executable, "python"),
                      **({"wall_pass": wall <= WALL_TARGET_S, "rss_pass": rss <= RSS_TARGET_BYTES} if ours else {})})
-        log(f"  {wall:.1f} s, peak RSS {rss / 1e9:.2f} GB")
+        log(f"  {wall:.1f} s, peak RSS {rss / 1e9:.2f} GB" + (f", FAILED (exit {code})" if code else ""))
     if not a.keep:
         shutil.rmtree(OUT, ignore_errors=True)
     res = {"input": str(src.relative_to(REPO)), "input_bytes": dir_bytes(src), "runs": rows,
@@ -91,12 +95,13 @@ def main() -> None:
     print(f"  {'':34} {'wall':>8} {'peak RSS':>10} {'output':>9}")
     for r in rows:
         verdict = f"  wall {ok(r['wall_pass'])}, RSS {ok(r['rss_pass'])}" if r["ours"] else ""
+        failed = f"  failed (exit {r['exit_code']})" if r["exit_code"] else ""
         print(f"  {r['label']:34} {r['wall_s']:7.1f}s {r['peak_rss_bytes'] / 1e9:8.2f}GB "
-              f"{r['output_bytes'] / 1e9:7.2f}GB{verdict}")
+              f"{r['output_bytes'] / 1e9:7.2f}GB{verdict}{failed}")
     by = {r["label"]: r for r in rows}
     for ours, theirs in (("modelport int4 (ort)", "onnxruntime-genai builder int4"),
                          ("modelport f16 (ort)", "onnxruntime-genai builder fp16")):
-        if theirs in by:
+        if theirs in by and not by[theirs]["exit_code"]:
             print(f"  {ours} / {theirs}: wall {by[ours]['wall_s'] / by[theirs]['wall_s']:.2f}x, "
                   f"RSS {by[ours]['peak_rss_bytes'] / by[theirs]['peak_rss_bytes']:.2f}x")
     print(f"  targets: <= {WALL_TARGET_S:.0f} s and <= {RSS_TARGET_BYTES / 1e9:.1f} GB each; load avg start/end "
