@@ -1,5 +1,5 @@
-"""A tiny checkpoint with some config.json fields changed (same weights): the settings a family's real config leaves
-at llama.cpp's defaults, set off them so a test shows the GGUF carries them."""
+"""Variants the family tests share: a tiny checkpoint with some config.json fields changed (same weights), set off
+llama.cpp's defaults so a test shows the GGUF carries them; and GGUFs as llama.cpp's converter writes them."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
+from modelport import api
+from modelport.convert.gguf_map import CONFIG_KEY
+from modelport.formats import gguf
+
+WRITER_KEYS = ("general.architecture", "general.alignment")  # gguf.write adds these itself
 
 
 def variant(src: Path, dst: Path, **changes) -> Path:
@@ -24,3 +30,14 @@ def hf_logits(path: Path, ids: list[int], attn_implementation: str = "sdpa") -> 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)
     with torch.no_grad():
         return model.eval()(torch.tensor([ids])).logits[0].numpy()
+
+
+def foreign_gguf(src: Path, dst: Path) -> Path:
+    """SRC (an HF folder) as an f32 GGUF without our stored config.json: what llama.cpp's converter would write, so
+    the way back must rebuild the config from the GGUF's own keys and tensors."""
+    ours = dst.with_name(dst.stem + "-ours.gguf")
+    api.convert(src, ours, dtype="f32")
+    contents = gguf.read(ours)
+    kv = [(k, v, t, sub) for k, (v, t, sub) in contents.kv.items() if k not in (CONFIG_KEY, *WRITER_KEYS)]
+    gguf.write(dst, contents.get("general.architecture"), kv, list(contents.tensors.items()))
+    return dst

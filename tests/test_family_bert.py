@@ -19,7 +19,7 @@ from modelport.formats import gguf
 from modelport.validators.runtimes import LlamaCppEmbeddings, TransformersEmbeddings
 
 from helpers import run_cli
-from test_quantize import llama_quantize
+from test_quantize import assert_equals_llama_quantize
 
 # English, punctuation, accents, digits, code, CJK and emoji (an [UNK] for both tokenizers). Not Hangul: llama.cpp's
 # WPM tokenizer drops the vowel jamo NFD leaves (its accent-mark flags), where transformers' BertNormalizer keeps
@@ -135,15 +135,7 @@ def test_a_bare_vocab_txt_gives_the_same_gguf_vocabulary(bert, tmp_path):
 @pytest.mark.parametrize("shape", ["tiny", "wide"])  # wide: rows of 256, so K-quants, not only their fallbacks
 def test_q4_k_m_equals_llama_quantize(checkpoints, shape, tmp_path):
     src = checkpoints("bert", shape=shape)
-    api.convert(src, tmp_path / "lossless.gguf", dtype="f32")
-    llama_quantize(tmp_path / "lossless.gguf", tmp_path / "theirs.gguf", "Q4_K_M")
-    api.convert(src, tmp_path / "ours.gguf", quant="Q4_K_M")
-    a, b = gguf.read(tmp_path / "ours.gguf"), gguf.read(tmp_path / "theirs.gguf")
-    assert list(a.tensors) == list(b.tensors)
-    for name, ta in a.tensors.items():
-        tb = b.tensors[name]
-        assert (ta.dtype, ta.shape) == (tb.dtype, tb.shape), name
-        assert ta.stored.read() == tb.stored.read(), f"{name} ({ta.dtype}) differs from llama-quantize's"
+    assert_equals_llama_quantize(src, tmp_path)
 
 
 def test_real_all_minilm_l6_v2_embeds_in_llama_cpp_like_transformers(tmp_path):
