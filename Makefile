@@ -1,4 +1,5 @@
-# modelport: `make demo` converts a built-in sample model and runs it in llama.cpp; `make test` runs the tests.
+# modelport: `make demo` converts a built-in sample model to GGUF and ONNX, runs it and validates both against the
+# original; `make test` runs the tests.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -27,6 +28,9 @@ demo: setup
 	$(BIN)/modelport convert $(SAMPLE)/tiny-llama $(SAMPLE)/tiny-llama-f16.gguf --dtype f16 --force
 	$(BIN)/modelport inspect $(SAMPLE)/tiny-llama-f16.gguf
 	$(BIN)/python -m modelport.samples.prompt $(SAMPLE)/tiny-llama-f16.gguf "The capital of France is"
+	$(BIN)/modelport validate $(SAMPLE)/tiny-llama $(SAMPLE)/tiny-llama-f16.gguf
+	$(BIN)/modelport convert $(SAMPLE)/tiny-llama $(SAMPLE)/tiny-llama-onnx --to onnx --ops ort --force
+	$(BIN)/modelport validate $(SAMPLE)/tiny-llama $(SAMPLE)/tiny-llama-onnx
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
