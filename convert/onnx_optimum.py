@@ -57,7 +57,7 @@ ROPE_BY_LENGTH = Limit(lambda cfg: _rope_type(cfg) in ("longrope", "dynamic"), "
 EXPORTS: dict[str, tuple[Limit, ...]] = {
     "bert": (), "gpt2": (), "mpt": (),
     "gemma": (ROPE_BY_LENGTH,), "gemma3_text": (ROPE_BY_LENGTH,), "phi3": (ROPE_BY_LENGTH,),
-    "qwen3_moe": (ROPE_BY_LENGTH,),
+    "qwen3_moe": (ROPE_BY_LENGTH,), "granite": (ROPE_BY_LENGTH,),
     "falcon": (Limit(lambda cfg: bool(cfg.get("new_decoder_architecture")),
                      "new_decoder_architecture (Falcon 40B/180B, Falcon2)",
                      "optimum's dummy cache has num_kv_heads heads, transformers caches keys broadcast to all "

@@ -50,6 +50,15 @@ CONFIGS = {
     # Qwen3 0.6B, shrunk: Q/K norms, no QKV biases, tied embeddings.
     "qwen3": dict(model_type="qwen3", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
                   rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    # Granite 3.x 8B, shrunk: llama's layout with Granite 3's embedding, residual and attention (1/128) multipliers,
+    # tied embeddings, no head_dim in config.json. Its logits_scaling (8 or 16) would flatten these random weights'
+    # logits to near uniform (top-1 probability < 0.001), where a dropped attention scale stays under the KL gates
+    # (1.2e-7): 0.5 keeps them peaked (0.91), and a scale applied inverted shows. Granite's own 49k byte-level BPE is
+    # not shipped by a PyPI package; Llama 3's stands in.
+    "granite": dict(model_type="granite", vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                    rope_theta=10000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+                    embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125,
+                    logits_scaling=0.5),
     # Mixtral 8x7B, shrunk to 4 experts (2 used) of the shape's intermediate size: SentencePiece tokenizer, untied.
     "mixtral": dict(model_type="mixtral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
                     rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
@@ -137,6 +146,7 @@ SHAPE_KEYS = {
     "mpt": dict(hidden_size="d_model", num_hidden_layers="n_layers", num_attention_heads="n_heads",
                 intermediate_size=None, num_key_value_heads=None, head_dim=None),
     "bert": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),  # its own intermediate size
+    "granite": dict(head_dim=None),  # llama.cpp's GraniteModel ignores head_dim: hidden_size / heads
 }
 # Families that are not causal LMs: the transformers auto class that builds them (the rest: AutoModelForCausalLM)
 AUTO_CLASSES = {"bert": "AutoModel"}
@@ -264,7 +274,7 @@ TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
               "falcon40b": llama3_tokenizer, "falcon2": llama3_tokenizer, "mpt": llama3_tokenizer,
               "bert": minilm_tokenizer,
               "gemma": gemma_tokenizer, "gemma2": gemma_tokenizer, "gemma3": gemma_tokenizer,
-              "phi3": phi3_tokenizer}
+              "phi3": phi3_tokenizer, "granite": llama3_tokenizer}
 
 
 # families whose norms are applied as (offset + w): their w is drawn around 1 - offset, so the applied scales are

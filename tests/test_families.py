@@ -16,7 +16,8 @@ from helpers import run_cli
 from test_quantize import llama_quantize
 
 MORE_FAMILIES: tuple[str, ...] = ("gpt2", "starcoder2", "falcon", "falcon40b", "falcon2", "mpt",
-                                   "gemma", "gemma2", "phi3", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe")
+                                   "gemma", "gemma2", "phi3", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe",
+                                   "granite")
 # GGUF -> HF tolerance where a family's documented transform is not exact in f32 (e.g. gemma's norm + 1 offset)
 # gemma: norms go to GGUF as F32 (w + 1) and back as (w + 1) - 1, within half an ulp of (w + 1): below 1e-6 for
 # |w| < 8 (exact for BF16/F16 sources, see tests/test_family_gemma.py)

@@ -25,7 +25,7 @@ pytest.importorskip("optimum.exporters.onnx")
 PROMPT = 40  # tokens: past gemma3's 32-token sliding window
 BOUND = 1e-4  # issue 5's fp32 max |logit diff|
 # sample (tiny.CONFIGS key, or key + config overrides) -> its export or its refusal: what the message names
-EXPORTED = ("gpt2", "falcon", "mpt", "gemma", "gemma3", "qwen3_moe", "phi3-4k", "gemma2-uncapped")
+EXPORTED = ("gpt2", "falcon", "mpt", "gemma", "gemma3", "qwen3_moe", "granite", "phi3-4k", "gemma2-uncapped")
 REFUSED = {"starcoder2": "optimum-onnx does not export it", "mixtral": "optimum-onnx does not export it",
            "qwen2_moe": "optimum-onnx does not export it", "falcon40b": "new_decoder_architecture",
            "falcon2": "new_decoder_architecture", "gemma2": "attn_logit_softcapping",

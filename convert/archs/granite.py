@@ -1,0 +1,21 @@
+"""IBM Granite 3.x dense (GraniteForCausalLM): llama's layout and Q/K permutation (llama.cpp's GraniteModel is a
+LlamaModel), plus four scalars transformers applies and llama.cpp reads from keys, written as GraniteModel writes
+them: embeddings times `embedding_multiplier` ({arch}.embedding_scale), each block's residual branch times
+`residual_multiplier` ({arch}.residual_scale), attention scores times `attention_multiplier` instead of
+1/sqrt(head_dim) ({arch}.attention.scale), logits divided by `logits_scaling` ({arch}.logit_scale)."""
+from dataclasses import replace
+
+from gguf import MODEL_ARCH, Keys
+
+from .base import F32, HParam
+from .llama import ARCH as LLAMA
+
+MULTIPLIERS = (
+    HParam(Keys.LLM.EMBEDDING_SCALE, "embedding_multiplier", F32),
+    HParam(Keys.LLM.RESIDUAL_SCALE, "residual_multiplier", F32),
+    HParam(Keys.Attention.SCALE, "attention_multiplier", F32),
+    HParam(Keys.LLM.LOGIT_SCALE, "logits_scaling", F32),
+)
+
+ARCH = replace(LLAMA, name="granite", hf_class="GraniteForCausalLM", gguf_arch=MODEL_ARCH.GRANITE,
+               hparams=LLAMA.hparams + MULTIPLIERS)
