@@ -152,13 +152,21 @@ def formats_cmd(as_json: bool) -> None:
                                      for r in rs])
 
 
-def _print_family(r: dict) -> None:
-    lines = [f"{r['name']:12} {r['hf_class']:22} gguf:{r['gguf_arch']:10} onnx:{r['onnx_export'] or '-'}",
-             f"  paths: {', '.join(r['paths'])}",
-             f"  quant: gguf {' '.join(r['quant']['gguf'])}; onnx {' '.join(r['quant']['onnx']) or '-'}",
-             *(f"  no onnx with {refused}" for refused in r["onnx_refused"])]
-    for line in lines:
-        out.print(line, markup=False, highlight=False, soft_wrap=True)
+def _print_families(rows: list[dict]) -> None:
+    table = Table(title="families")
+    table.add_column("family", no_wrap=True)
+    table.add_column("HF class", overflow="fold")
+    for head in ("GGUF arch", "ONNX export", "ONNX read back", "ONNX quant"):
+        table.add_column(head)
+    for r in rows:
+        table.add_row(r["name"], r["hf_class"], r["gguf_arch"], r["onnx_export"] or "-",
+                      "yes" if "onnx->safetensors" in r["paths"] else "-", " ".join(r["quant"]["onnx"]) or "-")
+    out.print(table)
+    out.print("Every family: safetensors <-> GGUF both ways, GGUF quantization types: "
+              + " ".join(rows[0]["quant"]["gguf"]), highlight=False)
+    for r in rows:
+        for refused in r["onnx_refused"]:
+            out.print(f"{r['name']}: no ONNX with {refused}", markup=False, highlight=False)
 
 
 @main.command("archs")
@@ -169,7 +177,7 @@ def archs_cmd(name: str | None, as_json: bool) -> None:
     """List the architecture families (or the one NAME, an HF model_type): the conversion paths each supports, who
     builds its ONNX graph, and the quantization types per format."""
     rows = [support.family(archs.for_hf(name).name)] if name else support.families()
-    _emit(rows, as_json, lambda rs: [_print_family(r) for r in rs])
+    _emit(rows, as_json, _print_families)
 
 
 def _print_validate(rep: dict) -> None:
