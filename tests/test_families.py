@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from modelport import api
-from modelport.formats import gguf
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
 from helpers import run_cli
-from test_quantize import llama_quantize
+from test_quantize import assert_equals_llama_quantize
 
 MORE_FAMILIES: tuple[str, ...] = ("gpt2", "starcoder2", "falcon", "falcon40b", "falcon2", "mpt",
                                    "gemma", "gemma2", "phi3", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe",
@@ -70,13 +69,4 @@ def test_gguf_back_to_hf_gives_the_source_tensors(family, checkpoints, reference
 
 @pytest.mark.parametrize("family", MORE_FAMILIES)
 def test_q4_k_m_equals_llama_quantize(family, checkpoints, tmp_path):
-    src = checkpoints(family)
-    api.convert(src, tmp_path / "lossless.gguf", dtype="f32")
-    llama_quantize(tmp_path / "lossless.gguf", tmp_path / "theirs.gguf", "Q4_K_M")
-    api.convert(src, tmp_path / "ours.gguf", quant="Q4_K_M")
-    a, b = gguf.read(tmp_path / "ours.gguf"), gguf.read(tmp_path / "theirs.gguf")
-    assert list(a.tensors) == list(b.tensors)
-    for name, ta in a.tensors.items():
-        tb = b.tensors[name]
-        assert (ta.dtype, ta.shape) == (tb.dtype, tb.shape), name
-        assert ta.stored.read() == tb.stored.read(), f"{name} ({ta.dtype}) differs from llama-quantize's"
+    assert_equals_llama_quantize(checkpoints(family), tmp_path)
