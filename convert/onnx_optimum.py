@@ -153,7 +153,9 @@ def export(model: Model, dst: Path, dtype: str | None, force: bool, provenance: 
             safetensors.write(folder, to_hf(model, "F32"), {})
         try:
             with contextlib.redirect_stdout(io.StringIO()), _quiet():
-                main_export(str(folder), output=str(partial), task=task, device="cpu",
+                # library_name pinned: with sentence-transformers installed, optimum would otherwise export a
+                # sentence-transformers folder with that library's outputs instead of the model's own
+                main_export(str(folder), output=str(partial), task=task, device="cpu", library_name="transformers",
                             dtype=OPTIMUM_DTYPES[dtype or "F32"], do_validation=False)
         except (ValueError, KeyError, NotImplementedError) as e:  # optimum's "not supported" errors
             raise Unsupported(dst, f"optimum cannot export {model.arch!r}: {str(e).splitlines()[0]}") from None
