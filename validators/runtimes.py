@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.formats.errors import RuntimeMissing
+from modelport.formats.onnx import model_file
 
 
 @cache
@@ -153,8 +154,9 @@ class TransformersEmbeddings:
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def require_provider(provider: str) -> None:
-    """onnxruntime falls back to CPU, silently, when asked for an execution provider its build lacks."""
+def require_provider(provider: str):
+    """onnxruntime (the module), refusing an execution provider its build lacks (it would fall back to CPU,
+    silently)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -162,6 +164,7 @@ def require_provider(provider: str) -> None:
     if provider not in ort.get_available_providers():
         raise RuntimeMissing(None, f"this onnxruntime has no {provider} (it has "
                                    f"{', '.join(ort.get_available_providers())}); install the build for it")
+    return ort
 
 
 class OnnxRuntime:
@@ -169,13 +172,8 @@ class OnnxRuntime:
     present.N.key|value) in onnxruntime on `provider`, tokenizing with its folder's tokenizer.json."""
 
     def __init__(self, path: str | Path, provider: str = "CPUExecutionProvider"):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RuntimeMissing(None, "onnxruntime missing: pip install 'modelport[onnx]'") from None
-        require_provider(provider)
-        path = Path(path)
-        self.path = path / "model.onnx" if path.is_dir() else path
+        ort = require_provider(provider)
+        self.path = model_file(Path(path))
         options = ort.SessionOptions()
         options.log_severity_level = 3  # unused-initializer and shape notes are not the user's business
         self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
