@@ -18,6 +18,7 @@ from modelport.convert import sentence_transformers
 from modelport.formats import gguf
 from modelport.validators.runtimes import LlamaCppEmbeddings, TransformersEmbeddings
 
+from family_variants import foreign_gguf
 from helpers import run_cli
 from test_quantize import assert_equals_llama_quantize
 
@@ -148,11 +149,7 @@ def test_real_all_minilm_l6_v2_embeds_in_llama_cpp_like_transformers(tmp_path):
 def test_a_gguf_made_elsewhere_converts_back(bert, tmp_path):
     """A GGUF with only llama.cpp's own keys (no source config.json, no sentence-transformers files, as llama.cpp's
     converter writes it): GGUF -> HF rebuilds config.json and the pooling config, and embeds as the source does."""
-    api.convert(bert, tmp_path / "ours.gguf", dtype="f32")
-    ours = gguf.read(tmp_path / "ours.gguf")
-    kv = [(k, v, t, sub) for k, (v, t, sub) in ours.kv.items()
-          if not k.startswith(("modelport.", "general.architecture"))]
-    gguf.write(tmp_path / "theirs.gguf", "bert", kv, list(ours.tensors.items()))
+    foreign_gguf(bert, tmp_path / "theirs.gguf")
     api.convert(tmp_path / "theirs.gguf", tmp_path / "back")
     config = json.loads((tmp_path / "back/config.json").read_text())
     assert config["vocab_size"] == 30522 and config["architectures"] == ["BertModel"]

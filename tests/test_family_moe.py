@@ -16,11 +16,11 @@ from safetensors.numpy import load_file, save_file
 from modelport import api
 from modelport.convert import archs, experts
 from modelport.convert.dtypes import cast
-from modelport.formats import gguf
 from modelport.formats.model import ConcatSlice, FileSlice
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
+from family_variants import assert_same_model, foreign_gguf
 from helpers import run_cli
 from test_quantize import llama_quantize
 
@@ -75,21 +75,11 @@ def test_llama_quantize_gguf_splits_into_experts_that_transformers_runs(checkpoi
 def test_a_mixtral_gguf_made_elsewhere_converts_back(checkpoints, mixed_text, tmp_path):
     """Only llama.cpp's keys (no source config.json): arch `llama` with an expert count is Mixtral."""
     src = checkpoints("mixtral")
-    api.convert(src, tmp_path / "ours.gguf", dtype="f32")
-    ours = gguf.read(tmp_path / "ours.gguf")
-    kv = [(k, v, t, sub) for k, (v, t, sub) in ours.kv.items()
-          if not k.startswith(("modelport.", "general.architecture"))]
-    gguf.write(tmp_path / "theirs.gguf", "llama", kv, list(ours.tensors.items()))
+    foreign_gguf(src, tmp_path / "theirs.gguf")
     api.convert(tmp_path / "theirs.gguf", tmp_path / "back")
     config = json.loads((tmp_path / "back/config.json").read_text())
     assert (config["model_type"], config["num_local_experts"], config["num_experts_per_tok"]) == ("mixtral", 4, 2)
-    original, restored = api.load(src), api.load(tmp_path / "back")
-    assert set(restored.tensors) == set(original.tensors)
-    for name, ref in original.tensors.items():
-        np.testing.assert_array_equal(restored.tensors[name].read(), ref.read(), err_msg=name)
-    hf = Transformers(src)  # the rebuilt config.json runs the model as the source's does
-    ids = hf.tokenize(mixed_text)
-    assert logit_parity(hf.logits(ids), Transformers(tmp_path / "back").logits(ids))["kl_mean"] <= 1e-9
+    assert_same_model(src, tmp_path / "back", mixed_text)  # the rebuilt config.json runs as the source's does
 
 
 def test_a_missing_expert_is_bad_input_naming_it(checkpoints, tmp_path):
