@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import time
 
-from common import MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, log, modelport_cmd, run
+from common import (MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd,
+                    run)
 
 WALL_TARGET = 1.5  # convert wall / cp wall
 RSS_TARGET = 0.3  # peak RSS / input bytes
@@ -65,9 +65,7 @@ def main() -> None:
         os.sync()
         return run(conv)[:2]
 
-    load_start = os.getloadavg()[0]
-    if load_start > 0.5:
-        log(f"warning: 1-minute load average is {load_start:.2f}; other work on the machine skews the timings")
+    load_start = load_average(warn=True)
     log("warming the page cache (untimed cp)")
     timed_cp()
     cp_walls, cps_walls, conv_walls, rsss = [], [], [], []
@@ -97,8 +95,8 @@ def main() -> None:
         "peak_rss_bytes": rss_peak, "rss_ratio": rss_peak / in_bytes,
         "wall_target": WALL_TARGET, "rss_target": RSS_TARGET,
         "wall_pass": conv_best / cp_best <= WALL_TARGET, "rss_pass": rss_peak / in_bytes <= RSS_TARGET,
-        "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "loadavg_1min_start_end": [load_start, load_average()],
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
     if a.json:

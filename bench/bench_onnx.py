@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from common import MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, log, modelport_cmd, run
+from common import (MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd,
+                    run)
 
 REF_PYTHON = Path(__file__).resolve().parent / ".venv-ref" / "bin" / "python"
 WALL_TARGET_S = 20.0
@@ -66,9 +66,7 @@ def main() -> None:
     src = ensure_model(MODELS / "l32-1b")
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    load_start = os.getloadavg()[0]
-    if load_start > 0.5:
-        log(f"warning: 1-minute load average is {load_start:.2f}; other work on the machine skews the timings")
+    load_start = load_average(warn=True)
     rows = []
     for label, cmd, ours in jobs(src, a):
         os.sync()
@@ -84,8 +82,8 @@ def main() -> None:
         shutil.rmtree(OUT, ignore_errors=True)
     res = {"input": str(src.relative_to(REPO)), "input_bytes": dir_bytes(src), "runs": rows,
            "wall_target_s": WALL_TARGET_S, "rss_target_bytes": RSS_TARGET_BYTES,
-           "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+           "loadavg_1min_start_end": [load_start, load_average()],
+           "machine": machine(),
            "date": time.strftime("%Y-%m-%d")}
     if a.json:
         print(json.dumps(res, indent=2))

@@ -3,6 +3,7 @@ running a command as a child with its wall time and peak RSS, and the modelport 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,18 @@ SHAPE = "llama3.2-1b"
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def load_average(warn: bool = False) -> float:
+    """The 1-minute load average; with `warn`, say on stderr when other work would skew the timings."""
+    load = os.getloadavg()[0]
+    if warn and load > 0.5:
+        log(f"warning: 1-minute load average is {load:.2f}; other work on the machine skews the timings")
+    return load
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
 def ensure_model(path: Path = MODELS / "l32-1b") -> Path:
