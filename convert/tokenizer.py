@@ -120,32 +120,37 @@ def _gpt2_to_gguf(files: dict[str, bytes], tj: dict, config: dict) -> list[KV]:
     vocab = tj["model"].get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise BadInput("tokenizer.json", "the BPE model has no vocab")
-    added = {a["id"]: a for a in tj.get("added_tokens") or []}
+    tokens, types = _vocab_base(vocab, {a["id"]: a for a in tj.get("added_tokens") or []}, config)
+    # convert_hf_to_gguf.py also re-encodes non-normalized added tokens through transformers; for the byte-level
+    # tokenizers handled here that round trip is the identity, so it is left out.
+    tokens = [t.replace(SPM_SPACE, " ") if ty == TokenType.USER_DEFINED else t for t, ty in zip(tokens, types)]
+    w = _writer()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre.name)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    _special_vocab(files, config, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+    return _kv_list(w)
+
+
+def _vocab_base(vocab: dict[str, int], added: dict[int, dict], config: dict) -> tuple[list[str], list[int]]:
+    """convert_hf_to_gguf.py's get_vocab_base: every id up to the vocabulary size as a token and its type, added
+    tokens CONTROL when special (or looking so) else USER_DEFINED, gaps `[PAD{id}]` UNUSED."""
     n_vocab = _vocab_size(config, max([*vocab.values(), *added, -1]) + 1, "tokenizer.json")
     by_id = {i: t for t, i in vocab.items()}
     tokens, types = [], []
     for i in range(n_vocab):
         if i in added:
             text = added[i]["content"]
-            # convert_hf_to_gguf.py also re-encodes non-normalized added tokens through transformers; for the
-            # byte-level tokenizers handled here that round trip is the identity, so it is left out.
-            if added[i].get("special") or _looks_special(text):
-                typ = TokenType.CONTROL
-            else:
-                typ, text = TokenType.USER_DEFINED, text.replace(SPM_SPACE, " ")
+            special = added[i].get("special") or _looks_special(text)
+            typ = TokenType.CONTROL if special else TokenType.USER_DEFINED
         elif i in by_id:
             text, typ = by_id[i], TokenType.NORMAL
         else:
             text, typ = f"[PAD{i}]", TokenType.UNUSED
         tokens.append(text)
         types.append(int(typ))
-    w = _writer()
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre.name)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    _special_vocab(files, config, load_merges=True, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
-    return _kv_list(w)
+    return tokens, types
 
 
 def _spm_to_gguf(files: dict[str, bytes], config: dict) -> list[KV]:

@@ -18,8 +18,7 @@ import json
 from gguf import GGUFValueType, Keys, TokenType
 
 from ..formats.errors import BadInput, Unsupported
-from .tokenizer import (KV, SPM_SPACE, _added_tokens, _json, _kv_list, _looks_special, _special_vocab, _vocab_size,
-                        _writer)
+from .tokenizer import KV, SPM_SPACE, _added_tokens, _json, _kv_list, _special_vocab, _vocab_base, _writer
 
 CONTINUES = "##"  # WordPiece's continuing-subword prefix
 # tokenizer.ggml.normalizer.* (llama.cpp's LLM_KV_TOKENIZER_NORMALIZER_*; gguf-py 0.19 has no constants for them)
@@ -41,27 +40,16 @@ def hf_to_gguf(files: dict[str, bytes], tj: dict | None, config: dict) -> list[K
         tj = _json(files, "tokenizer.json")
     _check_steps(tj)
     vocab = tj["model"]["vocab"]
-    added = _added_tokens(files)
-    n_vocab = _vocab_size(config, max([*vocab.values(), *added, -1]) + 1, "tokenizer.json")
-    by_id = {i: t for t, i in vocab.items()}
-    tokens, types = [], []
-    for i in range(n_vocab):
-        if i in added:
-            text = added[i]["content"]
-            special = added[i].get("special") or _looks_special(text)
-            typ = TokenType.CONTROL if special else TokenType.USER_DEFINED
-        else:
-            text = by_id.get(i, f"[PAD{i}]")
-            typ = TokenType.NORMAL if i in by_id else TokenType.UNUSED
-        tokens.append(_phantom(text, typ))
-        types.append(int(typ))
+    tokens, types = _vocab_base(vocab, _added_tokens(files), config)
+    tokens = [_phantom(t, ty) for t, ty in zip(tokens, types)]
     w = _writer()
     w.add_token_type_count(config.get("type_vocab_size", 1))
     w.add_tokenizer_model("bert")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    _special_vocab(files, config, load_merges=False, n_vocab=n_vocab, types=SPECIAL_TYPES).add_to_gguf(w, quiet=True)
+    special = _special_vocab(files, config, load_merges=False, n_vocab=len(tokens), types=SPECIAL_TYPES)
+    special.add_to_gguf(w, quiet=True)
     kv = _kv_list(w)
     norm = tj["normalizer"]
     kv.append((LOWERCASE, bool(norm.get("lowercase", True)), GGUFValueType.BOOL, None))
