@@ -28,6 +28,7 @@ import numpy as np
 
 from modelport.formats.errors import Unsupported
 from modelport.formats.model import Model, TensorRef
+from modelport.formats.onnx import _onnx
 
 from . import archs, onnx_quant, onnx_rope
 from .dtypes import FLOATS, cast
@@ -39,12 +40,6 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # model_types built here; the
 COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> its default compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
-
-
-def _onnx():
-    from modelport.formats.onnx import _onnx as load
-
-    return load()
 
 
 @dataclass

@@ -21,12 +21,13 @@ from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef
 from modelport.formats.onnx import ONNX_DTYPES
 
+from . import dtypes
+from .onnx_graph import MS
 from .onnx_quant import from_float
 
 QUANTS = {"int4": 4, "int8": 8, "fp16": None}  # --quant -> MatMulNBits bits (None: float16 conversion)
-FLOATS = {1: "F32", 10: "F16", 16: "BF16"}  # onnx TensorProto float types of weights
+FLOATS = {code: name for code, name in ONNX_DTYPES.items() if name in dtypes.FLOATS}  # float weight types
 COMPUTE = {1: "F32", 10: "F16"}  # the types onnxruntime's CPU MatMulNBits computes in
-MS = "com.microsoft"
 PROTOBUF_LIMIT = 2 << 30  # onnx's shape inference serializes the model: not past protobuf's 2 GiB
 INLINE_BYTES = 1024  # smaller initializers stay in the .onnx, as onnx's own external-data threshold keeps them
 
