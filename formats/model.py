@@ -209,9 +209,10 @@ class TensorRef:
         for chunk in self.chunks():
             f.write(np.ascontiguousarray(chunk).data)
             written += chunk.nbytes
-            for hook in (after_block, progress and (lambda: progress(chunk.nbytes))):
-                if hook:
-                    hook()
+            if after_block:
+                after_block()
+            if progress:
+                progress(chunk.nbytes)
         return written
 
     @staticmethod
