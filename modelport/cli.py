@@ -31,6 +31,11 @@ def _emit(obj, as_json: bool, human) -> None:
         human(obj)
 
 
+def _spinner(text: str, as_json: bool):
+    """A spinner on stderr for work without a byte count, for people at a terminal only."""
+    return err.status(text, spinner="dots") if not as_json and err.is_terminal else nullcontext()
+
+
 def handle_errors(fn):
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -109,7 +114,7 @@ def quantize(src: Path, dst: Path, quant, imatrix, block_size, force, as_json) -
         return
     if imatrix:
         raise BadInput(imatrix, "--imatrix applies to GGUF quantization, not to ONNX")
-    with err.status(f"quantizing {src.name}", spinner="dots") if not as_json and err.is_terminal else nullcontext():
+    with _spinner(f"quantizing {src.name}", as_json):
         result = api.quantize_onnx(src, dst, quant.lower(), int(block_size), force)
     _emit(vars(result), as_json, lambda r: out.print(
         f"wrote {r['dst']} (onnx {r['dtype']}, {r['tensors']} external tensors, {r['bytes_written'] / 1e6:.1f} MB)"))
@@ -226,7 +231,7 @@ def validate_cmd(ref: Path, cand: Path, text_file, max_kl, min_top1, max_ppl_rat
 
     if html_report:
         reports.pyplot()  # fail before minutes of work, not after
-    with err.status("validating", spinner="dots") if not as_json and err.is_terminal else nullcontext():
+    with _spinner("validating", as_json):
         rep = api.validate(ref, cand, texts=texts.from_file(text_file) if text_file else None, max_kl=max_kl,
                            min_top1=min_top1, max_ppl_ratio=max_ppl_ratio, provider=provider)
     if html_report:
