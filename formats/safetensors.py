@@ -98,7 +98,8 @@ def sentence_transformers_files(folder: Path) -> dict[str, bytes]:
         raise BadInput(folder / "modules.json", "expected a list of modules")
     names = list(SENTENCE_TRANSFORMERS_FILES)
     names += [f"{m['path']}/config.json" for m in modules if isinstance(m.get("path"), str) and m["path"]]
-    return {n: _relative(folder, n).read_bytes() for n in names if _relative(folder, n).is_file()}
+    paths = {n: _relative(folder, n) for n in names}
+    return {n: path.read_bytes() for n, path in paths.items() if path.is_file()}
 
 
 def shard_files(folder: Path) -> list[Path]:
