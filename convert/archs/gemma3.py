@@ -19,12 +19,12 @@ from .gemma import ARCH as GEMMA
 from .gemma import TENSORS
 from .gemma2 import ARCH as GEMMA2
 from .gemma2 import FFN_NORMS, checked_query_scalar, llama_cpp_query_scalar
+from .llama import QK_NORMS
 
 HPARAMS = tuple(h for h in GEMMA2.hparams if h.gguf != Keys.LLM.ATTN_LOGIT_SOFTCAPPING) + (
     HParam(Keys.Rope.FREQ_BASE_SWA, "rope_local_base_freq", F32),
     HParam(Keys.Attention.SLIDING_WINDOW_PATTERN, "sliding_window_pattern"),
 )
-QK_NORMS = tuple(f"model.layers.{{bid}}.self_attn.{p}_norm.weight" for p in "qk")
 LAYERS_27B = 62
 
 

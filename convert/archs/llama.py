@@ -32,6 +32,7 @@ BLOCK = ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "sel
 TENSORS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight") + tuple(
     f"model.layers.{{bid}}.{t}.weight" for t in BLOCK)
 QKV_BIASES = tuple(f"model.layers.{{bid}}.self_attn.{p}_proj.bias" for p in "qkv")
+QK_NORMS = tuple(f"model.layers.{{bid}}.self_attn.{p}_norm.weight" for p in "qk")  # per-head (qwen3, gemma3)
 
 
 def normalize(config: dict) -> dict:

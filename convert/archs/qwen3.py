@@ -3,10 +3,8 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH
 
-from .llama import TENSORS
+from .llama import QK_NORMS, TENSORS
 from .qwen2 import ARCH as QWEN2
-
-QK_NORMS = tuple(f"model.layers.{{bid}}.self_attn.{p}_norm.weight" for p in "qk")
 
 ARCH = replace(QWEN2, name="qwen3", hf_class="Qwen3ForCausalLM", gguf_arch=MODEL_ARCH.QWEN3,
                tensors=TENSORS + QK_NORMS)

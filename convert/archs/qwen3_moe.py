@@ -4,10 +4,9 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH
 
-from .llama import HPARAMS
+from .llama import HPARAMS, QK_NORMS
 from .qwen2_moe import ATTENTION, EXPERT_HPARAMS, EXPERTS, MLP
 from .qwen3 import ARCH as QWEN3
-from .qwen3 import QK_NORMS
 
 ARCH = replace(
     QWEN3, name="qwen3_moe", hf_class="Qwen3MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN3MOE,
