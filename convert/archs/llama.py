@@ -33,6 +33,7 @@ TENSORS = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight") +
     f"model.layers.{{bid}}.{t}.weight" for t in BLOCK)
 QKV_BIASES = tuple(f"model.layers.{{bid}}.self_attn.{p}_proj.bias" for p in "qkv")
 QK_NORMS = tuple(f"model.layers.{{bid}}.self_attn.{p}_norm.weight" for p in "qk")  # per-head (qwen3, gemma3)
+ROPE_FREQS = TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"  # llama3 rope scaling's divisors (GGUF only)
 
 
 def normalize(config: dict) -> dict:
@@ -84,12 +85,12 @@ def llama3_rope_freqs(config: dict) -> dict[str, np.ndarray]:
         else:
             smooth = (old_ctx / wavelen - low) / (high - low)
             out.append(1 / ((1 - smooth) / factor + smooth))
-    return {TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight": np.asarray(out, dtype=np.float32)}
+    return {ROPE_FREQS: np.asarray(out, dtype=np.float32)}
 
 
 ARCH = Arch(
     name="llama", hf_class="LlamaForCausalLM", gguf_arch=MODEL_ARCH.LLAMA, hparams=HPARAMS,
     tensors=TENSORS + QKV_BIASES, normalize=normalize, to_gguf=TO_GGUF, from_gguf=FROM_GGUF,
-    extra_tensors=llama3_rope_freqs, derived=(TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight",),
+    extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
     hf_defaults={"hidden_act": "silu"},
 )
