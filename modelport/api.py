@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from modelport.convert import gguf_map, onnx_genai, onnx_graph, quantize
+from modelport.convert import gguf_map, onnx_genai, onnx_graph, pivot, quantize
 from modelport.convert import imatrix as imatrix_file
-from modelport.convert import onnx_import, onnx_optimum, onnx_quantize
+from modelport.convert import onnx_optimum, onnx_quantize
 from modelport.convert.dtypes import parse as parse_dtype
 from modelport.formats import onnx as onnx_format
 from modelport.formats import registry
@@ -26,11 +26,7 @@ ARCH_KEY = "modelport.arch"
 
 def load(path: str | Path) -> Model:
     """Any supported model (HF folder, .safetensors, .gguf, .onnx) as the pivot; reads headers only."""
-    path = Path(path)
-    fmt = registry.detect(path)
-    native = fmt.read(path)
-    to_pivot = {"gguf": gguf_map.from_gguf, "onnx": onnx_import.from_onnx}.get(fmt.name)
-    return to_pivot(native, path) if to_pivot else native
+    return pivot.load(path)
 
 
 @dataclass
@@ -56,18 +52,18 @@ def save(model: Model, dst: str | Path, to: str | None = None, dtype: str | None
     dst = Path(dst)
     fmt = registry.for_output(dst, to)
     dtype = parse_dtype(dtype)
+    if imatrix and not (quant and fmt.name == "gguf"):
+        raise Unsupported(dst, "--imatrix guides a GGUF quantization: pass --quant and write a .gguf")
+    prov = {"modelport.version": VERSION, **(provenance or {})}
+    late = Late(HASHES_KEY, hashes.placeholder, hashes.text) if hashes else None
     if fmt.name == "onnx":
-        late = Late(HASHES_KEY, hashes.placeholder, hashes.text) if hashes else None
-        return _save_onnx(model, dst, dtype, ops or "portable", quant, block_size or 32, force,
-                          {"modelport.version": VERSION, **(provenance or {})}, late, progress)
+        return _save_onnx(model, dst, dtype, ops or "portable", quant, block_size or 32, force, prov, late, progress)
     if ops or block_size:
         raise Unsupported(dst, f"--ops and --block-size shape ONNX output; {fmt.name} has no use for them")
     quant = quantize.preset(quant) if quant else None
     if quant and fmt.name != "gguf":
         raise Unsupported(dst, f"--quant {quant} is a GGUF quantization; write a .gguf or pass --to gguf")
     matrix = imatrix_file.load(imatrix) if imatrix else None
-    prov = {"modelport.version": VERSION, **(provenance or {})}
-    late = Late(HASHES_KEY, hashes.placeholder, hashes.text) if hashes else None
     if fmt.name == "gguf":
         arch, kv, tensors, choices = gguf_map.to_gguf(model, dtype, prov, dst, quant, matrix)
         total = sum(r.nbytes for _, r in tensors)

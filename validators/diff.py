@@ -8,12 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport.convert import onnx_import
 from modelport.convert.dtypes import cast
-from modelport.convert.gguf_map import from_gguf
-from modelport.formats import registry
+from modelport.convert.pivot import load
 from modelport.formats.errors import BadInput
-from modelport.formats.model import Model
 
 SCHEMA = "modelport.diff/1"
 
@@ -46,16 +43,6 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
             "cosine": float(a64 @ b64 / (na * nb)) if na and nb else float(na == nb),
             "snr_db": None if noise == 0 else (10 * math.log10(signal / noise) if signal else None),
             "bit_exact": exact}
-
-
-def load(path: str | Path) -> Model:
-    """Any supported model as the pivot (HF names; GGUF Q/K unpermuted; ONNX weights as HF lays them), headers
-    only."""
-    path = Path(path)
-    fmt = registry.detect(path)
-    native = fmt.read(path)
-    to_pivot = {"gguf": from_gguf, "onnx": onnx_import.from_onnx}.get(fmt.name)
-    return to_pivot(native, path) if to_pivot else native
 
 
 def diff(a_path: str | Path, b_path: str | Path) -> DiffReport:
