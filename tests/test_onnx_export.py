@@ -192,6 +192,10 @@ def test_onnx_options_are_refused_for_other_outputs(checkpoints, tmp_path):
     r = run_cli("convert", checkpoints("llama"), tmp_path / "m.gguf", "--ops", "ort")
     assert r.returncode == 3 and "--ops and --block-size" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "m.gguf").exists()
+    (tmp_path / "m.dat").write_bytes(b"")
+    r = run_cli("convert", checkpoints("llama"), tmp_path / "m", "--to", "onnx", "--imatrix", tmp_path / "m.dat")
+    assert r.returncode == 3 and "--imatrix guides a GGUF quantization" in r.stderr, r.stderr
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("quant,max_kl", [("int8", 5e-3), ("int4", None)])
