@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType, LlamaFileType
 from gguf.quants import dequantize as gguf_dequantize
 
 from modelport.formats.errors import Unsupported
-from modelport.formats.model import TensorRef
+from modelport.formats.model import NUMPY_DTYPES, TensorRef
 
 FLOATS = ("F32", "F16", "BF16")
 FILE_TYPES = {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16}
@@ -35,15 +35,17 @@ def dequantize(ref: TensorRef) -> TensorRef:
     return ref.map(lambda a: gguf_dequantize(a, qtype).reshape(-1, n_per_row), rowwise=True, dtype="F32")
 
 
-def cast(ref: TensorRef, dst: str) -> TensorRef:
-    """`ref` as float `dst`, lazily (quantized tensors are dequantized); the same reference when nothing changes."""
-    if ref.result_dtype not in FLOATS and ref.result_dtype in GGMLQuantizationType.__members__:
+def cast(ref: TensorRef, dst: str, name: str | None = None) -> TensorRef:
+    """`ref` as float `dst`, lazily (quantized tensors are dequantized); the same reference when nothing changes.
+    A tensor that is not a float (an integer buffer) is Unsupported, naming its file and `name`."""
+    if ref.result_dtype not in NUMPY_DTYPES and ref.result_dtype in GGMLQuantizationType.__members__:
         ref = dequantize(ref)
     src = ref.result_dtype
     if src == dst:
         return ref
     if src not in FLOATS or dst not in FLOATS:
-        raise Unsupported(None, f"cannot cast {src} to {dst}")
+        raise Unsupported(getattr(ref.stored, "path", None),
+                          f"{f'tensor {name!r}: ' if name else ''}cannot cast {src} to {dst} (only float tensors convert)")
     return ref.map(lambda a: _cast(a, src, dst), rowwise=True, dtype=dst)
 
 

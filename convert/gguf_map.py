@@ -69,10 +69,11 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
             raise Unsupported(path, f"tensor {hf_name!r} has no GGUF name in the {arch.name} family")
         kind, gguf_name = names[hf_name]
         if len(ref.shape) <= 1:  # F32 in GGUF anyway: cast first, so a family transform (gemma's norm + 1) sees floats
-            ref = cast(ref, "F32")
+            ref = cast(ref, "F32", hf_name)
         if kind in arch.to_gguf:
             ref = _mapped(ref, arch.to_gguf[kind], cfg)
-        tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 or kind in F32_KINDS else dtype)))
+        tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 or kind in F32_KINDS else dtype,
+                                               hf_name)))
     choices: list[dict] = []
     file_type = int(FILE_TYPES[dtype])
     if quant:
@@ -163,5 +164,5 @@ def to_hf(model: Model, dtype: str | None) -> Model:
         return model
     dtype_key = "dtype" if "dtype" in model.config else "torch_dtype"  # transformers 5 and 4 spellings
     config = {**model.config, dtype_key: TORCH_NAMES[dtype]}
-    return Model(model.arch, config, {n: cast(r, dtype) for n, r in model.tensors.items()}, model.tokenizer,
+    return Model(model.arch, config, {n: cast(r, dtype, n) for n, r in model.tensors.items()}, model.tokenizer,
                  model.generation_config, model.metadata)

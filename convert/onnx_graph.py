@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from modelport.formats.errors import Unsupported
+from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.model import Model, TensorRef
 from modelport.formats.onnx import _onnx
 
@@ -105,7 +105,10 @@ class _Decoder:
     def weight(self, name: str) -> str:
         """An HF tensor as an initializer in the storage dtype; its name in compute dtype for the nodes."""
         if name not in self.weights:
-            self.weights[name] = cast(self.model.tensors[name], self.storage)
+            if name not in self.model.tensors:
+                files = self.model.metadata.get("source_files") or [None]
+                raise BadInput(files[0], f"tensor {name!r} is missing: a {self.model.arch} model needs it")
+            self.weights[name] = cast(self.model.tensors[name], self.storage, name)
             if self.storage != self.compute:  # one Cast per weight: onnxruntime folds each into one copy at load
                 self.casts[name] = self.n("Cast", name, to=_elem(self.compute))
         return self.casts.get(name, name)

@@ -126,3 +126,26 @@ def test_inputs_are_never_touched(tmp_path, checkpoints):
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in src.iterdir()}
     assert run_cli("convert", src, tmp_path / "m.gguf").returncode == 0
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in src.iterdir()} == before
+
+
+@pytest.mark.parametrize("to", ["gguf", "onnx", "safetensors"])
+def test_an_integer_weight_is_named_not_a_traceback(to, tmp_path):
+    """A well-formed checkpoint holding an integer tensor where a weight belongs: exit 3, one line naming the file
+    and the tensor, nothing written (GGML's integer types must not be taken for quantized blocks)."""
+    entries, data = good_entries()
+    entries["model.embed_tokens.weight"]["dtype"] = "I32"
+    src = folder_with(tmp_path, safetensors_bytes(entries, data))
+    dst = tmp_path / "out"
+    r = run_cli("convert", src, dst, "--to", to, "--dtype", "f16")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+    assert "model.safetensors" in r.stderr and "'model.embed_tokens.weight'" in r.stderr and "cannot cast I32" in r.stderr
+    assert not dst.exists()
+
+
+def test_a_missing_weight_is_named_on_the_way_to_onnx(tmp_path):
+    entries, data = good_entries()
+    src = folder_with(tmp_path, safetensors_bytes(entries, data))  # one layer in config.json, none in the file
+    r = run_cli("convert", src, tmp_path / "out", "--to", "onnx")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "model.safetensors" in r.stderr and "'model.layers.0.input_layernorm.weight' is missing" in r.stderr
+    assert not (tmp_path / "out").exists()
