@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# the CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e '.[all]'
+	# setuptools may leave build metadata here; from the project root it would shadow the installed entry points
+	rm -rf modelport.egg-info
 	touch $@
 
 demo: setup

@@ -28,7 +28,7 @@ from common import OUT, dir_bytes, ensure_model, log, modelport_cmd, run
 WALL_TARGET, RSS_TARGET = 0.6, 0.4
 QUANTIZE = """
 import sys, llama_cpp
-from modelport.convert import quant_plan
+from modelport.convert.gguf import quant_plan
 p = llama_cpp.llama_model_quantize_default_params()
 p.ftype = quant_plan.PRESETS[sys.argv[3]]
 sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))

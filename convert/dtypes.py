@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType, LlamaFileType
 from gguf.quants import dequantize as gguf_dequantize
 
 from modelport.formats.errors import Unsupported
-from modelport.formats.model import NUMPY_DTYPES, TensorRef
+from modelport.formats.model import NUMPY_DTYPES, Model, TensorRef
 
 FLOATS = ("F32", "F16", "BF16")
 FILE_TYPES = {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16}
@@ -57,3 +57,14 @@ def parse(name: str | None) -> str | None:
     if up not in FLOATS:
         raise Unsupported(None, f"unknown dtype {name!r}; choose one of f32, f16, bf16")
     return up
+
+
+def cast_model(model: Model, dtype: str | None) -> Model:
+    """The pivot with every tensor cast to `dtype` (default: the source's own precision) and config to match."""
+    dtype = dtype or model.metadata.get("dtype")
+    if dtype is None:
+        return model
+    dtype_key = "dtype" if "dtype" in model.config else "torch_dtype"  # transformers 5 and 4 spellings
+    config = {**model.config, dtype_key: TORCH_NAMES[dtype]}
+    return Model(model.arch, config, {n: cast(r, dtype, n) for n, r in model.tensors.items()}, model.tokenizer,
+                 model.generation_config, model.metadata)

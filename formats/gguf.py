@@ -16,7 +16,6 @@ from .atomic import WriteBehind
 from .errors import BadInput
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, TensorRef
-from .registry import Format
 
 SPLIT = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 MIN_KV_BYTES = 8 + 4 + 4  # key length, value type, smallest value
@@ -249,6 +248,3 @@ def write(path: Path, arch: str, kv: list[tuple[str, Any, GGUFValueType, GGUFVal
         f.seek(kv_end - len(value))
         f.write(value)
     w.close()
-
-
-FORMAT = Format("gguf", (".gguf",), sniff, read, write, "GGUF for llama.cpp, Ollama, LM Studio (split files too)")

@@ -17,7 +17,6 @@ from .atomic import WriteBehind, atomic_output
 from .errors import BadInput, OutputExists, RuntimeMissing
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, MemorySlice, TensorRef
-from .registry import Format
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = MODEL_FILE + ".data"
@@ -27,7 +26,7 @@ ONNX_DTYPES = {1: "F32", 2: "U8", 3: "I8", 5: "I16", 6: "I32", 7: "I64", 9: "BOO
 DTYPES_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
 
 
-def _onnx():
+def require_onnx():
     try:
         import onnx
     except ImportError:
@@ -79,7 +78,7 @@ def _external(path: Path, tensor, nbytes: int) -> FileSlice:
 
 
 def _ref(path: Path, tensor) -> TensorRef:
-    onnx = _onnx()
+    onnx = require_onnx()
     if tensor.data_type not in ONNX_DTYPES:
         raise BadInput(path, f"initializer {tensor.name!r}: element type {tensor.data_type} is not one modelport "
                              "reads")
@@ -99,7 +98,7 @@ def _ref(path: Path, tensor) -> TensorRef:
 
 def read(path: Path) -> OnnxContents:
     """The graph and lazy initializers of an ONNX model; headers only, no weight is read here."""
-    onnx = _onnx()
+    onnx = require_onnx()
     path = model_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -119,7 +118,7 @@ def _aligned(offset: int, nbytes: int) -> int:
 
 
 def _initializer(name: str, ref: TensorRef, location: str, offset: int):
-    onnx = _onnx()
+    onnx = require_onnx()
     t = onnx.TensorProto(name=name, dims=list(ref.shape), data_type=DTYPES_ONNX[ref.result_dtype],
                          data_location=onnx.TensorProto.EXTERNAL)
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(ref.nbytes))):
@@ -134,7 +133,7 @@ def write(model_path: Path, data_path: Path, location: str, proto, tensors: list
     Offsets are computed before any byte is written; each tensor is streamed row block by row block (or copied in
     the kernel when unchanged), so memory holds one row block, never a tensor set. The proto is written last, when
     the data is on disk and a `late` value (source hashes) is known, so it carries the real value."""
-    onnx = _onnx()
+    onnx = require_onnx()
     offsets, end = [], 0
     for _, ref in tensors:
         start = _aligned(end, ref.nbytes)
@@ -181,7 +180,3 @@ def place(dst: Path, force: bool, write_files: Callable[[Path, Path, str], None]
         if model_done:
             dst.unlink(missing_ok=True)
         raise
-
-
-FORMAT = Format("onnx", (".onnx",), sniff, read, write,
-                "ONNX (+ external data) for ONNX Runtime and onnxruntime-genai")

@@ -13,7 +13,6 @@ from .atomic import WriteBehind
 from .errors import BadInput
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, Model, TensorRef
-from .registry import Format
 
 ITEMSIZE = {k: np.dtype(v).itemsize for k, v in NUMPY_DTYPES.items()}
 MAX_HEADER = 100 << 20  # the reference implementation's own limit
@@ -137,6 +136,7 @@ def read(path: Path) -> Model:
     return Model(arch=config.get("model_type", ""), config=config, tensors=tensors, tokenizer=tokenizer,
                  generation_config=_load_json(path / "generation_config.json") if folder else None,
                  metadata={"format": "safetensors", "source_files": files, "safetensors_metadata": meta,
+                           "hf_folder": folder,  # the HF folder itself, for tools that read one (optimum)
                            "sentence_transformers": sentence_transformers_files(path) if folder else {}})
 
 
@@ -214,8 +214,3 @@ def write(dst: Path, model: Model, meta: dict[str, str], late: Late | None = Non
             total += ref.nbytes
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (dst / INDEX).write_text(_dump(index), encoding="utf-8")
-
-
-FORMAT = Format("safetensors", (".safetensors",), sniff, read, write,
-                "Hugging Face model folder (config.json, safetensors shards, tokenizer) or a bare .safetensors",
-                folder=True)

@@ -16,8 +16,9 @@ from rich.table import Table
 
 from modelport import api
 from modelport.convert import archs, support
-from modelport.formats import registry
-from modelport.formats.errors import BadInput, ModelportError
+from modelport.convert import codec as codecs
+from modelport.convert.gguf.codec import QUANT_TYPES
+from modelport.formats.errors import ModelportError
 from modelport.inspect import inspect as inspect_model
 
 err = Console(stderr=True)
@@ -54,14 +55,17 @@ def handle_errors(fn):
 @click.version_option(api.VERSION, prog_name="modelport")
 def main() -> None:
     """Move open models between safetensors, GGUF and ONNX, and prove the result computes the same."""
-    logging.getLogger("gguf").setLevel(logging.ERROR)  # gguf-py's vocab notes are not the user's business
+    for codec in codecs.registry().values():
+        for name in codec.loggers:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _run_conversion(src: Path, dst: Path, as_json: bool, **options) -> None:
+def _run_conversion(src: Path, dst: Path, as_json: bool, run) -> None:
+    """`run(progress)` (api.convert or api.quantize) under a progress bar, then its notes and result."""
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=err, disable=as_json or not err.is_terminal, transient=True) as bar:
         task = bar.add_task(f"{src.name} -> {dst.name}", total=None)
-        result = api.convert(src, dst, progress=lambda n: bar.update(task, advance=n), **options)
+        result = run(lambda n: bar.update(task, advance=n))
     for f in result.fallbacks if not as_json else []:
         err.print(f"note: {f['name']}: {f['fallback']}")
     _emit(vars(result), as_json, lambda r: out.print(
@@ -69,55 +73,60 @@ def _run_conversion(src: Path, dst: Path, as_json: bool, **options) -> None:
         f"{r['bytes_written'] / 1e6:.1f} MB)"))
 
 
-QUANT_HELP = "llama.cpp quantization preset for GGUF output (Q4_K_M, Q8_0, ...; `modelport quantize --help` lists them)."
+def _codec_options(fn):
+    """One click option per option any codec declares (convert.codec.all_options): choices where every codec that
+    takes it lists them, help naming the formats that take it. The codec checks its own values."""
+    for name, takers in reversed(list(codecs.all_options().items())):
+        first = takers[0][1]
+        helps = {o.help for _, o in takers}
+        help_text = f"{first.help} [{', '.join(c.name for c, _ in takers)}]" if len(helps) == 1 else \
+            " ".join(f"{c.name}: {o.help}" for c, o in takers)
+        if first.type is bool:
+            fn = click.option(first.flag, name, is_flag=True, help=help_text)(fn)
+            continue
+        choices = sorted({c for _, o in takers for c in o.choices}, key=lambda v: (len(v), v)) \
+            if all(o.choices for _, o in takers) else None
+        kind = click.Choice(choices, case_sensitive=False) if choices else \
+            click.Path(path_type=Path) if first.type is Path else None
+        fn = click.option(first.flag, name, type=kind, help=help_text)(fn)
+    return fn
 
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--to", "to", type=click.Choice(["gguf", "safetensors", "onnx"]),
-              help="Output format (default: by extension).")
-@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16"]), help="Float precision (default: the source's).")
-@click.option("--quant", help=QUANT_HELP)
-@click.option("--imatrix", type=click.Path(path_type=Path), help="llama-imatrix importance matrix (.gguf or .dat).")
-@click.option("--ops", type=click.Choice(["portable", "ort"]), help="ONNX operator set: portable (standard ONNX "
-              "operators, any runtime) or ort (onnxruntime contrib ops, faster; needed for --quant int4/int8).")
-@click.option("--block-size", type=click.Choice(["32", "64", "128"]), help="ONNX --quant: weights per scale block "
-              "(default 32).")
+@click.option("--to", "to", type=click.Choice(sorted(codecs.registry())), help="Output format (default: by "
+              "extension; none: a Hugging Face folder).")
+@_codec_options
 @click.option("--force", is_flag=True, help="Overwrite DST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def convert(src: Path, dst: Path, to, dtype, quant, imatrix, ops, block_size, force, as_json) -> None:
-    """Convert SRC (HF folder, .safetensors, .gguf) to DST, quantizing in the same pass with --quant (a llama.cpp
-    preset for GGUF; int4 or int8 for ONNX)."""
-    _run_conversion(src, dst, as_json, to=to, dtype=dtype, quant=quant, imatrix=imatrix, force=force, ops=ops,
-                    block_size=int(block_size) if block_size else None)
+def convert(src: Path, dst: Path, to, force, as_json, **options) -> None:
+    """Convert SRC (any format `modelport formats` lists) to DST, quantizing in the same pass with --quant. Each
+    output format takes its own options (`modelport formats` lists them); one it does not take is refused."""
+    _run_conversion(src, dst, as_json, lambda progress: api.convert(src, dst, to, force, progress, **options))
 
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--quant", required=True, help=QUANT_HELP + " For an ONNX SRC: int4, int8 or fp16.")
+@click.option("--quant", required=True, help="The quantization: a llama.cpp preset for GGUF (Q4_K_M, Q8_0, ...: "
+              + ", ".join(QUANT_TYPES) + "); for an ONNX SRC, int4, int8 or fp16 (onnxruntime's quantizers).")
+@click.option("--to", "to", type=click.Choice(sorted(codecs.registry())), help="Output format (default: SRC's own "
+              "quantizer where it has one, else by DST's extension).")
 @click.option("--imatrix", type=click.Path(path_type=Path), help="llama-imatrix importance matrix (.gguf or .dat).")
-@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="32", show_default=True,
-              help="ONNX int4 / int8: weights per scale block.")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), help="ONNX int4 / int8: weights per "
+              "scale block (default 32).")
 @click.option("--force", is_flag=True, help="Overwrite DST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def quantize(src: Path, dst: Path, quant, imatrix, block_size, force, as_json) -> None:
-    """Quantize SRC (a GGUF or an HF folder) into the GGUF DST with a llama.cpp preset, or an ONNX model (x.onnx, or
+def quantize(src: Path, dst: Path, quant, to, imatrix, block_size, force, as_json) -> None:
+    """Quantize SRC into DST: a GGUF or HF folder into a GGUF with a llama.cpp preset, or an ONNX model (x.onnx, or
     a model folder) into DST (y.onnx with y.onnx.data beside it, or a folder with the other files copied) through
-    onnxruntime's quantizers: int4 / int8 weight-only MatMulNBits, or fp16. ONNX quantization holds the whole model
-    in memory."""
-    if registry.detect(src).name != "onnx":
-        _run_conversion(src, dst, as_json, to="gguf", quant=quant, imatrix=imatrix, force=force)
-        return
-    if imatrix:
-        raise BadInput(imatrix, "--imatrix applies to GGUF quantization, not to ONNX")
-    with _spinner(f"quantizing {src.name}", as_json):
-        result = api.quantize_onnx(src, dst, quant.lower(), int(block_size), force)
-    _emit(vars(result), as_json, lambda r: out.print(
-        f"wrote {r['dst']} (onnx {r['dtype']}, {r['tensors']} external tensors, {r['bytes_written'] / 1e6:.1f} MB)"))
+    onnxruntime's quantizers (int4 / int8 weight-only MatMulNBits, or fp16), which hold the whole model in
+    memory."""
+    options = {"imatrix": imatrix, "block_size": int(block_size) if block_size else None}
+    _run_conversion(src, dst, as_json, lambda progress: api.quantize(src, dst, quant, to, force, progress, **options))
 
 
 def _print_inspect(info: dict) -> None:
@@ -151,27 +160,39 @@ def inspect_cmd(path: Path, as_json: bool) -> None:
 @handle_errors
 def formats_cmd(as_json: bool) -> None:
     """List the formats modelport reads and writes."""
-    rows = [{"name": f.name, "extensions": list(f.extensions), "description": f.description}
-            for f in registry.formats().values()]
-    _emit(rows, as_json, lambda rs: [out.print(f"{r['name']:12} {' '.join(r['extensions']):14} {r['description']}")
-                                     for r in rs])
+    rows = [{"name": c.name, "extensions": list(c.extensions), "description": c.description,
+             "options": [o.flag for o in c.options], "runtime": c.runtime} for c in codecs.registry().values()]
+    _emit(rows, as_json, lambda rs: [out.print(f"{r['name']:12} {' '.join(r['extensions']):14} {r['description']}; "
+                                               f"options: {' '.join(r['options']) or '-'}; runs in "
+                                               f"{r['runtime'] or '-'}", highlight=False) for r in rs])
+
+
+def _support(s: dict | None) -> str:
+    if not s or not (s["read"] or s["write"]):
+        return "-"
+    rw = "read+write" if s["read"] and s["write"] else "write" if s["write"] else "read"
+    quant = s["quant"] if len(s["quant"]) <= 4 else s["quant"][:3] + ["..."]
+    return " ".join([rw] + ([f"({s['via']})"] if s["via"] else []) + quant)
 
 
 def _print_families(rows: list[dict]) -> None:
     table = Table(title="families")
     table.add_column("family", no_wrap=True)
     table.add_column("HF class", overflow="fold")
-    for head in ("GGUF arch", "ONNX export", "ONNX read back", "ONNX quant"):
-        table.add_column(head)
+    names = list(rows[0]["formats"]) if rows else []
+    for name in names:
+        table.add_column(name, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["hf_class"], r["gguf_arch"], r["onnx_export"] or "-",
-                      "yes" if "onnx->safetensors" in r["paths"] else "-", " ".join(r["quant"]["onnx"]) or "-")
+        table.add_row(r["name"], r["hf_class"], *(_support(r["formats"][n]) for n in names))
     out.print(table)
-    out.print("Every family: safetensors <-> GGUF both ways, GGUF quantization types: "
-              + " ".join(rows[0]["quant"]["gguf"]), highlight=False)
+    for name in names:
+        quant = rows[0]["formats"][name]["quant"] if rows[0]["formats"][name] else []
+        if len(quant) > 4:
+            out.print(f"{name} quantization types: {' '.join(quant)}", highlight=False)
     for r in rows:
-        for refused in r["onnx_refused"]:
-            out.print(f"{r['name']}: no ONNX with {refused}", markup=False, highlight=False)
+        for name, s in r["formats"].items():
+            for refused in (s or {}).get("refused", []):
+                out.print(f"{r['name']}: no {name} with {refused}", markup=False, highlight=False)
 
 
 @main.command("archs")

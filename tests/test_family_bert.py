@@ -14,7 +14,7 @@ import pytest
 from gguf import PoolingType
 
 from modelport import api
-from modelport.convert import sentence_transformers
+from modelport.convert.gguf import sentence_transformers
 from modelport.formats import gguf
 from modelport.validators.runtimes import LlamaCppEmbeddings, TransformersEmbeddings
 

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from modelport import api
-from modelport.convert import archs, onnx_graph, onnx_optimum
+from modelport.convert import archs
+from modelport.convert.onnx import graph as onnx_graph
+from modelport.convert.onnx import optimum as onnx_optimum
 from modelport.validators.runtimes import OnnxRuntime, Transformers, TransformersEmbeddings
 
 from helpers import run_cli
@@ -187,11 +189,12 @@ def listing():
 def test_archs_lists_every_family_with_its_onnx_path(listing):
     assert set(listing) == set(archs.registry())
     for name, row in listing.items():
-        assert {"safetensors->gguf", "gguf->safetensors"} <= set(row["paths"]) and "Q4_K_M" in row["quant"]["gguf"]
+        gguf, onnx = row["formats"]["gguf"], row["formats"]["onnx"]
+        assert {"safetensors->gguf", "gguf->safetensors"} <= set(row["paths"]) and "Q4_K_M" in gguf["quant"]
         expected = "builder" if name in onnx_graph.FAMILIES else "optimum" if name in onnx_optimum.EXPORTS else None
-        assert row["onnx_export"] == expected, row
-        assert ("int4" in row["quant"]["onnx"]) == (expected == "builder"), row
-    assert listing["gemma2"]["onnx_refused"] and listing["mixtral"]["onnx_export"] is None
+        assert onnx["via"] == expected and onnx["write"] == (expected is not None), row
+        assert ("int4" in onnx["quant"]) == (expected == "builder"), row
+    assert listing["gemma2"]["formats"]["onnx"]["refused"] and listing["mixtral"]["formats"]["onnx"]["via"] is None
     assert "onnx->safetensors" in listing["llama"]["paths"] and "onnx->safetensors" not in listing["bert"]["paths"]
 
 
@@ -201,7 +204,8 @@ def test_archs_human_listing_names_every_family(listing):
     rows = [line.split("│")[1:-1] for line in r.stdout.splitlines() if line.startswith("│")]
     rows = [cells for cells in rows if cells[0].strip()]  # not a folded cell's second line
     assert [cells[0].strip() for cells in rows] == sorted(listing)
-    assert {cells[0].strip() for cells in rows if cells[-1].strip() == "int4 int8"} == set(onnx_graph.FAMILIES)
+    onnx = list(listing["llama"]["formats"]).index("onnx") + 2  # after family and HF class
+    assert {cells[0].strip() for cells in rows if cells[onnx].strip().endswith("int4 int8")} == set(onnx_graph.FAMILIES)
     assert "Q4_K_M" in r.stdout
 
 

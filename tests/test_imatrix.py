@@ -9,7 +9,8 @@ import pytest
 from gguf import GGUFValueType
 
 from modelport import api
-from modelport.convert import imatrix, quant_plan
+from modelport.convert.gguf import imatrix
+from modelport.convert.gguf import quant_plan
 from modelport.formats import gguf
 from modelport.formats.model import MemorySlice
 from modelport.validators.runtimes import llama_cpp

@@ -182,19 +182,25 @@ def test_existing_destination_is_refused_without_force(checkpoints, tmp_path):
     assert (tmp_path / "m.onnx.data").is_file()
 
 
-def test_quant_needs_the_ort_operator_set(checkpoints, tmp_path):
+def test_quant_implies_the_ort_operator_set_and_portable_refuses_it(checkpoints, tmp_path):
+    """--quant int4 alone takes the one operator set that holds MatMulNBits, and says so; asked for with the
+    portable set, it is refused (exit 3) naming the set it needs."""
     r = run_cli("convert", checkpoints("llama"), tmp_path / "q", "--to", "onnx", "--quant", "int4")
+    assert r.returncode == 0 and "--quant int4 implies --ops ort" in r.stderr, r.stderr
+    assert "MatMulNBits" in {n.op_type for n in onnx_format.read(tmp_path / "q").proto.graph.node}
+    r = run_cli("convert", checkpoints("llama"), tmp_path / "p", "--to", "onnx", "--quant", "int4", "--ops", "portable")
     assert r.returncode == 3 and "--ops ort" in r.stderr, r.stderr
-    assert not (tmp_path / "q").exists()
+    assert not (tmp_path / "p").exists()
 
 
-def test_onnx_options_are_refused_for_other_outputs(checkpoints, tmp_path):
+def test_options_a_format_does_not_take_are_refused_naming_its_own(checkpoints, tmp_path):
     r = run_cli("convert", checkpoints("llama"), tmp_path / "m.gguf", "--ops", "ort")
-    assert r.returncode == 3 and "--ops and --block-size" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--ops: gguf output takes no such option (its options: --dtype, --quant, --imatrix)" in r.stderr, r.stderr
     assert not (tmp_path / "m.gguf").exists()
     (tmp_path / "m.dat").write_bytes(b"")
     r = run_cli("convert", checkpoints("llama"), tmp_path / "m", "--to", "onnx", "--imatrix", tmp_path / "m.dat")
-    assert r.returncode == 3 and "--imatrix guides a GGUF quantization" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--imatrix: onnx output takes no such option" in r.stderr, r.stderr
     assert not (tmp_path / "m").exists()
 
 

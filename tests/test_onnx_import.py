@@ -14,7 +14,8 @@ from safetensors import safe_open
 
 from helpers import run_cli
 from modelport import api
-from modelport.convert import onnx_import, onnx_optimum
+from modelport.convert.onnx import reader as onnx_reader
+from modelport.convert.onnx import optimum as onnx_optimum
 from modelport.formats.onnx import read as read_onnx
 
 onnx = pytest.importorskip("onnx")
@@ -101,7 +102,7 @@ def test_exported_walk_needs_no_node_names(exported):
     tensors."""
     _, onnx_dir = exported("llama")
     contents = read_onnx(onnx_dir)
-    named = onnx_import.from_onnx(contents, onnx_dir)
+    named = onnx_reader.from_onnx(contents, onnx_dir)
     graph = contents.proto.graph
     kept = {v.name for v in list(graph.input) + list(graph.output)} | set(contents.tensors)
     new = {}
@@ -112,7 +113,7 @@ def test_exported_walk_needs_no_node_names(exported):
                 new[out] = node.output[j] = f"v{len(new)}"
         for j, x in enumerate(node.input):
             node.input[j] = new.get(x, x)
-    anonymous = onnx_import.from_onnx(contents, onnx_dir)
+    anonymous = onnx_reader.from_onnx(contents, onnx_dir)
     assert list(anonymous.tensors) == list(named.tensors)
     for name, ref in named.tensors.items():
         assert np.array_equal(anonymous.tensors[name].read(), ref.read()), name
@@ -159,7 +160,7 @@ def test_int4_onnx_reads_back_as_onnxruntime_runs_it(ours, exported, tmp_path, m
 
     if made_by.startswith("optimum"):
         onnx_dir = tmp_path / "q"  # the folder's other files (config.json, tokenizer) come along
-        api.quantize_onnx(exported("llama")[1], onnx_dir, "int4")
+        api.quantize(exported("llama")[1], onnx_dir, "int4")
     else:
         _, onnx_dir = ours("--ops", "ort", "--quant", "int4")
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
@@ -179,7 +180,7 @@ def test_tied_embedding_quantized_for_its_head_only_reads_back_whole(ours, tmp_p
     embedding, both under the embedding's name: the float one is the checkpoint's tensor."""
     src, onnx_dir = ours()
     quantized = tmp_path / "q"
-    api.quantize_onnx(onnx_dir, quantized, "int4")
+    api.quantize(onnx_dir, quantized, "int4")
     names = {t.name for t in onnx.load(str(quantized / "model.onnx"), load_external_data=False).graph.initializer}
     assert {"model.embed_tokens.weight", "model.embed_tokens.weight.qweight"} <= names
     back = api.load(quantized)
@@ -261,7 +262,7 @@ def test_matmulnbits_dequantizes_as_onnxruntime_computes(tmp_path, bits, zp):
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     contents = read_onnx(path)
-    ref = onnx_import._nbits(onnx_import._Graph.of(contents), "w.weight.qweight", path)
+    ref = onnx_reader._nbits(onnx_reader._Graph.of(contents), "w.weight.qweight", path)
     got = ref.read()
     assert got.shape == (n, k) and ref.result_dtype == "F32"
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())

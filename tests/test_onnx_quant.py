@@ -14,8 +14,8 @@ from gguf.quants import dequantize
 
 from helpers import run_cli
 from modelport import api
-from modelport.convert import ggml
-from modelport.convert.onnx_quant import GRIDS, NBits, from_float, from_gguf
+from modelport.convert.gguf import ggml
+from modelport.convert.onnx.nbits import GRIDS, NBits, from_float, from_gguf
 from modelport.formats.errors import BadInput, OutputExists, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef
 from modelport.validators.metrics import logit_parity
@@ -235,7 +235,7 @@ def test_quantize_onnx_rewrites_matmul_and_gemm_as_matmulnbits(quant, tmp_path):
     assert err < (0.1 if quant == "int4" else 0.01)
     (tmp_path / "again").mkdir()
     again = tmp_path / "again" / dst.name
-    api.quantize_onnx(src, again, quant, 32)  # deterministic: the same bytes
+    api.quantize(src, again, quant, block_size=32)  # deterministic: the same bytes
     assert again.read_bytes() == dst.read_bytes()
     assert again.with_suffix(".onnx.data").read_bytes() == dst.with_suffix(".onnx.data").read_bytes()
 
@@ -259,16 +259,16 @@ def test_quantize_onnx_refuses_what_it_cannot_do(tmp_path):
     r = run_cli("quantize", src, tmp_path / "q.onnx", "--quant", "int3")
     assert r.returncode == 3 and "int4, int8, fp16" in r.stderr
     with pytest.raises(BadInput, match="q.bin"):
-        api.quantize_onnx(src, tmp_path / "q.bin", "int4")
+        api.quantize(src, tmp_path / "q.bin", "int4")
     (tmp_path / "taken.onnx").write_bytes(b"x")
     with pytest.raises(OutputExists, match="--force"):
-        api.quantize_onnx(src, tmp_path / "taken.onnx", "int4")
+        api.quantize(src, tmp_path / "taken.onnx", "int4")
     relu = tmp_path / "relu.onnx"
     onnx.save_model(_model([helper.make_node("Relu", ["x"], ["y"])],
                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], []), str(relu))
     with pytest.raises(Unsupported, match="nothing to quantize"):
-        api.quantize_onnx(relu, tmp_path / "q.onnx", "int8")
+        api.quantize(relu, tmp_path / "q.onnx", "int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "relu.onnx", "taken.onnx"]
 
 
@@ -278,7 +278,7 @@ def test_quantize_a_bf16_export(checkpoints, tmp_path):
     src, dst = tmp_path / "bf16.onnx", tmp_path / "int8.onnx"
     api.convert(checkpoints("llama", "bfloat16"), src, to="onnx")
     before = onnx.load(str(src), load_external_data=False).graph
-    api.quantize_onnx(src, dst, "int8")
+    api.quantize(src, dst, "int8")
     after = onnx.load(str(dst), load_external_data=False).graph
     count = lambda graph, op: sum(n.op_type == op for n in graph.node)  # noqa: E731
     assert count(after, "MatMulNBits") == count(before, "Gemm") > 0 and count(after, "Gemm") == 0
@@ -358,7 +358,7 @@ def test_quantize_our_exported_decoder(checkpoints, tmp_path):
             r = run_cli("quantize", src, dst, "--quant", quant)
             assert r.returncode == 0, r.stderr
         else:
-            api.quantize_onnx(src, dst, quant)
+            api.quantize(src, dst, quant)
         logits = _onnx_logits(dst, ids)
         kl[quant] = logit_parity(ref_logits, logits)["kl_mean"]
         if quant != "fp16":

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from modelport import api
-from modelport.convert import quant_plan
+from modelport.convert.gguf import quant_plan
 from modelport.formats import gguf
 
 llama_cpp = pytest.importorskip("llama_cpp")

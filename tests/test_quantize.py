@@ -7,7 +7,8 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from modelport import api
-from modelport.convert import archs, quant_plan
+from modelport.convert import archs
+from modelport.convert.gguf import quant_plan
 from modelport.formats import gguf, safetensors
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers, llama_cpp

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from modelport import api
-from modelport.convert import gguf_map
-from modelport.convert.archs.llama import _unpermute
+from modelport.convert.gguf import map as gguf_map
+from modelport.convert.archs.llama import unpermute
 from modelport.formats import gguf
+from modelport.convert.gguf.codec import file_type_name
 from modelport.validators import gates, memory
 from modelport.validators.diff import diff
 from modelport.validators.parity import SCHEMA, Report
@@ -35,7 +36,7 @@ def _skip_qk_permute(model):
     for name, ref in list(model.tensors.items()):
         for proj, n in heads.items():
             if f"self_attn.{proj}.weight" in name:  # undone here, redone by to_gguf: the GGUF gets HF's layout
-                model.tensors[name] = ref.map(lambda a, n=n: _unpermute(a, n))
+                model.tensors[name] = ref.map(lambda a, n=n: unpermute(a, n))
     return model
 
 
@@ -200,7 +201,7 @@ def test_default_gates_get_tighter_with_precision():
     for a, b in zip(order, order[1:]):
         la, lb = gates.TIERS[a], gates.TIERS[b]
         assert la.max_kl < lb.max_kl and la.min_top1 > lb.min_top1 and la.max_ppl_ratio < lb.max_ppl_ratio
-    assert gates.file_type_name(15) == "Q4_K_M" and gates.TIER_OF["Q4_K_M"] == "q4"
+    assert file_type_name(15) == "Q4_K_M" and gates.TIER_OF["Q4_K_M"] == "q4"
 
 
 def test_bad_inputs_exit_codes(tiny_llama, clean, tmp_path):

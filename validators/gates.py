@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gguf import LlamaFileType
-
 from modelport.formats.errors import BadInput
 
 
@@ -44,14 +42,6 @@ TIER_OF = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8", "Q6_K": "q6
            "IQ2_M": "q2", "IQ1_S": "q2", "IQ1_M": "q2", "TQ1_0": "q2", "TQ2_0": "q2"}
 
 FLAGS = {"max_kl": "--max-kl", "min_top1": "--min-top1", "max_ppl_ratio": "--max-ppl-ratio"}
-
-
-def file_type_name(code: int | None) -> str | None:
-    """general.file_type -> llama.cpp's preset name (MOSTLY_Q4_K_M -> Q4_K_M)."""
-    try:
-        return LlamaFileType(code).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except (ValueError, TypeError):
-        return None
 
 
 def limits(cand_type: str, overrides: dict[str, float | None] | None = None) -> tuple[Limits, str]:

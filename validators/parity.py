@@ -3,18 +3,16 @@ tokenizer), compare logits per position, check each side's tokenizer, and gate t
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from modelport.convert import archs, onnx_import
-from modelport.formats import registry
+from modelport.convert import archs
+from modelport.convert import codec as codecs
 from modelport.formats.errors import BadInput, Unsupported
 
-from . import gates, memory, metrics, texts as builtin_texts
-from .runtimes import LlamaCpp, OnnxRuntime, Transformers, require_provider
+from . import gates, memory, metrics, runtimes, texts as builtin_texts
 
 SCHEMA = "modelport.validate/1"
 MAX_TOKENS = 2048  # longer texts are cut here (the runtimes hold logits for every position)
@@ -52,16 +50,6 @@ class Report:
         return d
 
 
-def _onnx_type(native) -> str:
-    """INT4 / INT8 for MatMulNBits weights (their bits), else the float type most 2-D initializers have."""
-    bits = [a.i for n in native.proto.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
-            if a.name == "bits"]
-    if bits:
-        return f"INT{Counter(bits).most_common(1)[0][0]}"
-    kinds = Counter(r.dtype for r in native.tensors.values() if len(r.shape) > 1)
-    return kinds.most_common(1)[0][0] if kinds else "F32"
-
-
 def _refuse_encoders(path: Path, families: list[archs.Arch]) -> None:
     """validate compares next-token distributions: an encoder (bert) has none to compare."""
     if families and not any(a.hf_class.endswith("ForCausalLM") for a in families):
@@ -70,35 +58,16 @@ def _refuse_encoders(path: Path, families: list[archs.Arch]) -> None:
 
 
 def describe(path: Path, provider: str = DEFAULT_PROVIDER) -> tuple[Side, object]:
-    """What `path` is, its storage type and parameter count, and its pivot view; headers only."""
-    fmt = registry.detect(path)
-    native = fmt.read(path)
-    gguf_arch = native.get("general.architecture") if fmt.name == "gguf" else None
-    _refuse_encoders(path, [a for a in archs.registry().values()
-                            if a.gguf_name == gguf_arch or (fmt.name != "gguf" and a.name == _model_type(native))])
-    if fmt.name == "onnx":  # parameters as the HF model counts them: MatMulNBits blobs read back as weights
-        require_provider(provider)  # before minutes of reference logits, not after
-        if not (native.path.parent / "tokenizer.json").is_file():
-            raise BadInput(path, "no tokenizer.json beside the ONNX model: validate tokenizes with the model's own "
-                                 "tokenizer (convert to a folder, which holds it)")
-        model = onnx_import.from_onnx(native, path)
-        return Side(str(path), "onnx", f"onnxruntime {provider}", _onnx_type(native),
-                    sum(r.n_elements for r in model.tensors.values())), native
-    if fmt.name == "gguf":  # native names: a GGUF whose keys no longer map back (a defect) still validates
-        kinds = Counter(r.dtype for r in native.tensors.values() if len(r.shape) > 1)
-        kind = gates.file_type_name(native.get("general.file_type")) or kinds.most_common(1)[0][0]
-        return Side(str(path), "gguf", "llama.cpp", kind, sum(r.n_elements for r in native.tensors.values())), native
-    if not path.is_dir():
-        raise BadInput(path, "transformers runs an HF folder (config.json, tokenizer, *.safetensors), not a bare "
-                             ".safetensors file; pass its folder")
-    kinds = Counter(r.result_dtype for r in native.tensors.values() if len(r.shape) > 1)
-    kind = kinds.most_common(1)[0][0] if kinds else "F32"
-    return Side(str(path), fmt.name, "transformers", kind, sum(r.n_elements for r in native.tensors.values())), native
-
-
-def _model_type(native) -> str | None:
-    """The HF model_type of an HF folder (the pivot) or of one of our ONNX models (its metadata)."""
-    return getattr(native, "arch", None) or getattr(native, "metadata", {}).get("modelport.arch")
+    """What `path` is, its storage type and parameter count, and its native view; headers only. The codec says
+    all of it; the runtime is the one it names."""
+    codec = codecs.detect(path)
+    native = codec.open(path)
+    _refuse_encoders(path, codec.families(native))
+    runtime = runtimes.for_codec(codec)
+    runtime.check(provider)  # before minutes of reference logits, not after
+    codec.runnable(native, path)
+    return Side(str(path), codec.name, runtime.label(provider), codec.storage_type(native),
+                codec.parameters(native, path)), native
 
 
 def _stored_bytes(native) -> int:
@@ -109,19 +78,18 @@ class _Runner:
     """One side on its runtime: tokenizes with its own tokenizer, gives logits for given ids."""
 
     def __init__(self, side: Side, provider: str = DEFAULT_PROVIDER):
+        self.runtime = runtimes.for_codec(codecs.get(side.format))
         self.side, self.provider, self.rt, self.n_ctx = side, provider, None, 0
 
     def tokenizer(self):
         if self.rt is None:
-            self.rt = LlamaCpp(self.side.path, n_ctx=64, vocab_only=True) if self.side.format == "gguf" \
-                else OnnxRuntime(self.side.path, self.provider) if self.side.format == "onnx" \
-                else Transformers(self.side.path)
+            self.rt = self.runtime.open(self.side.path, provider=self.provider, n_ctx=64, tokenizer_only=True)
         return self.rt
 
     def load(self, n_ctx: int):
-        if self.side.format == "gguf" and self.n_ctx < n_ctx:
+        if self.runtime.sized and self.n_ctx < n_ctx:  # a runtime whose context is fixed when it loads
             self.close()
-            self.rt, self.n_ctx = LlamaCpp(self.side.path, n_ctx=n_ctx), n_ctx
+            self.rt, self.n_ctx = self.runtime.open(self.side.path, provider=self.provider, n_ctx=n_ctx), n_ctx
         return self.tokenizer()
 
     def close(self):

@@ -1,14 +1,18 @@
-"""The runtimes each format runs on: llama.cpp (llama-cpp-python) for GGUF, transformers (torch, CPU, fp32) for
-HF folders. Each gives logits for given token ids and tokenizes with the format's own tokenizer."""
+"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime. Each
+gives logits for given token ids and tokenizes with the model's own tokenizer. A codec names its runtime
+(`Codec.runtime`); `for_codec` finds it here or among the `modelport.runtimes` entry points of other packages."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from modelport.formats.errors import RuntimeMissing
+from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.onnx import model_file
 
 
@@ -127,7 +131,7 @@ class TransformersEmbeddings:
             from transformers import AutoModel, AutoTokenizer
         except ImportError:
             raise RuntimeMissing(None, "transformers runtime missing: pip install 'modelport[torch]'") from None
-        from modelport.convert import sentence_transformers
+        from modelport.convert.gguf import sentence_transformers
         from modelport.formats.safetensors import sentence_transformers_files
 
         files = sentence_transformers_files(Path(path))
@@ -209,3 +213,42 @@ class OnnxRuntime:
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.forward(ids)[0]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How validate runs one format: `open(path, provider=, n_ctx=, tokenizer_only=)` gives an object with
+    tokenize(text) and logits(ids) (and close() if it holds resources)."""
+
+    name: str
+    open: Callable[..., Any]
+    sized: bool = False  # its context length is fixed when it loads: reopened for longer texts
+    check: Callable[[str], Any] = lambda provider: None  # raises RuntimeMissing before any work
+    describe: Callable[[str], str] | None = None  # the runtime as reports name it, given the provider
+
+    def label(self, provider: str) -> str:
+        return self.describe(provider) if self.describe else self.name
+
+
+RUNTIMES = {r.name: r for r in (
+    Runtime("llama.cpp", lambda path, provider=None, n_ctx=64, tokenizer_only=False:
+            LlamaCpp(path, n_ctx=n_ctx, vocab_only=tokenizer_only), sized=True),
+    Runtime("transformers", lambda path, provider=None, n_ctx=None, tokenizer_only=False: Transformers(path)),
+    Runtime("onnxruntime", lambda path, provider="CPUExecutionProvider", n_ctx=None, tokenizer_only=False:
+            OnnxRuntime(path, provider), check=require_provider, describe=lambda provider: f"onnxruntime {provider}"),
+)}
+
+
+@cache
+def _plugins() -> dict[str, Runtime]:
+    return {ep.name: ep.load() for ep in entry_points(group="modelport.runtimes")}
+
+
+def for_codec(codec) -> Runtime:
+    """The runtime a codec names; a format without one cannot be validated (exit 3)."""
+    runtime = RUNTIMES.get(codec.runtime) or _plugins().get(codec.runtime) if codec.runtime else None
+    if runtime is None:
+        raise Unsupported(None, f"{codec.name} has no runtime modelport validates in"
+                                + (f" ({codec.runtime} is not installed as a modelport runtime)" if codec.runtime
+                                   else ""))
+    return runtime

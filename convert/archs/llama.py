@@ -45,11 +45,11 @@ def normalize(config: dict) -> dict:
     return cfg
 
 
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -58,8 +58,8 @@ def _heads(cfg: dict, kind: MODEL_TENSOR) -> int:
         cfg["num_attention_heads"]
 
 
-TO_GGUF = {k: (lambda w, cfg, k=k: _permute(w, _heads(cfg, k))) for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
-FROM_GGUF = {k: (lambda w, cfg, k=k: _unpermute(w, _heads(cfg, k))) for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
+TO_GGUF = {k: (lambda w, cfg, k=k: permute(w, _heads(cfg, k))) for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
+FROM_GGUF = {k: (lambda w, cfg, k=k: unpermute(w, _heads(cfg, k))) for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
 
 
 def llama3_rope_freqs(config: dict) -> dict[str, np.ndarray]:

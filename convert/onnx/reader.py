@@ -29,9 +29,9 @@ from modelport.formats.model import Model, TensorRef
 from modelport.formats.onnx import OnnxContents
 from modelport.formats.safetensors import TOKENIZER_FILES
 
-from . import archs
-from .dtypes import FLOATS, cast
-from .gguf_map import CONFIG_KEY
+from modelport.convert import archs
+from modelport.convert.dtypes import FLOATS, cast
+from modelport.convert.provenance import CONFIG as CONFIG_KEY
 
 # families whose block the walk knows: norm, attention (q, k, v, o), norm, gated MLP, with llama's tensor names
 WALKED = ("llama", "mistral", "qwen2", "qwen3")

@@ -12,13 +12,16 @@ from modelport.formats.errors import Unsupported
 from modelport.formats.gguf import GGUFContents
 from modelport.formats.model import MemorySlice, Model, TensorRef
 
-from . import archs, experts, quant_plan, sentence_transformers, tokenizer
-from .dtypes import FILE_TYPES, FLOATS, TORCH_NAMES, cast
-from .imatrix import Imatrix
-from .quantize import quantize
+from modelport.convert import archs, experts, provenance
+from modelport.convert.gguf import quant_plan
+from modelport.convert.gguf import sentence_transformers
+from modelport.convert.gguf import tokenizer
+from modelport.convert.dtypes import FILE_TYPES, FLOATS, TORCH_NAMES, cast
+from modelport.convert.gguf.imatrix import Imatrix
+from modelport.convert.gguf.quantize import quantize
 
 KV = tuple[str, object, GGUFValueType, "GGUFValueType | None"]
-CONFIG_KEY = "modelport.source.config"  # the source config.json, for what GGUF keys cannot say (rope_scaling ...)
+CONFIG_KEY = provenance.CONFIG
 SKIP_HF = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed by every runtime
 FILE_TYPE_DTYPES = {int(v): k for k, v in FILE_TYPES.items()}
 # kinds llama.cpp's converter always writes F32 whatever the out type (ModelBase.prepare_tensors), of the families here
@@ -155,14 +158,3 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
                            "sentence_transformers": sentence_transformers.from_gguf(values, arch.gguf_name),
                            "gguf_tokenizer": [(k, v, t, sub) for k, (v, t, sub) in contents.kv.items()
                                               if k.startswith("tokenizer.")]})
-
-
-def to_hf(model: Model, dtype: str | None) -> Model:
-    """The pivot with every tensor cast to `dtype` (default: the source's own precision) and config to match."""
-    dtype = dtype or model.metadata.get("dtype")
-    if dtype is None:
-        return model
-    dtype_key = "dtype" if "dtype" in model.config else "torch_dtype"  # transformers 5 and 4 spellings
-    config = {**model.config, dtype_key: TORCH_NAMES[dtype]}
-    return Model(model.arch, config, {n: cast(r, dtype, n) for n, r in model.tensors.items()}, model.tokenizer,
-                 model.generation_config, model.metadata)

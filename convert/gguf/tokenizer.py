@@ -19,7 +19,7 @@ from gguf import GGUFValueType, GGUFWriter, Keys, TokenType
 from gguf import vocab as gguf_vocab
 from gguf.vocab import SentencePieceVocab, SpecialVocab
 
-from ..formats.errors import BadInput, RuntimeMissing, Unsupported
+from modelport.formats.errors import BadInput, RuntimeMissing, Unsupported
 
 KV = tuple[str, object, GGUFValueType, GGUFValueType | None]  # (key, value, type, array subtype)
 
@@ -90,7 +90,7 @@ SPECIAL_KEYS = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "unk
 def hf_to_gguf(files: dict[str, bytes], config: dict) -> list[KV]:
     """HF tokenizer files (name -> bytes) plus config.json -> the GGUF `tokenizer.ggml.*` (and chat template) keys,
     padded to config['vocab_size'] with `[PAD{id}]` tokens of type UNUSED as convert_hf_to_gguf.py does."""
-    tj = _json(files, "tokenizer.json")
+    tj = json_file(files, "tokenizer.json")
     model = (tj or {}).get("model") or {}
     try:
         if model.get("type") == "WordPiece" or (tj is None and "vocab.txt" in files and "tokenizer.model" not in files):
@@ -120,20 +120,20 @@ def _gpt2_to_gguf(files: dict[str, bytes], tj: dict, config: dict) -> list[KV]:
     vocab = tj["model"].get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise BadInput("tokenizer.json", "the BPE model has no vocab")
-    tokens, types = _vocab_base(vocab, {a["id"]: a for a in tj.get("added_tokens") or []}, config)
+    tokens, types = vocab_base(vocab, {a["id"]: a for a in tj.get("added_tokens") or []}, config)
     # convert_hf_to_gguf.py also re-encodes non-normalized added tokens through transformers; for the byte-level
     # tokenizers handled here that round trip is the identity, so it is left out.
     tokens = [t.replace(SPM_SPACE, " ") if ty == TokenType.USER_DEFINED else t for t, ty in zip(tokens, types)]
-    w = _writer()
+    w = writer()
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre.name)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    _special_vocab(files, config, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
-    return _kv_list(w)
+    special_vocab(files, config, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+    return kv_list(w)
 
 
-def _vocab_base(vocab: dict[str, int], added: dict[int, dict], config: dict) -> tuple[list[str], list[int]]:
+def vocab_base(vocab: dict[str, int], added: dict[int, dict], config: dict) -> tuple[list[str], list[int]]:
     """convert_hf_to_gguf.py's get_vocab_base: every id up to the vocabulary size as a token and its type, added
     tokens CONTROL when special (or looking so) else USER_DEFINED, gaps `[PAD{id}]` UNUSED."""
     n_vocab = _vocab_size(config, max([*vocab.values(), *added, -1]) + 1, "tokenizer.json")
@@ -174,14 +174,14 @@ def _spm_to_gguf(files: dict[str, bytes], config: dict) -> list[KV]:
         tokens[i], scores[i], types[i] = text.decode("utf-8"), float(score), int(typ)
     for text, i in spv.added_tokens_dict.items():  # added_tokens.json
         tokens[i], scores[i], types[i] = text, -1000.0, int(TokenType.USER_DEFINED)
-    for i, tok in _added_tokens(files).items():
+    for i, tok in added_token_entries(files).items():
         text = tok["content"]
         if tok.get("special") or _looks_special(text):
             types[i] = int(TokenType.CONTROL)
         else:
             types[i], text = int(TokenType.USER_DEFINED), text.replace(SPM_SPACE, " ")
         tokens[i], scores[i] = text, -1000.0
-    w = _writer()
+    w = writer()
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -189,8 +189,8 @@ def _spm_to_gguf(files: dict[str, bytes], config: dict) -> list[KV]:
     w.add_token_types(types)
     if not prefix:  # llama.cpp's default for SPM is on; say so only when the model turns it off
         w.add_add_space_prefix(False)
-    _special_vocab(files, config, load_merges=False, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
-    return _kv_list(w)
+    special_vocab(files, config, load_merges=False, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
+    return kv_list(w)
 
 
 def pre_type_of(pre_tokenizer: dict | None) -> PreType:
@@ -239,13 +239,13 @@ def _looks_special(text: str) -> bool:
             or (text.startswith("<unused") and text.endswith(">")))
 
 
-def _added_tokens(files: dict[str, bytes]) -> dict[int, dict]:
+def added_token_entries(files: dict[str, bytes]) -> dict[int, dict]:
     """id -> added token: tokenizer_config.json's added_tokens_decoder (what convert_hf_to_gguf.py reads), else the
     added_tokens of tokenizer.json (transformers 5 no longer writes added_tokens_decoder)."""
-    tc = _json(files, "tokenizer_config.json") or {}
+    tc = json_file(files, "tokenizer_config.json") or {}
     if "added_tokens_decoder" in tc:
         return {int(i): t for i, t in tc["added_tokens_decoder"].items()}
-    return {int(t["id"]): t for t in (_json(files, "tokenizer.json") or {}).get("added_tokens") or []}
+    return {int(t["id"]): t for t in (json_file(files, "tokenizer.json") or {}).get("added_tokens") or []}
 
 
 def _spm_adds_prefix(blob: bytes) -> bool:
@@ -274,7 +274,7 @@ def _vocab_size(config: dict, n_tokens: int, source: str) -> int:
     return n
 
 
-def _json(files: dict[str, bytes], name: str) -> dict | None:
+def json_file(files: dict[str, bytes], name: str) -> dict | None:
     if name not in files:
         return None
     try:
@@ -306,7 +306,7 @@ class _folder:
         self.tmp.cleanup()
 
 
-def _special_vocab(files: dict[str, bytes], config: dict, load_merges: bool, n_vocab: int,
+def special_vocab(files: dict[str, bytes], config: dict, load_merges: bool, n_vocab: int,
                    types: tuple[str, ...] | None = None) -> SpecialVocab:
     """gguf-py's SpecialVocab: merges, special token ids (of `types`, default all), add_bos/add_eos and the chat
     template."""
@@ -317,11 +317,11 @@ def _special_vocab(files: dict[str, bytes], config: dict, load_merges: bool, n_v
             raise BadInput("tokenizer.json", f"cannot read special tokens or merges: {e}") from None
 
 
-def _writer() -> GGUFWriter:
+def writer() -> GGUFWriter:
     return GGUFWriter(None, "llama")  # used only to collect keys with gguf-py's names and types; never written
 
 
-def _kv_list(w: GGUFWriter) -> list[KV]:
+def kv_list(w: GGUFWriter) -> list[KV]:
     out = []
     for key, v in w.kv_data[0].items():
         if key == Keys.General.ARCHITECTURE:

@@ -17,8 +17,8 @@ import json
 
 from gguf import GGUFValueType, Keys, TokenType
 
-from ..formats.errors import BadInput, Unsupported
-from .tokenizer import KV, SPM_SPACE, _added_tokens, _json, _kv_list, _special_vocab, _vocab_base, _writer
+from modelport.formats.errors import BadInput, Unsupported
+from modelport.convert.gguf.tokenizer import KV, SPM_SPACE, added_token_entries, json_file, kv_list, special_vocab, vocab_base, writer
 
 CONTINUES = "##"  # WordPiece's continuing-subword prefix
 # tokenizer.ggml.normalizer.* (llama.cpp's LLM_KV_TOKENIZER_NORMALIZER_*; gguf-py 0.19 has no constants for them)
@@ -37,20 +37,20 @@ def hf_to_gguf(files: dict[str, bytes], tj: dict | None, config: dict) -> list[K
     """tokenizer.json's WordPiece model (or a bare vocab.txt, made into one first) -> the GGUF "bert" vocabulary."""
     if tj is None:
         files = {**files, "tokenizer.json": _from_vocab_txt(files).to_str().encode("utf-8")}
-        tj = _json(files, "tokenizer.json")
+        tj = json_file(files, "tokenizer.json")
     _check_steps(tj)
     vocab = tj["model"]["vocab"]
-    tokens, types = _vocab_base(vocab, _added_tokens(files), config)
+    tokens, types = vocab_base(vocab, added_token_entries(files), config)
     tokens = [_phantom(t, ty) for t, ty in zip(tokens, types)]
-    w = _writer()
+    w = writer()
     w.add_token_type_count(config.get("type_vocab_size", 1))
     w.add_tokenizer_model("bert")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    special = _special_vocab(files, config, load_merges=False, n_vocab=len(tokens), types=SPECIAL_TYPES)
+    special = special_vocab(files, config, load_merges=False, n_vocab=len(tokens), types=SPECIAL_TYPES)
     special.add_to_gguf(w, quiet=True)
-    kv = _kv_list(w)
+    kv = kv_list(w)
     norm = tj["normalizer"]
     kv.append((LOWERCASE, bool(norm.get("lowercase", True)), GGUFValueType.BOOL, None))
     if norm.get("strip_accents") is not None:  # None: as lowercase, which is also llama.cpp's default
@@ -79,7 +79,7 @@ def _from_vocab_txt(files: dict[str, bytes]):
     """The fast tokenizer transformers' BertTokenizer makes of vocab.txt and tokenizer_config.json (its defaults:
     lowercase, accents stripped as lowercase says, BERT's special token names)."""
     pieces = files["vocab.txt"].decode("utf-8").splitlines()
-    tc = {**(_json(files, "special_tokens_map.json") or {}), **(_json(files, "tokenizer_config.json") or {})}
+    tc = {**(json_file(files, "special_tokens_map.json") or {}), **(json_file(files, "tokenizer_config.json") or {})}
     named = {}
     for name, default in DEFAULT_NAMES.items():
         value = tc.get(name, default)

@@ -28,10 +28,12 @@ import numpy as np
 
 from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.model import Model, TensorRef
-from modelport.formats.onnx import _onnx
+from modelport.formats.onnx import require_onnx
 
-from . import archs, onnx_quant, onnx_rope
-from .dtypes import FLOATS, cast
+from modelport.convert import archs
+from modelport.convert.onnx import nbits
+from modelport.convert.onnx import rope as onnx_rope
+from modelport.convert.dtypes import FLOATS, cast
 
 OPSET = 17
 MS = "com.microsoft"
@@ -58,7 +60,7 @@ class _Nodes:
     every float initializer is an HF tensor)."""
 
     def __init__(self):
-        self.onnx = _onnx()
+        self.onnx = require_onnx()
         self.nodes: list = []
         self.count = 0
         self.consts: dict[tuple, str] = {}
@@ -81,7 +83,7 @@ class _Nodes:
 
 
 def _elem(dtype: str) -> int:
-    tp = _onnx().TensorProto
+    tp = require_onnx().TensorProto
     return {"F32": tp.FLOAT, "F16": tp.FLOAT16, "I32": tp.INT32, "BOOL": tp.BOOL}[dtype]
 
 
@@ -129,12 +131,12 @@ class _Decoder:
                    block_size=nbits.block_size)
         return self.n("Add", y, bias) if bias else y
 
-    def nbits(self, name: str) -> onnx_quant.NBits | None:
+    def nbits(self, name: str) -> nbits.NBits | None:
         """MatMulNBits operands: a GGUF-quantized weight transcoded as it is where its grid fits (no second
         quantization), a float weight quantized when `quant` asks; None keeps the float Gemm."""
         ref = self.model.tensors[name]
         if ref.result_dtype not in FLOATS:
-            nbits = onnx_quant.from_gguf(ref, self.compute)
+            nbits = nbits.from_gguf(ref, self.compute)
             if nbits is not None:
                 return nbits
             self.notes.append({"name": name, "fallback": f"{ref.result_dtype} has no MatMulNBits grid with "
@@ -142,7 +144,7 @@ class _Decoder:
                                                          + (f" and quantized to {self.quant}" if self.quant else "")})
         if not self.quant:
             return None
-        return onnx_quant.from_float(ref, QUANT_BITS[self.quant], self.block_size, self.compute)
+        return nbits.from_float(ref, QUANT_BITS[self.quant], self.block_size, self.compute)
 
     def c(self, value, dtype=None) -> str:
         return self.n.const(value, dtype or self.np_compute)
@@ -314,7 +316,7 @@ class _Decoder:
         return OnnxGraph(self.proto(), list(self.weights.items()), self.storage, self.compute, self.notes)
 
     def proto(self):
-        onnx = _onnx()
+        onnx = require_onnx()
         h, tp = onnx.helper, onnx.TensorProto
         io, kv = _elem(self.compute), [self.kv_heads, self.head_dim]
         inputs = [h.make_tensor_value_info("input_ids", tp.INT64, ["batch_size", "sequence_length"]),

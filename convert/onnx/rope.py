@@ -10,7 +10,7 @@ import numpy as np
 
 from modelport.formats.errors import Unsupported
 
-from .archs.base import rope
+from modelport.convert.archs.base import rope
 
 
 def _default(params: dict, dim: int) -> np.ndarray:

@@ -9,7 +9,7 @@
 
 MatMulNBitsQuantizer rewrites MatMul nodes only. Our own graphs (and other exports) apply linear layers as Gemm with
 transB=1 on the HF [out, in] weight, so those are rewritten here as MatMulNBits with operands from
-convert.onnx_quant.from_float: the same onnxruntime kernels, so the same bytes the quantizer gives for the MatMul
+convert.nbits.from_float: the same onnxruntime kernels, so the same bytes the quantizer gives for the MatMul
 form. The rewrite is ours because no onnxruntime tool handles Gemm.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef
 from modelport.formats.onnx import ONNX_DTYPES
 
-from . import dtypes
-from .onnx_graph import MS
-from .onnx_quant import from_float
+from modelport.convert import dtypes
+from modelport.convert.onnx.graph import MS
+from modelport.convert.onnx.nbits import from_float
 
 QUANTS = {"int4": 4, "int8": 8, "fp16": None}  # --quant -> MatMulNBits bits (None: float16 conversion)
 FLOATS = {code: name for code, name in ONNX_DTYPES.items() if name in dtypes.FLOATS}  # float weight types

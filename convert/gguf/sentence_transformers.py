@@ -14,9 +14,10 @@ import re
 
 from gguf import GGUFValueType, Keys, PoolingType
 
+from modelport.convert import provenance
 from modelport.formats.errors import BadInput, Unsupported
 
-FILES_KEY = "modelport.source.sentence_transformers"  # {relative path: file text} of the source folder
+FILES_KEY = provenance.SENTENCE_TRANSFORMERS
 MODES = {"mean": PoolingType.MEAN, "cls": PoolingType.CLS, "lasttoken": PoolingType.LAST}
 MODE_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
               "lasttoken": "pooling_mode_lasttoken"}  # the Pooling config's boolean spelling, checked in this order

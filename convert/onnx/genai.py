@@ -6,7 +6,7 @@ import json
 
 from modelport.formats.model import Model
 
-from . import archs
+from modelport.convert import archs
 
 # genai's "type" per HF model_type (the builder's: the architecture class name before "For", lower-cased)
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}

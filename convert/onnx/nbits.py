@@ -25,7 +25,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.model import CHUNK_BYTES, NUMPY_DTYPES, TensorRef
 
-from .dtypes import cast
+from modelport.convert.dtypes import cast
 
 SCALE_DTYPES = ("F32", "F16")
 GROUP_BYTES = CHUNK_BYTES * 2  # source bytes quantized in one go: bounds memory whatever range a reader asks for

@@ -25,9 +25,10 @@ from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.hashing import Late
 from modelport.formats.model import Model
 
-from .gguf_map import to_hf
+from modelport.convert import provenance
+from modelport.convert.dtypes import cast_model
 
-EXPORTER_KEY = "modelport.exporter"
+EXPORTER_KEY = provenance.EXPORTER
 OPTIMUM_DTYPES = {"F32": "fp32"}  # optimum exports fp16/bf16 on GPU only; `modelport quantize --quant fp16` after
 
 
@@ -116,10 +117,8 @@ def _task(model: Model, dst: Path) -> str:
 
 def _hf_folder(model: Model) -> Path | None:
     """The source's own HF folder, when it is one (optimum reads config.json, weights and tokenizer from it)."""
-    files = model.metadata.get("source_files") or []
-    if model.metadata.get("format") == "safetensors" and files and (Path(files[0]).parent / "config.json").is_file():
-        return Path(files[0]).parent
-    return None
+    folder = model.metadata.get("hf_folder")
+    return folder if folder is not None and (folder / "config.json").is_file() else None
 
 
 def _record(model_file: Path, provenance: dict[str, str]) -> None:
@@ -150,7 +149,7 @@ def export(model: Model, dst: Path, dtype: str | None, force: bool, provenance: 
         if folder is None:  # a GGUF or a bare .safetensors: optimum reads an HF folder, so write one first
             tmp = scratch.enter_context(tempfile.TemporaryDirectory(prefix=".modelport-hf-", dir=dst.parent))
             folder = Path(tmp) / "hf"
-            safetensors.write(folder, to_hf(model, "F32"), {})
+            safetensors.write(folder, cast_model(model, "F32"), {})
         try:
             with contextlib.redirect_stdout(io.StringIO()), _quiet():
                 # library_name pinned: with sentence-transformers installed, optimum would otherwise export a

@@ -11,9 +11,10 @@ from gguf import GGMLQuantizationType
 from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.model import TensorRef
 
-from . import ggml, quant_plan
-from .dtypes import FLOATS, cast
-from .imatrix import Imatrix
+from modelport.convert.gguf import ggml
+from modelport.convert.gguf import quant_plan
+from modelport.convert.dtypes import FLOATS, cast
+from modelport.convert.gguf.imatrix import Imatrix
 
 
 def preset(name: str) -> str:

@@ -1,0 +1,1 @@
+"""ONNX: the graph builder, the read-back walk, MatMulNBits encoding and decoding, onnxruntime quantizers, optimum, genai."""
