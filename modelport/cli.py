@@ -168,22 +168,22 @@ def formats_cmd(as_json: bool) -> None:
 
 
 def _support(s: dict | None) -> str:
+    """One format's cell: rw / r / w, who builds it, its quantization types (a long list counted, listed below)."""
     if not s or not (s["read"] or s["write"]):
         return "-"
-    rw = "read+write" if s["read"] and s["write"] else "write" if s["write"] else "read"
-    quant = s["quant"] if len(s["quant"]) <= 4 else s["quant"][:3] + ["..."]
-    return " ".join([rw] + ([f"({s['via']})"] if s["via"] else []) + quant)
+    rw = ("r" if s["read"] else "") + ("w" if s["write"] else "")
+    quant = s["quant"] if len(s["quant"]) <= 4 else []
+    return " ".join([rw] + ([s["via"]] if s["via"] else []) + quant)
 
 
 def _print_families(rows: list[dict]) -> None:
-    table = Table(title="families")
+    table = Table(title="families (r: read, w: write; `--json` has the HF classes)")
     table.add_column("family", no_wrap=True)
-    table.add_column("HF class", overflow="fold")
     names = list(rows[0]["formats"]) if rows else []
     for name in names:
         table.add_column(name, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["hf_class"], *(_support(r["formats"][n]) for n in names))
+        table.add_row(r["name"], *(_support(r["formats"][n]) for n in names))
     out.print(table)
     for name in names:
         quant = rows[0]["formats"][name]["quant"] if rows[0]["formats"][name] else []
@@ -206,20 +206,41 @@ def archs_cmd(name: str | None, as_json: bool) -> None:
     _emit(rows, as_json, _print_families)
 
 
+def _tokenizer_mark(t: dict) -> str:
+    tok = t.get("tokenizer")
+    if tok is None:
+        return ""
+    miss = tok["first_mismatch"]
+    return "same" if tok["match"] else f"[red]differs at {miss['position']}: {miss['ref_id']} vs {miss['cand_id']}[/]"
+
+
+# validate's per-text columns: (header, cell, kept on a narrow terminal or pipe)
+TEXT_COLUMNS = (
+    ("text", lambda t: t["name"], True),
+    ("tokens", lambda t: str(t["tokens"]), True),
+    ("KL mean", lambda t: f"{t['kl_mean']:.3g}", True),
+    ("KL p99", lambda t: f"{t['kl_p99']:.3g}", False),
+    ("KL max", lambda t: f"{t['kl_max']:.3g}", True),
+    ("top-1", lambda t: f"{t['top1']:.3f}", True),
+    ("max |dlogit|", lambda t: f"{t['max_abs_diff']:.3g}", False),
+    ("ppl ref", lambda t: f"{t['ppl_ref']:.4g}", False),
+    ("ppl cand", lambda t: f"{t['ppl_cand']:.4g}", False),
+    ("ppl ratio", lambda t: f"{t['ppl_ratio']:.4f}", True),
+    ("tokenizer", _tokenizer_mark, True),
+)
+WIDE_TABLE = 130  # columns the whole per-text table needs without cutting cells
+
+
 def _print_validate(rep: dict) -> None:
     ref, cand = rep["reference"], rep["candidate"]
     out.print(f"reference {ref['path']} ({ref['runtime']})  vs  candidate {cand['path']} ({cand['runtime']}, "
               f"{cand['type']}, gates of tier {rep['tier']})")
-    texts = Table("text", "tokens", "KL mean", "KL p99", "KL max", "top-1", "max |dlogit|", "ppl ref", "ppl cand",
-                  "ppl ratio", "tokenizer", title="per text")
+    narrow = out.width < WIDE_TABLE
+    columns = [c for c in TEXT_COLUMNS if c[2] or not narrow]
+    texts = Table(*(c[0] for c in columns), title="per text" + (" (narrow terminal: `--json` has every column)"
+                                                                if narrow else ""))
     for t in rep["texts"] + [{"name": "overall", "tokens": rep["overall"]["positions"], **rep["overall"]}]:
-        tok = t.get("tokenizer")
-        mark = "" if tok is None else "same" if tok["match"] else \
-            f"[red]differs at {tok['first_mismatch']['position']}: {tok['first_mismatch']['ref_id']} vs " \
-            f"{tok['first_mismatch']['cand_id']}[/]"
-        texts.add_row(t["name"], str(t["tokens"]), f"{t['kl_mean']:.3g}", f"{t['kl_p99']:.3g}", f"{t['kl_max']:.3g}",
-                      f"{t['top1']:.3f}", f"{t['max_abs_diff']:.3g}", f"{t['ppl_ref']:.4g}", f"{t['ppl_cand']:.4g}",
-                      f"{t['ppl_ratio']:.4f}", mark)
+        texts.add_row(*(c[1](t) for c in columns))
     out.print(texts)
     gates = Table("gate", "value", "limit", "result", title="gates")
     for name, g in rep["gates"].items():

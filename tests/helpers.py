@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+from modelport.convert import archs
+
+# the families our ONNX graph builder builds (the llama-like decoders), as their ONNX sections say
+FAMILIES = tuple(name for name, arch in sorted(archs.registry().items()) if arch.onnx.builder)
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:

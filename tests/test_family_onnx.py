@@ -15,10 +15,10 @@ import pytest
 
 from modelport import api
 from modelport.convert import archs
-from modelport.convert.onnx import graph as onnx_graph
 from modelport.convert.onnx import optimum as onnx_optimum
 from modelport.validators.runtimes import OnnxRuntime, Transformers, TransformersEmbeddings
 
+from helpers import FAMILIES as BUILT
 from helpers import run_cli
 from test_families import MORE_FAMILIES
 
@@ -145,7 +145,7 @@ def _optimum_logits(src, out, ids):
     """optimum's own export of `src` (what modelport refuses to write), run in onnxruntime."""
     from optimum.exporters.onnx import main_export
 
-    with contextlib.redirect_stdout(io.StringIO()), onnx_optimum._quiet():
+    with contextlib.redirect_stdout(io.StringIO()), onnx_optimum.quiet():
         main_export(str(src), output=str(out), task="text-generation-with-past", device="cpu", do_validation=False)
     return OnnxRuntime(out).logits(ids)
 
@@ -191,7 +191,8 @@ def test_archs_lists_every_family_with_its_onnx_path(listing):
     for name, row in listing.items():
         gguf, onnx = row["formats"]["gguf"], row["formats"]["onnx"]
         assert {"safetensors->gguf", "gguf->safetensors"} <= set(row["paths"]) and "Q4_K_M" in gguf["quant"]
-        expected = "builder" if name in onnx_graph.FAMILIES else "optimum" if name in onnx_optimum.EXPORTS else None
+        onnx_of = archs.registry()[name].onnx
+        expected = "builder" if onnx_of.builder else "optimum" if onnx_of.optimum is not None else None
         assert onnx["via"] == expected and onnx["write"] == (expected is not None), row
         assert ("int4" in onnx["quant"]) == (expected == "builder"), row
     assert listing["gemma2"]["formats"]["onnx"]["refused"] and listing["mixtral"]["formats"]["onnx"]["via"] is None
@@ -204,8 +205,8 @@ def test_archs_human_listing_names_every_family(listing):
     rows = [line.split("│")[1:-1] for line in r.stdout.splitlines() if line.startswith("│")]
     rows = [cells for cells in rows if cells[0].strip()]  # not a folded cell's second line
     assert [cells[0].strip() for cells in rows] == sorted(listing)
-    onnx = list(listing["llama"]["formats"]).index("onnx") + 2  # after family and HF class
-    assert {cells[0].strip() for cells in rows if cells[onnx].strip().endswith("int4 int8")} == set(onnx_graph.FAMILIES)
+    onnx = list(listing["llama"]["formats"]).index("onnx") + 1  # after the family
+    assert {cells[0].strip() for cells in rows if cells[onnx].strip().endswith("int4 int8")} == set(BUILT)
     assert "Q4_K_M" in r.stdout
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from modelport import api
 from modelport.convert.gguf import map as gguf_map
-from modelport.convert.archs.llama import unpermute
+from modelport.convert.archs.base import unpermute
 from modelport.formats import gguf
 from modelport.convert.gguf.codec import file_type_name
 from modelport.validators import gates, memory

@@ -24,6 +24,40 @@ class HParam:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A configuration an exporter gets wrong or cannot trace: modelport refuses it rather than write it."""
+
+    applies: Callable[[dict], bool]  # the HF config -> whether this limit refuses it
+    what: str  # the configuration, as the user knows it
+    why: str
+
+
+def _rope_type(cfg: dict) -> str | None:
+    scaling = cfg.get("rope_scaling") or {}
+    return scaling.get("rope_type", scaling.get("type"))
+
+
+# transformers recomputes these rotary frequencies from each call's sequence length (its dynamic_rope_update); a
+# traced export sees one dummy length and bakes in the short-sequence frequencies (past the switch, logits off by 5.8
+# for phi3 LongRoPE and 0.8 for dynamic NTK on gemma: tests/test_family_onnx.py)
+ROPE_BY_LENGTH = Limit(lambda cfg: _rope_type(cfg) in ("longrope", "dynamic"), "rope_scaling longrope/dynamic",
+                       "the traced graph keeps the short-sequence rotary frequencies for every length")
+
+
+@dataclass(frozen=True)
+class OnnxSupport:
+    """What the ONNX codec knows of a family (convert/onnx/): who builds its graph and what reads it back."""
+
+    builder: bool = False  # modelport's graph builder (convert/onnx/graph.py) builds it
+    genai_type: str | None = None  # onnxruntime-genai's model type, for genai_config.json (builder families)
+    read_back: bool = False  # convert/onnx/reader.py's graph walk gives exported graphs their HF names back
+    # optimum-onnx exports it, except for these configurations (checked by tests/test_family_onnx.py); None: optimum
+    # does not export the family (not in its TasksManager)
+    optimum: tuple[Limit, ...] | None = None
+    sliding_window_everywhere: bool = False  # the config's one sliding_window applies to every layer (mistral)
+
+
+@dataclass(frozen=True)
 class Arch:
     name: str  # HF model_type, the family's name here
     hf_class: str  # config.json "architectures"[0]
@@ -53,6 +87,20 @@ class Arch:
     # (fields rebuilt so far, GGUF key values, GGUF tensors) -> fields, e.g. what llama.cpp assumes where no key speaks
     # (gemma2's query scale), what only tensors hold (phi3's LongRoPE factors) or tell (Falcon's LayerNorms per block)
     hf_from_gguf: Callable[[dict, dict, dict], dict] = lambda cfg, kv, tensors: {}
+    # llama.cpp's llama-style rope rotates Q/K pairs interleaved (GPT-J) where transformers rotates halves (NeoX): a
+    # family whose llama.cpp converter permutes Q/K rows (LlamaModel.permute) opts in; none inherits it
+    qk_permute: bool = False
+    onnx: OnnxSupport = OnnxSupport()  # the ONNX section; a family without one has no ONNX path
+
+    @property
+    def gguf_transforms(self) -> dict[MODEL_TENSOR, Transform]:
+        """Per-tensor-kind transforms on the way to GGUF: the Q/K permutation if opted into, then the family's."""
+        return {**(QK_PERMUTATION if self.qk_permute else {}), **self.to_gguf}
+
+    @property
+    def hf_transforms(self) -> dict[MODEL_TENSOR, Transform]:
+        """The inverses, on the way back from GGUF."""
+        return {**(QK_UNPERMUTATION if self.qk_permute else {}), **self.from_gguf}
 
     @property
     def gguf_name(self) -> str:
@@ -102,6 +150,25 @@ def _lookup(cfg: dict, path: str) -> Any:
     for part in path.split("."):
         cfg = cfg.get(part) if isinstance(cfg, dict) else None
     return cfg
+
+
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """NeoX (halves) -> GPT-J (pairs) row order of a Q or K projection, as convert_hf_to_gguf.py's permute."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _heads(cfg: dict, kind: MODEL_TENSOR) -> int:
+    return cfg["num_attention_heads"] if kind == MODEL_TENSOR.ATTN_Q else cfg.get("num_key_value_heads") or \
+        cfg["num_attention_heads"]
+
+
+QK_PERMUTATION = {k: (lambda w, cfg, k=k: permute(w, _heads(cfg, k))) for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
+QK_UNPERMUTATION = {k: (lambda w, cfg, k=k: unpermute(w, _heads(cfg, k)))
+                    for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
 
 
 def rope(config: dict) -> dict:

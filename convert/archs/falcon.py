@@ -14,7 +14,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from modelport.formats.errors import Unsupported
 
-from .base import F32, Arch, HParam
+from .base import F32, ROPE_BY_LENGTH, Arch, HParam, Limit, OnnxSupport
 
 HPARAMS = (
     HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
@@ -93,10 +93,16 @@ def _from_gguf(w: np.ndarray, cfg: dict) -> np.ndarray:
     return np.concatenate(parts, axis=1).reshape(w.shape)
 
 
+NEW_DECODER = Limit(lambda cfg: bool(cfg.get("new_decoder_architecture")),
+                    "new_decoder_architecture (Falcon 40B/180B, Falcon2)",
+                    "optimum's dummy cache has num_kv_heads heads, transformers caches keys broadcast to all attention "
+                    "heads, and the trace fails")
+
 ARCH = Arch(
     name="falcon", hf_class="FalconForCausalLM", gguf_arch=MODEL_ARCH.FALCON, hparams=HPARAMS,
     tensors=COMMON + _norms(NORMS_ONE + NORMS_TWO), tensors_for=tensors_for, hf_from_gguf=hf_from_gguf,
     normalize=normalize,
     to_gguf={MODEL_TENSOR.ATTN_QKV: _to_gguf}, from_gguf={MODEL_TENSOR.ATTN_QKV: _from_gguf},
     hf_defaults={"alibi": False, "bias": False, "parallel_attn": True, "multi_query": True},
+    onnx=OnnxSupport(optimum=(NEW_DECODER, ROPE_BY_LENGTH)),
 )

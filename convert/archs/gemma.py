@@ -14,7 +14,8 @@ from dataclasses import replace
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR
 
-from .llama import ARCH as LLAMA
+from .base import OnnxSupport, ROPE_BY_LENGTH
+from .llama import LAYOUT
 from .llama import BLOCK
 
 # no lm_head: the output is always the embedding (llama.cpp's gemma arch has no output tensor)
@@ -27,7 +28,7 @@ ONE = np.float32(1.0)
 TO_GGUF = {k: (lambda w, cfg: w + ONE) for k in NORMS}
 FROM_GGUF = {k: (lambda w, cfg: w - ONE) for k in NORMS}
 
-ARCH = replace(LLAMA, name="gemma", hf_class="GemmaForCausalLM", gguf_arch=MODEL_ARCH.GEMMA, tensors=TENSORS,
-               to_gguf=TO_GGUF,
-               from_gguf=FROM_GGUF, extra_tensors=lambda cfg: {}, derived=(),
-               hf_defaults={"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"})
+ARCH = replace(LAYOUT, name="gemma", hf_class="GemmaForCausalLM", gguf_arch=MODEL_ARCH.GEMMA, tensors=TENSORS,
+               to_gguf=TO_GGUF, from_gguf=FROM_GGUF,
+               hf_defaults={"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"},
+               onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))

@@ -13,7 +13,7 @@ from gguf import MODEL_ARCH, Keys
 
 from modelport.formats.errors import Unsupported
 
-from .base import F32, HParam
+from .base import F32, ROPE_BY_LENGTH, HParam, Limit, OnnxSupport
 from .gemma import ARCH as GEMMA
 from .gemma import TENSORS
 
@@ -43,8 +43,12 @@ def checked_query_scalar(config: dict, layers_27b: int) -> dict:
     return cfg
 
 
+# optimum loads gemma2 with sdpa attention, which leaves the attention soft-capping out
+SOFTCAPPING = Limit(lambda cfg: cfg.get("attn_logit_softcapping") is not None, "attn_logit_softcapping",
+                    "optimum loads the model with sdpa attention, which leaves the attention soft-capping out")
+
 ARCH = replace(GEMMA, name="gemma2", hf_class="Gemma2ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA2, hparams=HPARAMS,
                tensors=TENSORS + FFN_NORMS, normalize=lambda config: checked_query_scalar(config, LAYERS_27B),
                hf_from_gguf=lambda cfg, kv, tensors: {
                    "query_pre_attn_scalar": llama_cpp_query_scalar(GEMMA.normalize(cfg), LAYERS_27B)},
-               hf_defaults={"hidden_activation": "gelu_pytorch_tanh"})
+               hf_defaults={"hidden_activation": "gelu_pytorch_tanh"}, onnx=OnnxSupport(optimum=(SOFTCAPPING, ROPE_BY_LENGTH)))

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH, Keys
 
-from .base import F32, STR, HParam, rope
+from .base import F32, ROPE_BY_LENGTH, STR, HParam, OnnxSupport, rope
 from .gemma import ARCH as GEMMA
 from .gemma import TENSORS
 from .gemma2 import ARCH as GEMMA2
@@ -56,4 +56,4 @@ def hf_from_gguf(cfg: dict, kv: dict, tensors: dict) -> dict:
 
 ARCH = replace(GEMMA2, name="gemma3_text", hf_class="Gemma3ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA3,
                hparams=HPARAMS, tensors=TENSORS + FFN_NORMS + QK_NORMS, normalize=normalize, extra_kv=linear_rope_kv,
-               hf_from_gguf=hf_from_gguf)
+               hf_from_gguf=hf_from_gguf, onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
-from .base import F32, Arch, HParam
+from .base import F32, Arch, HParam, OnnxSupport
 
 HPARAMS = (
     HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
@@ -53,4 +53,5 @@ CONV1D = {k: Transpose() for k in (MODEL_TENSOR.ATTN_QKV, MODEL_TENSOR.ATTN_OUT,
 ARCH = Arch(
     name="gpt2", hf_class="GPT2LMHeadModel", gguf_arch=MODEL_ARCH.GPT2, hparams=HPARAMS, tensors=TENSORS,
     normalize=normalize, to_gguf=CONV1D, from_gguf=CONV1D, hf_defaults={"activation_function": "gelu_new"},
+    onnx=OnnxSupport(optimum=()),
 )

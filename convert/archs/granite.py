@@ -7,8 +7,8 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH, Keys
 
-from .base import F32, HParam
-from .llama import ARCH as LLAMA
+from .base import F32, ROPE_BY_LENGTH, HParam, OnnxSupport
+from .llama import LAYOUT, ROPE_FREQS, llama3_rope_freqs
 
 MULTIPLIERS = (
     HParam(Keys.LLM.EMBEDDING_SCALE, "embedding_multiplier", F32),
@@ -17,5 +17,6 @@ MULTIPLIERS = (
     HParam(Keys.LLM.LOGIT_SCALE, "logits_scaling", F32),
 )
 
-ARCH = replace(LLAMA, name="granite", hf_class="GraniteForCausalLM", gguf_arch=MODEL_ARCH.GRANITE,
-               hparams=LLAMA.hparams + MULTIPLIERS)
+ARCH = replace(LAYOUT, name="granite", hf_class="GraniteForCausalLM", gguf_arch=MODEL_ARCH.GRANITE, qk_permute=True,
+               hparams=LAYOUT.hparams + MULTIPLIERS, extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
+               onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))

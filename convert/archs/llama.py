@@ -6,11 +6,12 @@ rows are permuted on the way to GGUF and back on the way out, as convert_hf_to_g
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, Keys
 
-from .base import F32, U32, Arch, HParam, rope
+from .base import F32, U32, Arch, HParam, OnnxSupport, rope
 
 HPARAMS = (
     HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
@@ -45,23 +46,6 @@ def normalize(config: dict) -> dict:
     return cfg
 
 
-def permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _heads(cfg: dict, kind: MODEL_TENSOR) -> int:
-    return cfg["num_attention_heads"] if kind == MODEL_TENSOR.ATTN_Q else cfg.get("num_key_value_heads") or \
-        cfg["num_attention_heads"]
-
-
-TO_GGUF = {k: (lambda w, cfg, k=k: permute(w, _heads(cfg, k))) for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
-FROM_GGUF = {k: (lambda w, cfg, k=k: unpermute(w, _heads(cfg, k))) for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
-
-
 def llama3_rope_freqs(config: dict) -> dict[str, np.ndarray]:
     """llama.cpp applies llama3 rope scaling through a `rope_freqs` tensor of per-frequency divisors, computed as
     convert_hf_to_gguf.py does (float32 throughout)."""
@@ -88,9 +72,11 @@ def llama3_rope_freqs(config: dict) -> dict[str, np.ndarray]:
     return {ROPE_FREQS: np.asarray(out, dtype=np.float32)}
 
 
-ARCH = Arch(
+# the llama layout other families start from (qwen2, gemma, phi3, starcoder2 ...): no Q/K permutation, which a
+# family opts into when llama.cpp's converter for it permutes
+LAYOUT = Arch(
     name="llama", hf_class="LlamaForCausalLM", gguf_arch=MODEL_ARCH.LLAMA, hparams=HPARAMS,
-    tensors=TENSORS + QKV_BIASES, normalize=normalize, to_gguf=TO_GGUF, from_gguf=FROM_GGUF,
-    extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
-    hf_defaults={"hidden_act": "silu"},
+    tensors=TENSORS + QKV_BIASES, normalize=normalize, hf_defaults={"hidden_act": "silu"},
 )
+ARCH = replace(LAYOUT, qk_permute=True, extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
+               onnx=OnnxSupport(builder=True, genai_type="llama", read_back=True))

@@ -6,13 +6,14 @@ from dataclasses import replace
 from gguf import Keys
 
 from .base import HParam
-from .llama import ARCH as LLAMA
+from .llama import LAYOUT, ROPE_FREQS, llama3_rope_freqs
 from .llama import HPARAMS, TENSORS
 
 MOE = "model.layers.{bid}.block_sparse_moe"
 
 ARCH = replace(
-    LLAMA, name="mixtral", hf_class="MixtralForCausalLM",
+    LAYOUT, name="mixtral", hf_class="MixtralForCausalLM", qk_permute=True, extra_tensors=llama3_rope_freqs,
+    derived=(ROPE_FREQS,),
     hparams=HPARAMS + (HParam(Keys.LLM.EXPERT_COUNT, "num_local_experts"),
                        HParam(Keys.LLM.EXPERT_USED_COUNT, "num_experts_per_tok")),
     tensors=tuple(t for t in TENSORS if ".mlp." not in t) + (f"{MOE}.gate.weight",),

@@ -11,7 +11,7 @@ from gguf import MODEL_ARCH, Keys
 
 from modelport.formats.errors import Unsupported
 
-from .base import F32, Arch, HParam
+from .base import F32, Arch, HParam, OnnxSupport
 
 HPARAMS = (
     HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
@@ -45,4 +45,4 @@ def normalize(config: dict) -> dict:
 
 
 ARCH = Arch(name="mpt", hf_class="MptForCausalLM", gguf_arch=MODEL_ARCH.MPT, hparams=HPARAMS, tensors=TENSORS,
-            normalize=normalize)
+            normalize=normalize, onnx=OnnxSupport(optimum=()))

@@ -15,8 +15,8 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, Keys
 from modelport.formats.errors import BadInput
 
-from .base import F32, U32, HParam, rope
-from .llama import ARCH as LLAMA
+from .base import F32, ROPE_BY_LENGTH, U32, HParam, OnnxSupport, rope
+from .llama import LAYOUT
 from .llama import HPARAMS as LLAMA_HPARAMS
 
 HPARAMS = tuple(h for h in LLAMA_HPARAMS if h.gguf != Keys.Rope.DIMENSION_COUNT) + (
@@ -76,7 +76,7 @@ def hf_from_gguf(cfg: dict, kv: dict, tensors: dict) -> dict:
 
 def rope_factors(config: dict) -> dict[str, np.ndarray]:
     """LongRoPE's per-frequency divisors, one F32 tensor each for long and short contexts."""
-    cfg = LLAMA.normalize(config)
+    cfg = LAYOUT.normalize(config)
     params = _longrope(cfg)
     if params is None:
         return {}
@@ -87,6 +87,6 @@ def rope_factors(config: dict) -> dict[str, np.ndarray]:
     return out
 
 
-ARCH = replace(LLAMA, name="phi3", hf_class="Phi3ForCausalLM", gguf_arch=MODEL_ARCH.PHI3, hparams=HPARAMS,
-               tensors=TENSORS, to_gguf={}, from_gguf={}, extra_tensors=rope_factors, extra_kv=extra_kv,
-               derived=FACTOR_NAMES, hf_from_gguf=hf_from_gguf)
+ARCH = replace(LAYOUT, name="phi3", hf_class="Phi3ForCausalLM", gguf_arch=MODEL_ARCH.PHI3, hparams=HPARAMS,
+               tensors=TENSORS, extra_tensors=rope_factors, extra_kv=extra_kv,
+               derived=FACTOR_NAMES, hf_from_gguf=hf_from_gguf, onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))

@@ -3,7 +3,8 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH
 
-from .llama import ARCH as LLAMA
+from .base import OnnxSupport
+from .llama import LAYOUT
 
-ARCH = replace(LLAMA, name="qwen2", hf_class="Qwen2ForCausalLM", gguf_arch=MODEL_ARCH.QWEN2, to_gguf={},
-               from_gguf={}, extra_tensors=lambda cfg: {}, derived=())
+ARCH = replace(LAYOUT, name="qwen2", hf_class="Qwen2ForCausalLM", gguf_arch=MODEL_ARCH.QWEN2,
+               onnx=OnnxSupport(builder=True, genai_type="qwen2", read_back=True))

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
-from .base import HParam
+from .base import HParam, OnnxSupport
 from .llama import HPARAMS, QKV_BIASES, TENSORS
 from .qwen2 import ARCH as QWEN2
 
@@ -34,5 +34,5 @@ ARCH = replace(
     tensors=ATTENTION + QKV_BIASES + (f"{MLP}.gate.weight", f"{MLP}.shared_expert_gate.weight") + tuple(
         f"{MLP}.shared_expert.{p}.weight" for p in PROJS),
     experts=EXPERTS, from_gguf={MODEL_TENSOR.FFN_GATE_INP_SHEXP: _gate_row},
-    hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False},
+    hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False}, onnx=OnnxSupport(),
 )

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH
 
+from .base import OnnxSupport, ROPE_BY_LENGTH
 from .llama import HPARAMS, QK_NORMS
 from .qwen2_moe import ATTENTION, EXPERT_HPARAMS, EXPERTS, MLP
 from .qwen3 import ARCH as QWEN3
@@ -12,4 +13,5 @@ ARCH = replace(
     QWEN3, name="qwen3_moe", hf_class="Qwen3MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN3MOE,
     hparams=HPARAMS + EXPERT_HPARAMS, tensors=ATTENTION + QK_NORMS + (f"{MLP}.gate.weight",),
     experts=EXPERTS, hf_defaults={**QWEN3.hf_defaults, "norm_topk_prob": True},
+    onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)),
 )

@@ -11,7 +11,7 @@ from dataclasses import replace
 from gguf import MODEL_ARCH, Keys
 
 from .base import F32, HParam
-from .llama import ARCH as LLAMA
+from .llama import LAYOUT
 from .llama import HPARAMS as LLAMA_HPARAMS
 from .llama import normalize as llama_normalize
 
@@ -30,6 +30,5 @@ def normalize(config: dict) -> dict:
     return cfg
 
 
-ARCH = replace(LLAMA, name="starcoder2", hf_class="Starcoder2ForCausalLM", gguf_arch=MODEL_ARCH.STARCODER2,
-               hparams=HPARAMS, tensors=TENSORS, normalize=normalize, to_gguf={}, from_gguf={},
-               extra_tensors=lambda cfg: {}, derived=(), hf_defaults={"hidden_act": "gelu_pytorch_tanh"})
+ARCH = replace(LAYOUT, name="starcoder2", hf_class="Starcoder2ForCausalLM", gguf_arch=MODEL_ARCH.STARCODER2,
+               hparams=HPARAMS, tensors=TENSORS, normalize=normalize, hf_defaults={"hidden_act": "gelu_pytorch_tanh"})

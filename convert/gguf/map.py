@@ -73,8 +73,8 @@ def to_gguf(model: Model, dtype: str | None, provenance: dict[str, str], path: P
         kind, gguf_name = names[hf_name]
         if len(ref.shape) <= 1:  # F32 in GGUF anyway: cast first, so a family transform (gemma's norm + 1) sees floats
             ref = cast(ref, "F32", hf_name)
-        if kind in arch.to_gguf:
-            ref = _mapped(ref, arch.to_gguf[kind], cfg)
+        if kind in arch.gguf_transforms:
+            ref = _mapped(ref, arch.gguf_transforms[kind], cfg)
         tensors.append((gguf_name, cast(ref, "F32" if len(ref.shape) <= 1 or kind in F32_KINDS else dtype,
                                                hf_name)))
     choices: list[dict] = []
@@ -145,8 +145,8 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
         if gguf_name not in hf_names:
             raise Unsupported(path, f"tensor {gguf_name!r} has no Hugging Face name in the {arch.name} family")
         kind, hf = hf_names[gguf_name]
-        if kind in arch.from_gguf:
-            ref = _mapped(ref, arch.from_gguf[kind], norm)
+        if kind in arch.hf_transforms:
+            ref = _mapped(ref, arch.hf_transforms[kind], norm)
         tensors[hf] = ref
     tensors = experts.split(tensors, arch, norm, path)
     # the HF dtype by default: the GGUF's own float precision, F16 for a quantized file

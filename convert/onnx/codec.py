@@ -55,7 +55,7 @@ class OnnxCodec(Codec):
         """DST a folder (model.onnx, model.onnx.data, genai_config.json, tokenizer, config.json) or `x.onnx` with
         `x.onnx.data` beside it; both files appear whole or not at all."""
         notes, quant = options.get("notes", []), options.get("quant")
-        if model.arch not in graph.FAMILIES:
+        if not archs.for_hf(model.arch, ctx.dst).onnx.builder:
             return self._save_optimum(model, options, ctx)
         g = graph.build(model, options.get("dtype"), options["ops"], quant, options["block_size"])
         meta = {provenance.ARCH: model.arch, provenance.CONFIG: json.dumps(model.config, sort_keys=True),
@@ -132,10 +132,10 @@ class OnnxCodec(Codec):
     def family_support(self, arch: archs.Arch) -> dict:
         """Our builder (int4/int8 in one pass), or optimum's exporter with the limits it is known to get wrong, or
         nothing; read back where the graph walk knows the family."""
-        via = "builder" if arch.name in graph.FAMILIES else "optimum" if arch.name in optimum.EXPORTS else None
-        return {"read": arch.name in onnx_reader.WALKED, "write": via is not None, "via": via,
+        via = "builder" if arch.onnx.builder else "optimum" if arch.onnx.optimum is not None else None
+        return {"read": arch.onnx.read_back, "write": via is not None, "via": via,
                 "quant": list(graph.QUANT_BITS) if via == "builder" else [],
-                "refused": [f"{lim.what}: {lim.why}" for lim in optimum.EXPORTS.get(arch.name, ())]}
+                "refused": [f"{lim.what}: {lim.why}" for lim in arch.onnx.optimum or ()]}
 
     def families(self, native: onnx_format.OnnxContents) -> list[archs.Arch]:
         arch = native.metadata.get(provenance.ARCH)

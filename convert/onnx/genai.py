@@ -8,8 +8,6 @@ from modelport.formats.model import Model
 
 from modelport.convert import archs
 
-# genai's "type" per HF model_type (the builder's: the architecture class name before "For", lower-cased)
-GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
 SEARCH_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
 
 
@@ -45,7 +43,7 @@ def genai_config(model: Model, filename: str) -> dict:
             },
             "eos_token_id": eos,
             "pad_token_id": pad,
-            "type": GENAI_TYPES[model.arch],
+            "type": archs.for_hf(model.arch).onnx.genai_type,  # the family's ONNX section says it
             "vocab_size": cfg["vocab_size"],
         },
         "search": {

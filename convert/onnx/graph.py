@@ -38,7 +38,6 @@ from modelport.convert.dtypes import FLOATS, cast
 OPSET = 17
 MS = "com.microsoft"
 OPS = ("portable", "ort")
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # model_types built here; the others go through optimum
 COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> its default compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
@@ -101,7 +100,7 @@ class _Decoder:
         self.eps = float(c["rms_norm_eps"])
         self.np_compute = np.float16 if self.compute == "F16" else np.float32
         self.head_shapes: dict[int, str] = {}  # [B, S, n, D] per head count
-        self.windows = sliding_windows(model.arch, self.cfg)
+        self.windows = sliding_windows(archs.for_hf(model.arch), self.cfg)
 
     # --- weights -------------------------------------------------------------------------------------------------
     def weight(self, name: str) -> str:
@@ -335,14 +334,14 @@ class _Decoder:
         return model
 
 
-def sliding_windows(arch: str, cfg: dict) -> list[int | None]:
+def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
     """Each layer's sliding attention window (None: full causal attention), as transformers reads the config:
     `layer_types` where the config has them (qwen2, qwen3), else mistral's one `sliding_window` for every layer."""
     n, window = cfg["num_hidden_layers"], cfg.get("sliding_window")
     types = cfg.get("layer_types")
     if types:
         return [window if t == "sliding_attention" else None for t in types]
-    return [window if arch == "mistral" else None] * n
+    return [window if arch.onnx.sliding_window_everywhere else None] * n
 
 
 def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,

@@ -13,7 +13,6 @@ import io
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -25,57 +24,27 @@ from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.hashing import Late
 from modelport.formats.model import Model
 
-from modelport.convert import provenance
+from modelport.convert import archs, provenance
 from modelport.convert.dtypes import cast_model
 
 EXPORTER_KEY = provenance.EXPORTER
 OPTIMUM_DTYPES = {"F32": "fp32"}  # optimum exports fp16/bf16 on GPU only; `modelport quantize --quant fp16` after
 
 
-@dataclass(frozen=True)
-class Limit:
-    """A configuration optimum's export gets wrong or cannot trace: modelport refuses it rather than write it."""
-
-    applies: Callable[[dict], bool]  # the HF config -> whether this limit refuses it
-    what: str  # the configuration, as the user knows it
-    why: str
-
-
-def _rope_type(cfg: dict) -> str | None:
-    scaling = cfg.get("rope_scaling") or {}
-    return scaling.get("rope_type", scaling.get("type"))
-
-
-# transformers recomputes these rotary frequencies from each call's sequence length (its dynamic_rope_update); the
-# trace sees one dummy length and bakes in the short-sequence frequencies (past the switch, logits off by 5.8 for phi3
-# LongRoPE and 0.8 for dynamic NTK on gemma: tests/test_family_onnx.py)
-ROPE_BY_LENGTH = Limit(lambda cfg: _rope_type(cfg) in ("longrope", "dynamic"), "rope_scaling longrope/dynamic",
-                              "the traced graph keeps the short-sequence rotary frequencies for every length")
-
-# model_type -> what optimum-onnx 0.1 (with transformers 4.57) exports wrongly or not at all; a family not listed is
-# one optimum does not export (mixtral, qwen2_moe, starcoder2: not in its TasksManager). Each entry is checked by
-# tests/test_family_onnx.py (logits against transformers, or the refusal).
-EXPORTS: dict[str, tuple[Limit, ...]] = {
-    "bert": (), "gpt2": (), "mpt": (),
-    "gemma": (ROPE_BY_LENGTH,), "gemma3_text": (ROPE_BY_LENGTH,), "phi3": (ROPE_BY_LENGTH,),
-    "qwen3_moe": (ROPE_BY_LENGTH,), "granite": (ROPE_BY_LENGTH,),
-    "falcon": (Limit(lambda cfg: bool(cfg.get("new_decoder_architecture")),
-                     "new_decoder_architecture (Falcon 40B/180B, Falcon2)",
-                     "optimum's dummy cache has num_kv_heads heads, transformers caches keys broadcast to all "
-                     "attention heads, and the trace fails"), ROPE_BY_LENGTH),
-    "gemma2": (Limit(lambda cfg: cfg.get("attn_logit_softcapping") is not None, "attn_logit_softcapping",
-                     "optimum loads the model with sdpa attention, which leaves the attention soft-capping out"),
-               ROPE_BY_LENGTH),
-}
+def exported() -> list[str]:
+    """The families optimum-onnx exports (each family's ONNX section says so, with the configurations it gets
+    wrong)."""
+    return sorted(a.name for a in archs.registry().values() if a.onnx.optimum is not None)
 
 
 def check(model_type: str, config: dict, dst: Path) -> None:
     """Unsupported naming the family and why, before optimum and torch load anything, if optimum's export of this
     config would fail or compute something else than transformers."""
-    if model_type not in EXPORTS:
+    limits = archs.for_hf(model_type, dst).onnx.optimum
+    if limits is None:
         raise Unsupported(dst, f"no ONNX export for {model_type!r}: modelport has no graph builder for it and "
-                               f"optimum-onnx does not export it (it does: {', '.join(sorted(EXPORTS))})")
-    for limit in EXPORTS[model_type]:
+                               f"optimum-onnx does not export it (it does: {', '.join(exported())})")
+    for limit in limits:
         if limit.applies(config):
             raise Unsupported(dst, f"no ONNX export for {model_type!r} with {limit.what}: optimum-onnx does not "
                                    f"export it right ({limit.why})")
@@ -151,7 +120,7 @@ def export(model: Model, dst: Path, dtype: str | None, force: bool, provenance: 
             folder = Path(tmp) / "hf"
             safetensors.write(folder, cast_model(model, "F32"), {})
         try:
-            with contextlib.redirect_stdout(io.StringIO()), _quiet():
+            with contextlib.redirect_stdout(io.StringIO()), quiet():
                 # library_name pinned: with sentence-transformers installed, optimum would otherwise export a
                 # sentence-transformers folder with that library's outputs instead of the model's own
                 main_export(str(folder), output=str(partial), task=task, device="cpu", library_name="transformers",
@@ -168,7 +137,7 @@ def export(model: Model, dst: Path, dtype: str | None, force: bool, provenance: 
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """optimum and transformers log each step, torch's tracer warns on every shape test; modelport prints its own
     one-line result."""
     loggers = [logging.getLogger(n) for n in ("optimum", "transformers")]

@@ -12,7 +12,7 @@ o_proj is the next weighted MatMul after attention; the residual is the first Ad
 in the MLP the projection that reaches an activation is gate, the other up, and down is the next weighted MatMul.
 A weight is a MatMul's B (transposed, or a Transpose of the HF-laid initializer), a Gemm's (transB says), or
 MatMulNBits blobs (an export quantized afterwards). Node names are never consulted: exporters rename nodes from
-version to version. The walk knows the llama-like families (WALKED); onnx has no library for it.
+version to version. The walk knows the llama-like families (those whose ONNX section says read_back); onnx has no library for it.
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ from modelport.convert.dtypes import FLOATS, cast
 from modelport.convert.provenance import CONFIG as CONFIG_KEY
 
 # families whose block the walk knows: norm, attention (q, k, v, o), norm, gated MLP, with llama's tensor names
-WALKED = ("llama", "mistral", "qwen2", "qwen3")
 QWEIGHT = ".qweight"  # contract: HF `X.weight` as MatMulNBits is `X.weight.qweight`, `.scales`, `.zero_points`
 
 WEIGHTED = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1}  # op -> input slot of its weight
@@ -315,10 +314,11 @@ def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, Ten
     return tensors
 
 
-def _exported_tensors(graph: _Graph, arch: str, cfg: dict, path: Path) -> dict[str, TensorRef]:
-    if arch not in WALKED:
-        raise Unsupported(path, f"reading an exported {arch} ONNX model back is not supported; the graph walk "
-                                f"knows {', '.join(WALKED)}")
+def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, path: Path) -> dict[str, TensorRef]:
+    if not arch.onnx.read_back:
+        walked = sorted(a.name for a in archs.registry().values() if a.onnx.read_back)
+        raise Unsupported(path, f"reading an exported {arch.name} ONNX model back is not supported; the graph walk "
+                                f"knows {', '.join(walked)}")
     names = _Walk(graph, path).run(cfg["num_hidden_layers"])
     if cfg.get("tie_word_embeddings", False):
         names.pop("lm_head.weight", None)  # the HF checkpoint stores the tied weight once, as the embedding
@@ -352,7 +352,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     if own:  # in the graph's order, the source's
         tensors = _own_tensors(graph, hf_names, path)
     else:  # in save_pretrained's order
-        tensors = dict(sorted(_exported_tensors(graph, arch.name, norm, path).items()))
+        tensors = dict(sorted(_exported_tensors(graph, arch, norm, path).items()))
     unknown = sorted(set(tensors) - hf_names)
     if unknown:
         raise Unsupported(path, f"tensor {unknown[0]!r} has no place in the {arch.name} family")
