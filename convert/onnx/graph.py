@@ -31,7 +31,7 @@ from modelport.formats.model import Model, TensorRef
 from modelport.formats.onnx import require_onnx
 
 from modelport.convert import archs
-from modelport.convert.onnx import nbits
+from modelport.convert.onnx import nbits as nbits_codec
 from modelport.convert.onnx import rope as onnx_rope
 from modelport.convert.dtypes import FLOATS, cast
 
@@ -130,20 +130,20 @@ class _Decoder:
                    block_size=nbits.block_size)
         return self.n("Add", y, bias) if bias else y
 
-    def nbits(self, name: str) -> nbits.NBits | None:
+    def nbits(self, name: str) -> nbits_codec.NBits | None:
         """MatMulNBits operands: a GGUF-quantized weight transcoded as it is where its grid fits (no second
         quantization), a float weight quantized when `quant` asks; None keeps the float Gemm."""
         ref = self.model.tensors[name]
         if ref.result_dtype not in FLOATS:
-            nbits = nbits.from_gguf(ref, self.compute)
-            if nbits is not None:
-                return nbits
+            blocks = nbits_codec.from_gguf(ref, self.compute)
+            if blocks is not None:
+                return blocks
             self.notes.append({"name": name, "fallback": f"{ref.result_dtype} has no MatMulNBits grid with "
                                                          f"{self.compute} scales: dequantized"
                                                          + (f" and quantized to {self.quant}" if self.quant else "")})
         if not self.quant:
             return None
-        return nbits.from_float(ref, QUANT_BITS[self.quant], self.block_size, self.compute)
+        return nbits_codec.from_float(ref, QUANT_BITS[self.quant], self.block_size, self.compute)
 
     def c(self, value, dtype=None) -> str:
         return self.n.const(value, dtype or self.np_compute)
