@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 SHAPES = {
     # rows of 64 and 192: not multiples of 256, so llama.cpp's K-quant fallbacks apply
@@ -34,122 +36,6 @@ def longrope(dims: dict) -> dict:
     return {"type": "longrope", "short_factor": [round(1 + x ** 3, 4) for x in t],
             "long_factor": [round(1 + 29 * x ** 3, 4) for x in t]}
 
-
-# fields given as functions follow the shape: make() calls them with the shape's dims
-CONFIGS = {
-    # Llama 3.2 1B, shrunk: llama3 rope scaling, tied embeddings, Llama 3 tokenizer.
-    "llama": dict(model_type="llama", vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
-                  rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
-                  rope_scaling={"rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0,
-                                "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}),
-    # Mistral 7B v0.1, shrunk: SentencePiece tokenizer, untied output.
-    "mistral": dict(model_type="mistral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
-                    rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                    sliding_window=None),
-    # Qwen2.5 0.5B, shrunk: QKV biases, tied embeddings; a byte-level BPE with Qwen2's pre-tokenizer regex.
-    "qwen2": dict(model_type="qwen2", vocab_size=128256, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                  rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
-    # Qwen3 0.6B, shrunk: Q/K norms, no QKV biases, tied embeddings.
-    "qwen3": dict(model_type="qwen3", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                  rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
-    # Granite 3.x 8B, shrunk: llama's layout with Granite 3's embedding, residual and attention (1/128) multipliers,
-    # tied embeddings, no head_dim in config.json. Its logits_scaling (8 or 16) would flatten these random weights'
-    # logits to near uniform (top-1 probability < 0.001), where a dropped attention scale stays under the KL gates
-    # (1.2e-7): 0.5 keeps them peaked (0.91), and a scale applied inverted shows. Granite's own 49k byte-level BPE is
-    # not shipped by a PyPI package; Llama 3's stands in.
-    "granite": dict(model_type="granite", vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
-                    rope_theta=10000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
-                    embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125,
-                    logits_scaling=0.5),
-    # Mixtral 8x7B, shrunk to 4 experts (2 used) of the shape's intermediate size: SentencePiece tokenizer, untied.
-    "mixtral": dict(model_type="mixtral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
-                    rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                    sliding_window=None, num_local_experts=4, num_experts_per_tok=2),
-    # Qwen1.5-MoE-A2.7B, shrunk to 4 routed experts (2 used) and a gated shared expert 4x as wide: QKV biases,
-    # routing weights not renormalised (norm_topk_prob false, as llama.cpp's qwen2moe computes it).
-    "qwen2_moe": dict(model_type="qwen2_moe", vocab_size=128256, max_position_embeddings=8192, rms_norm_eps=1e-6,
-                      rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
-                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                      shared_expert_intermediate_size=128, norm_topk_prob=False),
-    # Qwen3-30B-A3B, shrunk to 4 experts (2 used): Q/K norms, no shared expert, renormalised routing weights.
-    "qwen3_moe": dict(model_type="qwen3_moe", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                      rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
-                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True),
-    # Gemma 2B, shrunk: norms stored as w and applied as (1 + w), embeddings scaled by sqrt(hidden), tied output.
-    # Gemma's own SentencePiece tokenizer (256k) is gated: Mistral's stands in (vocab 32k), laid out as Gemma's is.
-    "gemma": dict(model_type="gemma", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
-                  rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None),
-    # Gemma 2 2B, shrunk: attention and final logit soft-capping, pre/post feed-forward norms, local (sliding
-    # window, made short here so the mixed text crosses it) and global layers alternating; scalar = head_dim.
-    "gemma2": dict(model_type="gemma2", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
-                   rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None,
-                   query_pre_attn_scalar=head_dim, sliding_window=32, attn_logit_softcapping=50.0,
-                   final_logit_softcapping=30.0),
-    # Gemma 3 1B (text), shrunk: Q/K norms, local layers with their own rope base (rope_local_base_freq) and a short
-    # sliding window, every second layer global (the real pattern is 6: two layers would both be local).
-    "gemma3": dict(model_type="gemma3_text", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                   rope_theta=1000000.0, rope_local_base_freq=10000.0, tie_word_embeddings=True, bos_token_id=1,
-                   eos_token_id=2, pad_token_id=None, query_pre_attn_scalar=head_dim, sliding_window=32,
-                   sliding_window_pattern=2, rope_scaling=None),
-    # Phi-3-mini-128k, shrunk: fused qkv_proj and gate_up_proj, LongRoPE. Llama 2's tokenizer padded to 32064;
-    # Mistral's SentencePiece one (also 32000 pieces) stands in, with Phi-3's added tokens.
-    "phi3": dict(model_type="phi3", vocab_size=32064, max_position_embeddings=131072,
-                 original_max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
-                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000, pad_token_id=32000,
-                 sliding_window=262144,
-                 rope_scaling=longrope),
-    # GPT-2 (124M), shrunk: learned positions, LayerNorms with biases, Conv1D weights, tied output. GPT-2's own 50k
-    # byte-level BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
-    "gpt2": dict(model_type="gpt2", vocab_size=128256, n_positions=1024, layer_norm_epsilon=1e-5,
-                 activation_function="gelu_new", bos_token_id=128000, eos_token_id=128001),
-    # StarCoder2 3B, shrunk: biases everywhere, LayerNorms, GELU MLP, sliding window (longer than the test text),
-    # tied output. StarCoder2's 49k byte-level BPE is not shipped by a PyPI package; Llama 3's stands in.
-    "starcoder2": dict(model_type="starcoder2", vocab_size=128256, max_position_embeddings=16384, norm_epsilon=1e-5,
-                       rope_theta=999999.4420358813, sliding_window=4096, use_bias=True,
-                       hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, bos_token_id=128000,
-                       eos_token_id=128001),
-    # Falcon 7B, shrunk: multi-query attention (one KV head), attention and MLP in parallel off one LayerNorm, no
-    # biases, tied output. Falcon's own 65k BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
-    "falcon": dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, multi_query=True,
-                   new_decoder_architecture=False, parallel_attn=True, bias=False, alibi=False,
-                   bos_token_id=128000, eos_token_id=128001),
-    # Falcon 40B, shrunk: the new decoder architecture (grouped KV heads interleaved with their queries in
-    # query_key_value, separate ln_attn and ln_mlp).
-    "falcon40b": dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, multi_query=True,
-                      new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False,
-                      bos_token_id=128000, eos_token_id=128001),
-    # Falcon2 11B, shrunk: the new decoder's grouped KV heads with one LayerNorm feeding attention and MLP.
-    "falcon2": dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, max_position_embeddings=8192,
-                    rope_theta=500042.0, new_decoder_architecture=True, num_ln_in_parallel_attn=1,
-                    parallel_attn=True, bias=False, alibi=False, bos_token_id=128000, eos_token_id=128001),
-    # MPT 7B, shrunk: ALiBi, no biases, tied output; clip_qkv set (mpt-7b leaves it null) low enough that the clamp
-    # bites on these weights. GPT-NeoX's BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
-    "mpt": dict(model_type="mpt", vocab_size=128256, max_seq_len=2048, expansion_ratio=4, no_bias=True,
-                layer_norm_epsilon=1e-5, attn_config={"alibi": True, "alibi_bias_max": 8, "clip_qkv": 0.6},
-                bos_token_id=128000, eos_token_id=128001),
-    # all-MiniLM-L6-v2 (sentence-transformers), shrunk: a BERT encoder with token types, learned positions, mean
-    # pooling and normalisation; its own WordPiece tokenizer and sentence-transformers files.
-    "bert": dict(model_type="bert", vocab_size=30522, max_position_embeddings=512, layer_norm_eps=1e-12,
-                 type_vocab_size=2, hidden_act="gelu", pad_token_id=0, intermediate_size=128),
-}
-# Mixtral 8x7B's own 8 experts: llama.cpp's quant mixes have rules for exactly 8 (attn_k/attn_v Q8_0 ...).
-CONFIGS["mixtral8"] = {**CONFIGS["mixtral"], "num_local_experts": 8}
-
-# Families whose configs spell the shape their own way: SHAPES key -> the family's config key (None: not a field of
-# the family, left out). The rest take SHAPES as is.
-SHAPE_KEYS = {
-    "gpt2": dict(hidden_size="n_embd", num_hidden_layers="n_layer", num_attention_heads="n_head",
-                 intermediate_size=None, num_key_value_heads=None, head_dim=None),
-    "falcon": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),
-    "falcon40b": dict(intermediate_size=None, num_key_value_heads="num_kv_heads", head_dim=None),
-    "falcon2": dict(intermediate_size=None, num_key_value_heads="num_kv_heads", head_dim=None),
-    "mpt": dict(hidden_size="d_model", num_hidden_layers="n_layers", num_attention_heads="n_heads",
-                intermediate_size=None, num_key_value_heads=None, head_dim=None),
-    "bert": dict(intermediate_size=None, num_key_value_heads=None, head_dim=None),  # its own intermediate size
-    "granite": dict(head_dim=None),  # llama.cpp's GraniteModel ignores head_dim: hidden_size / heads
-}
-# Families that are not causal LMs: the transformers auto class that builds them (the rest: AutoModelForCausalLM)
-AUTO_CLASSES = {"bert": "AutoModel"}
 
 MOE_ROUTERS = ("block_sparse_moe.gate.weight", "mlp.gate.weight")  # mixtral, qwen2_moe / qwen3_moe
 
@@ -269,24 +155,185 @@ def qwen2_tokenizer(out: Path) -> Path:
     return llama3_tokenizer(out, QWEN2_REGEX)
 
 
-TOKENIZERS = {"llama": llama3_tokenizer, "mistral": sentencepiece_tokenizer,
-              "qwen2": qwen2_tokenizer, "qwen3": qwen2_tokenizer,
-              "mixtral": sentencepiece_tokenizer, "mixtral8": sentencepiece_tokenizer,
-              "qwen2_moe": qwen2_tokenizer, "qwen3_moe": qwen2_tokenizer,
-              "gpt2": llama3_tokenizer, "starcoder2": llama3_tokenizer, "falcon": llama3_tokenizer,
-              "falcon40b": llama3_tokenizer, "falcon2": llama3_tokenizer, "mpt": llama3_tokenizer,
-              "bert": minilm_tokenizer,
-              "gemma": gemma_tokenizer, "gemma2": gemma_tokenizer, "gemma3": gemma_tokenizer,
-              "phi3": phi3_tokenizer, "granite": llama3_tokenizer}
+CAUSAL_LM = "AutoModelForCausalLM"
 
 
-# families whose norms are applied as (offset + w): their w is drawn around 1 - offset, so the applied scales are
-# 1 + 0.2 randn as everyone's are
-NORM_OFFSETS = {"gemma": 1.0, "gemma2": 1.0, "gemma3": 1.0}
+@dataclass(frozen=True)
+class Sample:
+    """One tiny model: everything make() needs to write it, in one place."""
+
+    config: dict  # config.json fields (the shape's come from SHAPES); a function is called with the shape's dims
+    tokenizer: Callable[[Path], Path]  # writes the tokenizer files into the model's folder
+    # SHAPES key -> the config's own key for it (None: not a field of this config, left out); the rest as SHAPES has
+    shape_keys: dict[str, str | None] = field(default_factory=dict)
+    # norms applied as (offset + w): w is drawn around 1 - offset, so the applied scales are 1 + 0.2 randn as
+    # everyone's are
+    norm_offset: float = 0.0
+    auto_class: str = CAUSAL_LM  # the transformers auto class that builds it
+    # the sample this one only resizes (same family and layout, other counts) for rules that depend on a count
+    resizes: str | None = None
+
+    @property
+    def family(self) -> str:
+        """The registered family (modelport.convert.archs) that converts it: its config's model_type."""
+        return self.config["model_type"]
+
+
+# shape_keys rows shared by several samples
+NO_HEAD_DIM = dict(head_dim=None)  # llama.cpp's GraniteModel ignores head_dim: hidden_size / heads
+NO_FFN_KV_HEAD_DIM = dict(intermediate_size=None, num_key_value_heads=None, head_dim=None)
+FALCON_GQA_SHAPE = dict(intermediate_size=None, num_key_value_heads="num_kv_heads", head_dim=None)
+GPT2_SHAPE = dict(hidden_size="n_embd", num_hidden_layers="n_layer", num_attention_heads="n_head",
+                  intermediate_size=None, num_key_value_heads=None, head_dim=None)
+MPT_SHAPE = dict(hidden_size="d_model", num_hidden_layers="n_layers", num_attention_heads="n_heads",
+                 intermediate_size=None, num_key_value_heads=None, head_dim=None)
+
+SAMPLES: dict[str, Sample] = {
+    # Llama 3.2 1B, shrunk: llama3 rope scaling, tied embeddings, Llama 3 tokenizer.
+    "llama": Sample(
+        dict(model_type="llama", vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+             rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+             rope_scaling={"rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0,
+                           "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}),
+        llama3_tokenizer),
+    # Mistral 7B v0.1, shrunk: SentencePiece tokenizer, untied output.
+    "mistral": Sample(
+        dict(model_type="mistral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
+             rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, sliding_window=None),
+        sentencepiece_tokenizer),
+    # Qwen2.5 0.5B, shrunk: QKV biases, tied embeddings; a byte-level BPE with Qwen2's pre-tokenizer regex.
+    "qwen2": Sample(
+        dict(model_type="qwen2", vocab_size=128256, max_position_embeddings=32768, rms_norm_eps=1e-6,
+             rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+        qwen2_tokenizer),
+    # Qwen3 0.6B, shrunk: Q/K norms, no QKV biases, tied embeddings.
+    "qwen3": Sample(
+        dict(model_type="qwen3", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
+             rope_theta=1000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+        qwen2_tokenizer),
+    # Granite 3.x 8B, shrunk: llama's layout with Granite 3's embedding, residual and attention (1/128) multipliers,
+    # tied embeddings, no head_dim in config.json. Its logits_scaling (8 or 16) would flatten these random weights'
+    # logits to near uniform (top-1 probability < 0.001), where a dropped attention scale stays under the KL gates
+    # (1.2e-7): 0.5 keeps them peaked (0.91), and a scale applied inverted shows. Granite's own 49k byte-level BPE is
+    # not shipped by a PyPI package; Llama 3's stands in.
+    "granite": Sample(
+        dict(model_type="granite", vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+             rope_theta=10000000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+             embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125,
+             logits_scaling=0.5),
+        llama3_tokenizer, shape_keys=NO_HEAD_DIM),
+    # Mixtral 8x7B, shrunk to 4 experts (2 used) of the shape's intermediate size: SentencePiece tokenizer, untied.
+    "mixtral": Sample(
+        dict(model_type="mixtral", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5,
+             rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, sliding_window=None,
+             num_local_experts=4, num_experts_per_tok=2),
+        sentencepiece_tokenizer),
+    # Qwen1.5-MoE-A2.7B, shrunk to 4 routed experts (2 used) and a gated shared expert 4x as wide: QKV biases,
+    # routing weights not renormalised (norm_topk_prob false, as llama.cpp's qwen2moe computes it).
+    "qwen2_moe": Sample(
+        dict(model_type="qwen2_moe", vocab_size=128256, max_position_embeddings=8192, rms_norm_eps=1e-6,
+             rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
+             num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=128,
+             norm_topk_prob=False),
+        qwen2_tokenizer),
+    # Qwen3-30B-A3B, shrunk to 4 experts (2 used): Q/K norms, no shared expert, renormalised routing weights.
+    "qwen3_moe": Sample(
+        dict(model_type="qwen3_moe", vocab_size=128256, max_position_embeddings=40960, rms_norm_eps=1e-6,
+             rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
+             num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True),
+        qwen2_tokenizer),
+    # Gemma 2B, shrunk: norms stored as w and applied as (1 + w), embeddings scaled by sqrt(hidden), tied output.
+    # Gemma's own SentencePiece tokenizer (256k) is gated: Mistral's stands in (vocab 32k), laid out as Gemma's is.
+    "gemma": Sample(
+        dict(model_type="gemma", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
+             rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None),
+        gemma_tokenizer, norm_offset=1.0),
+    # Gemma 2 2B, shrunk: attention and final logit soft-capping, pre/post feed-forward norms, local (sliding
+    # window, made short here so the mixed text crosses it) and global layers alternating; scalar = head_dim.
+    "gemma2": Sample(
+        dict(model_type="gemma2", vocab_size=32000, max_position_embeddings=8192, rms_norm_eps=1e-6,
+             rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+             query_pre_attn_scalar=head_dim, sliding_window=32, attn_logit_softcapping=50.0,
+             final_logit_softcapping=30.0),
+        gemma_tokenizer, norm_offset=1.0),
+    # Gemma 3 1B (text), shrunk: Q/K norms, local layers with their own rope base (rope_local_base_freq) and a short
+    # sliding window, every second layer global (the real pattern is 6: two layers would both be local).
+    "gemma3": Sample(
+        dict(model_type="gemma3_text", vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-6,
+             rope_theta=1000000.0, rope_local_base_freq=10000.0, tie_word_embeddings=True, bos_token_id=1,
+             eos_token_id=2, pad_token_id=None, query_pre_attn_scalar=head_dim, sliding_window=32,
+             sliding_window_pattern=2, rope_scaling=None),
+        gemma_tokenizer, norm_offset=1.0),
+    # Phi-3-mini-128k, shrunk: fused qkv_proj and gate_up_proj, LongRoPE. Llama 2's tokenizer padded to 32064;
+    # Mistral's SentencePiece one (also 32000 pieces) stands in, with Phi-3's added tokens.
+    "phi3": Sample(
+        dict(model_type="phi3", vocab_size=32064, max_position_embeddings=131072,
+             original_max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+             tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000, pad_token_id=32000,
+             sliding_window=262144, rope_scaling=longrope),
+        phi3_tokenizer),
+    # GPT-2 (124M), shrunk: learned positions, LayerNorms with biases, Conv1D weights, tied output. GPT-2's own 50k
+    # byte-level BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
+    "gpt2": Sample(
+        dict(model_type="gpt2", vocab_size=128256, n_positions=1024, layer_norm_epsilon=1e-5,
+             activation_function="gelu_new", bos_token_id=128000, eos_token_id=128001),
+        llama3_tokenizer, shape_keys=GPT2_SHAPE),
+    # StarCoder2 3B, shrunk: biases everywhere, LayerNorms, GELU MLP, sliding window (longer than the test text),
+    # tied output. StarCoder2's 49k byte-level BPE is not shipped by a PyPI package; Llama 3's stands in.
+    "starcoder2": Sample(
+        dict(model_type="starcoder2", vocab_size=128256, max_position_embeddings=16384, norm_epsilon=1e-5,
+             rope_theta=999999.4420358813, sliding_window=4096, use_bias=True, hidden_act="gelu_pytorch_tanh",
+             tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+        llama3_tokenizer),
+    # Falcon 7B, shrunk: multi-query attention (one KV head), attention and MLP in parallel off one LayerNorm, no
+    # biases, tied output. Falcon's own 65k BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
+    "falcon": Sample(
+        dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, multi_query=True,
+             new_decoder_architecture=False, parallel_attn=True, bias=False, alibi=False, bos_token_id=128000,
+             eos_token_id=128001),
+        llama3_tokenizer, shape_keys=NO_FFN_KV_HEAD_DIM),
+    # Falcon 40B, shrunk: the new decoder architecture (grouped KV heads interleaved with their queries in
+    # query_key_value, separate ln_attn and ln_mlp).
+    "falcon40b": Sample(
+        dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, multi_query=True,
+             new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False, bos_token_id=128000,
+             eos_token_id=128001),
+        llama3_tokenizer, shape_keys=FALCON_GQA_SHAPE),
+    # Falcon2 11B, shrunk: the new decoder's grouped KV heads with one LayerNorm feeding attention and MLP.
+    "falcon2": Sample(
+        dict(model_type="falcon", vocab_size=128256, layer_norm_epsilon=1e-5, max_position_embeddings=8192,
+             rope_theta=500042.0, new_decoder_architecture=True, num_ln_in_parallel_attn=1, parallel_attn=True,
+             bias=False, alibi=False, bos_token_id=128000, eos_token_id=128001),
+        llama3_tokenizer, shape_keys=FALCON_GQA_SHAPE),
+    # MPT 7B, shrunk: ALiBi, no biases, tied output; clip_qkv set (mpt-7b leaves it null) low enough that the clamp
+    # bites on these weights. GPT-NeoX's BPE is not shipped by a PyPI package; Llama 3's byte-level BPE stands in.
+    "mpt": Sample(
+        dict(model_type="mpt", vocab_size=128256, max_seq_len=2048, expansion_ratio=4, no_bias=True,
+             layer_norm_epsilon=1e-5, attn_config={"alibi": True, "alibi_bias_max": 8, "clip_qkv": 0.6},
+             bos_token_id=128000, eos_token_id=128001),
+        llama3_tokenizer, shape_keys=MPT_SHAPE),
+    # all-MiniLM-L6-v2 (sentence-transformers), shrunk: a BERT encoder with token types, learned positions, mean
+    # pooling and normalisation; its own WordPiece tokenizer and sentence-transformers files.
+    "bert": Sample(
+        dict(model_type="bert", vocab_size=30522, max_position_embeddings=512, layer_norm_eps=1e-12,
+             type_vocab_size=2, hidden_act="gelu", pad_token_id=0, intermediate_size=128),
+        minilm_tokenizer, shape_keys=NO_FFN_KV_HEAD_DIM, auto_class="AutoModel"),
+}
+# Mixtral 8x7B's own 8 experts: llama.cpp's quant mixes have rules for exactly 8 (attn_k/attn_v Q8_0 ...).
+SAMPLES["mixtral8"] = replace(SAMPLES["mixtral"], config={**SAMPLES["mixtral"].config, "num_local_experts": 8},
+                              resizes="mixtral")
+
+
+def config(name: str, shape: str = "tiny") -> dict:
+    """The config.json fields sample `name` sets at `shape` (transformers' config class adds its defaults)."""
+    sample = SAMPLES[name]
+    dims = {sample.shape_keys.get(k, k): v for k, v in SHAPES[shape].items() if sample.shape_keys.get(k, k)}
+    return {**dims, **{k: v(dims) if callable(v) else v for k, v in sample.config.items()}}
 
 
 def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, shape: str = "tiny") -> Path:
-    """Write an HF folder for a tiny `family` model with seeded weights large enough to give peaked logits."""
+    """Write an HF folder for the tiny model `family` (a SAMPLES name) with seeded weights large enough to give
+    peaked logits."""
     import torch
     import transformers
     from transformers import AutoConfig
@@ -295,18 +342,15 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, sh
     if (out / "config.json").exists():  # made already (same family, seed and dtype give the same bytes)
         return out
     out.mkdir(parents=True, exist_ok=True)
-    cfg = dict(CONFIGS[family])
-    keys = SHAPE_KEYS.get(family, {})
-    dims = {keys.get(k, k): v for k, v in SHAPES[shape].items() if keys.get(k, k)}
-    cfg = {k: v(dims) if callable(v) else v for k, v in cfg.items()}
-    config = AutoConfig.for_model(cfg.pop("model_type"), **dims, **cfg)
+    sample = SAMPLES[family]
+    fields = config(family, shape)
+    hf_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     torch.manual_seed(seed)
-    model = getattr(transformers, AUTO_CLASSES.get(family, "AutoModelForCausalLM")).from_config(
-        config, dtype=torch.float32)
+    model = getattr(transformers, sample.auto_class).from_config(hf_config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1 and name.endswith("weight") and ("norm" in name or ".ln_" in name or "LayerNorm" in name):
-                p.copy_(1.0 - NORM_OFFSETS.get(family, 0.0) + 0.2 * torch.randn_like(p))
+                p.copy_(1.0 - sample.norm_offset + 0.2 * torch.randn_like(p))
             elif any(e in name for e in ("embed_tokens", "lm_head", "wte", "word_embeddings")):
                 # rows of log-normal norms, as trained vocabularies have: a few tokens dominate each position, so
                 # the top-1 token has a clear margin, as in a trained model, instead of a 128k-way near-tie
@@ -319,13 +363,13 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, sh
             else:
                 p.copy_(0.05 * torch.randn_like(p))
     model.to(getattr(torch, dtype)).save_pretrained(out)
-    TOKENIZERS[family](out)
+    sample.tokenizer(out)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("family", choices=sorted(CONFIGS))
+    ap.add_argument("family", choices=sorted(SAMPLES))
     ap.add_argument("out", type=Path)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))

@@ -1,11 +1,14 @@
-"""Tiny models of each family, made once per session with transformers (see modelport.samples.tiny)."""
+"""Tiny models of each family, made once per session with transformers (see modelport.samples.tiny), and the
+transformers fp32 logits they are checked against."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modelport.samples import tiny
+from modelport.validators.runtimes import Transformers
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,18 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mixed_text() -> str:
     return tiny.mixed_text()
+
+
+@pytest.fixture(scope="module")
+def hf_reference(checkpoints, mixed_text):
+    """sample -> (HF ids of the mixed text, transformers fp32 logits), computed once per family."""
+    cache: dict[str, tuple[list[int], np.ndarray]] = {}
+
+    def get(family: str):
+        if family not in cache:
+            ref = Transformers(checkpoints(family))
+            ids = ref.tokenize(mixed_text)
+            cache[family] = (ids, ref.logits(ids))
+        return cache[family]
+
+    return get

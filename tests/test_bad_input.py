@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGUF_MAGIC
 
-from helpers import run_cli
+from support.cli import run_cli
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8, "intermediate_size": 16,
           "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 4,

@@ -9,7 +9,7 @@ import pytest
 from modelport import api
 from modelport.validators.diff import SCHEMA, compare, diff
 
-from helpers import run_cli
+from support.cli import run_cli
 
 
 @pytest.fixture(scope="module")

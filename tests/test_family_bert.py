@@ -18,9 +18,9 @@ from modelport.convert.gguf import sentence_transformers
 from modelport.formats import gguf
 from modelport.validators.runtimes import LlamaCppEmbeddings, TransformersEmbeddings
 
-from family_variants import foreign_gguf
-from helpers import run_cli
-from test_quantize import assert_equals_llama_quantize
+from support.cli import run_cli
+from support.quantize import assert_equals_llama_quantize
+from support.variants import foreign_gguf
 
 # English, punctuation, accents, digits, code, CJK and emoji (an [UNK] for both tokenizers). Not Hangul: llama.cpp's
 # WPM tokenizer drops the vowel jamo NFD leaves (its accent-mark flags), where transformers' BertNormalizer keeps

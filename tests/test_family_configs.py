@@ -11,8 +11,8 @@ import pytest
 
 from modelport import api
 
-from family_variants import assert_same_model, foreign_gguf
-from helpers import run_cli
+from support.cli import run_cli
+from support.variants import assert_same_model, foreign_gguf
 
 FAMILIES = ("gpt2", "starcoder2", "falcon", "falcon40b", "falcon2", "mpt")
 

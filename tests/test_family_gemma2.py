@@ -10,7 +10,7 @@ from modelport import api
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
-from family_variants import hf_logits, variant
+from support.variants import hf_logits, variant
 
 ATTN_CAP, FINAL_CAP = 0.2, 3.0
 

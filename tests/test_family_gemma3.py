@@ -9,7 +9,7 @@ from modelport import api
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
-from family_variants import hf_logits, variant
+from support.variants import hf_logits, variant
 
 VARIANTS = {"local_rope_base": dict(rope_local_base_freq=100000.0),
             "linear_rope_scaling": dict(rope_scaling={"rope_type": "linear", "factor": 8.0})}

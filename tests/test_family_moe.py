@@ -20,9 +20,9 @@ from modelport.formats.model import ConcatSlice, FileSlice
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
-from family_variants import assert_same_model, foreign_gguf
-from helpers import run_cli
-from test_quantize import llama_quantize
+from support.cli import run_cli
+from support.quantize import llama_quantize
+from support.variants import assert_same_model, foreign_gguf
 
 QWEN_EXPERTS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 

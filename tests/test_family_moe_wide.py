@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 
-from test_quantize import assert_equals_llama_quantize
+from support.quantize import assert_equals_llama_quantize
 
 
 @pytest.mark.parametrize("family", ("mixtral8",))

@@ -16,23 +16,18 @@ import pytest
 from modelport import api
 from modelport.convert import archs
 from modelport.convert.onnx import optimum as onnx_optimum
+from modelport.samples import tiny
 from modelport.validators.runtimes import OnnxRuntime, Transformers, TransformersEmbeddings
 
-from helpers import FAMILIES as BUILT
-from helpers import run_cli
-from test_families import MORE_FAMILIES
+from support.cli import run_cli
+from support.families import FAMILIES as BUILT
+from support.families import MORE_FAMILIES
 
 pytest.importorskip("optimum.exporters.onnx")
 
 PROMPT = 40  # tokens: past gemma3's 32-token sliding window
 BOUND = 1e-4  # issue 5's fp32 max |logit diff|
-# sample (tiny.CONFIGS key, or key + config overrides) -> its export or its refusal: what the message names
-EXPORTED = ("gpt2", "falcon", "mpt", "gemma", "gemma3", "qwen3_moe", "granite", "phi3-4k", "gemma2-uncapped")
-REFUSED = {"starcoder2": "optimum-onnx does not export it", "mixtral": "optimum-onnx does not export it",
-           "qwen2_moe": "optimum-onnx does not export it", "falcon40b": "new_decoder_architecture",
-           "falcon2": "new_decoder_architecture", "gemma2": "attn_logit_softcapping",
-           "phi3": "rope_scaling longrope", "gemma-dynamic64": "rope_scaling longrope/dynamic"}
-# samples that differ from tiny.CONFIGS' in config.json only: Phi-3-mini-4k (no LongRoPE), Gemma 2 without the
+# samples that differ from tiny.SAMPLES' in config.json only: Phi-3-mini-4k (no LongRoPE), Gemma 2 without the
 # attention soft-capping optimum leaves out, and a LongRoPE switch or a dynamic NTK rope limit near enough for a short
 # test
 VARIANTS = {"phi3-4k": ("phi3", {"rope_scaling": None}),
@@ -40,15 +35,46 @@ VARIANTS = {"phi3-4k": ("phi3", {"rope_scaling": None}),
             "phi3-longrope64": ("phi3", {"original_max_position_embeddings": 64}),
             "gemma-dynamic64": ("gemma", {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0},
                                           "max_position_embeddings": 64})}
+# the variants whose export or refusal is tested beside the samples' (phi3-longrope64 only shows optimum's limit)
+CHECKED_VARIANTS = ("phi3-4k", "gemma2-uncapped", "gemma-dynamic64")
+
+
+def config_json(name: str) -> dict:
+    """The config.json fields sample or variant `name` sets."""
+    family, overrides = VARIANTS.get(name, (name, {}))
+    return tiny.config(family) | overrides
+
+
+def refusal(name: str) -> str | None:
+    """What modelport's refusal of `name`'s ONNX export names, as its family's ONNX section says; None: optimum
+    exports it."""
+    config = config_json(name)
+    limits = archs.for_hf(config["model_type"]).onnx.optimum
+    if limits is None:
+        return "optimum-onnx does not export it"
+    return next((limit.what for limit in limits if limit.applies(config)), None)
+
+
+# sample or variant -> its export or its refusal: what the message names
+OUTCOMES = {name: refusal(name) for name in (*MORE_FAMILIES, *CHECKED_VARIANTS)}
+EXPORTED = tuple(name for name, why in OUTCOMES.items() if why is None)
+REFUSED = {name: why for name, why in OUTCOMES.items() if why is not None}
 
 
 def test_every_family_is_exported_or_refused():
-    assert set(MORE_FAMILIES) == (set(EXPORTED) | set(REFUSED)) - set(VARIANTS)
+    """Every family without a graph builder has its optimum export or its refusal tested here (bert, an encoder, by
+    test_bert_export_embeds_like_transformers), and every configuration a family's ONNX section refuses is shown
+    refused by a sample or a variant."""
+    tested = {config_json(name)["model_type"] for name in OUTCOMES}
+    encoders = {sample.family for sample in tiny.SAMPLES.values() if sample.auto_class != tiny.CAUSAL_LM}
+    assert tested == {name for name, arch in archs.registry().items() if not arch.onnx.builder} - encoders
+    limits = {limit.what for arch in archs.registry().values() for limit in arch.onnx.optimum or ()}
+    assert limits <= set(REFUSED.values()), limits - set(REFUSED.values())
 
 
 @pytest.fixture(scope="module")
 def sample(checkpoints, tmp_path_factory):
-    """name (a tiny.CONFIGS family or a VARIANTS key) -> HF folder."""
+    """name (a tiny.SAMPLES name or a VARIANTS key) -> HF folder."""
     made = {}
 
     def get(name: str):

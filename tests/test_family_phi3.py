@@ -17,7 +17,7 @@ from modelport.validators.metrics import logit_parity
 from modelport.samples import tiny
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
-from family_variants import hf_logits, variant
+from support.variants import hf_logits, variant
 
 VARIANTS = {"128k_long_factors": dict(original_max_position_embeddings=64),
             "4k_no_scaling": dict(rope_scaling=None, max_position_embeddings=4096, sliding_window=2047),

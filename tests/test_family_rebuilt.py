@@ -11,9 +11,9 @@ import pytest
 
 from modelport import api
 
-from family_variants import assert_same_model, foreign_gguf, variant
-from helpers import run_cli
-from test_families import ROUNDTRIP_ATOL
+from support.cli import run_cli
+from support.families import ROUNDTRIP_ATOL
+from support.variants import assert_same_model, foreign_gguf, variant
 
 CASES = {"gemma": {}, "gemma2": {}, "gemma3-linear-rope": {"rope_scaling": {"rope_type": "linear", "factor": 8.0}},
          "phi3": {}, "phi3-partial-rotary": {"partial_rotary_factor": 0.5, "rope_scaling": None}}

@@ -15,7 +15,7 @@ from modelport.formats import gguf
 from modelport.formats.model import MemorySlice
 from modelport.validators.runtimes import llama_cpp
 
-from helpers import run_cli
+from support.cli import run_cli
 
 
 def importances(lossless) -> dict[str, np.ndarray]:

@@ -17,7 +17,8 @@ from modelport.formats.errors import OutputExists
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import OnnxRuntime, Transformers
 
-from helpers import FAMILIES, run_cli
+from support.cli import run_cli
+from support.families import FAMILIES
 
 OPS = ("portable", "ort")
 STEPS = 24  # tokens decoded one at a time through the KV cache

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from helpers import run_cli
+from support.cli import run_cli
 from modelport import api
 from modelport.convert.onnx import reader as onnx_reader
 from modelport.convert.onnx import optimum as onnx_optimum

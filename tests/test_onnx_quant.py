@@ -12,7 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
-from helpers import run_cli
+from support.cli import run_cli
 from modelport import api
 from modelport.convert.gguf import ggml
 from modelport.convert.onnx.nbits import GRIDS, NBits, from_float, from_gguf

@@ -11,9 +11,10 @@ from modelport.convert import archs
 from modelport.convert.gguf import quant_plan
 from modelport.formats import gguf, safetensors
 from modelport.validators.metrics import logit_parity
-from modelport.validators.runtimes import LlamaCpp, Transformers, llama_cpp
+from modelport.validators.runtimes import LlamaCpp, Transformers
 
-from helpers import run_cli
+from support.cli import run_cli
+from support.quantize import llama_quantize
 
 QUANTS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_NL"]
 # (family, torch dtype, shape): rows of 64 (not multiples of 256, K-quants fall back) and rows of 256
@@ -21,30 +22,6 @@ MODELS = [("llama", "float32", "tiny"), ("mistral", "float32", "tiny"), ("qwen2"
           ("qwen3", "float32", "tiny"),
           ("llama", "float32", "wide"), ("qwen2", "bfloat16", "wide")]
 LOSSLESS = {"float32": "f32", "bfloat16": "bf16"}
-
-
-def llama_quantize(src, dst, preset: str, allow_requantize: bool = False) -> None:
-    lc = llama_cpp()
-    params = lc.llama_model_quantize_default_params()
-    params.ftype = quant_plan.PRESETS[preset]
-    params.nthread = 2
-    params.allow_requantize = allow_requantize
-    assert lc.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
-
-
-def assert_equals_llama_quantize(src, tmp_path, preset: str = "Q4_K_M"):
-    """HF folder SRC -> `preset` through modelport in one pass gives, tensor by tensor, the types, shapes and bytes
-    llama-quantize gives from our lossless f32 GGUF of it; returns our GGUF's contents."""
-    api.convert(src, tmp_path / "lossless.gguf", dtype="f32")
-    llama_quantize(tmp_path / "lossless.gguf", tmp_path / "theirs.gguf", preset)
-    api.convert(src, tmp_path / "ours.gguf", quant=preset)
-    a, b = gguf.read(tmp_path / "ours.gguf"), gguf.read(tmp_path / "theirs.gguf")
-    assert list(a.tensors) == list(b.tensors)
-    for name, ta in a.tensors.items():
-        tb = b.tensors[name]
-        assert (ta.dtype, ta.shape) == (tb.dtype, tb.shape), name
-        assert ta.stored.read() == tb.stored.read(), f"{name} ({ta.dtype}) differs from llama-quantize's"
-    return a
 
 
 @pytest.fixture(scope="module")

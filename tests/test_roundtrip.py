@@ -7,7 +7,7 @@ import pytest
 from modelport import api
 from modelport.validators.runtimes import Transformers
 
-from helpers import FAMILIES
+from support.families import FAMILIES
 
 
 @pytest.mark.parametrize("torch_dtype,gguf_dtype", [("float32", "f32"), ("bfloat16", "bf16")])

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from gguf import GGUFValueType, TokenType
 
-from conftest_tokenizers import (CHAT_TEMPLATE, EDGE_TEXTS, MIXED_TEXT, QWEN2_REGEX, llama3_folder, load_vocab,
-                                 mistral_model_file, read_folder, sentencepiece_folder, write_vocab_gguf)
 from modelport.convert.gguf import tokenizer as tk
 from modelport.formats import gguf as gguf_format
 from modelport.formats.errors import BadInput, Unsupported
+
+from support.tokenizers import (CHAT_TEMPLATE, EDGE_TEXTS, MIXED_TEXT, QWEN2_REGEX, llama3_folder, load_vocab,
+                                mistral_model_file, read_folder, sentencepiece_folder, write_vocab_gguf)
 
 transformers = pytest.importorskip("transformers")
 llama_cpp = pytest.importorskip("llama_cpp")

@@ -17,7 +17,7 @@ from modelport.validators import gates, memory
 from modelport.validators.diff import diff
 from modelport.validators.parity import SCHEMA, Report
 
-from helpers import run_cli
+from support.cli import run_cli
 
 
 

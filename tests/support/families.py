@@ -1,0 +1,22 @@
+"""The families and samples under test, read from the family registry (modelport.convert.archs) and the sample
+table (modelport.samples.tiny.SAMPLES): a family or a sample joins the tests by being registered, not by being typed
+here."""
+from __future__ import annotations
+
+from modelport.convert import archs
+from modelport.samples import tiny
+
+# the families our ONNX graph builder builds (the llama-like decoders), as their ONNX sections say
+FAMILIES = tuple(name for name, arch in sorted(archs.registry().items()) if arch.onnx.builder)
+
+# the causal-LM samples of every other family (falcon40b and falcon2 beside falcon: other layouts), each through
+# every GGUF path in test_families.py; encoders have their own tests (bert: test_family_bert.py), and a sample that
+# only resizes another (mixtral8) serves the tests of the count-dependent rules it is made for
+MORE_FAMILIES = tuple(name for name, sample in tiny.SAMPLES.items()
+                      if sample.family not in FAMILIES and sample.auto_class == tiny.CAUSAL_LM
+                      and sample.resizes is None)
+
+# GGUF -> HF tolerance where a family's documented transform is not exact in f32: norms applied as (offset + w) go
+# to GGUF as F32 (w + 1) and back as (w + 1) - 1, within half an ulp of (w + 1): below 1e-6 for |w| < 8 (exact for
+# BF16/F16 sources, see tests/test_family_gemma.py)
+ROUNDTRIP_ATOL = {name: 1e-6 for name, sample in tiny.SAMPLES.items() if sample.norm_offset}
