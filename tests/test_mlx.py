@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 from safetensors.numpy import load_file, save_file
 
-import modelport
+from modelport import api
 from modelport.convert.dtypes import to_f32
 from modelport.convert.mlx import affine
 from modelport.formats.safetensors import read_header
@@ -60,7 +60,7 @@ def config(folder) -> dict:
 def test_hf_to_mlx_f32_runs_in_mlx_lm_as_in_transformers(family, checkpoints, tmp_path):
     src = checkpoints(family)
     dst = tmp_path / "mlx"
-    modelport.convert(src, dst, to="mlx", dtype="f32")
+    api.convert(src, dst, to="mlx", dtype="f32")
     kl = kl_mean(hf_logits(src), mlx_logits(dst))
     assert kl <= 1e-5, f"{family}: mean KL {kl:.3g}"
 
@@ -91,7 +91,7 @@ def mlx_lm_made(checkpoints, tmp_path_factory):
 def test_quantized_bytes_equal_mlx_lm_convert(family, quant, group, checkpoints, mlx_lm_made, tmp_path):
     theirs = mlx_lm_made(family, quant, group)
     ours = tmp_path / "ours"
-    modelport.convert(checkpoints(family), ours, to="mlx", quant=quant, group_size=group)
+    api.convert(checkpoints(family), ours, to="mlx", quant=quant, group_size=group)
     a, b = tensors(ours), tensors(theirs)
     assert sorted(a) == sorted(b)
     assert any(n.endswith(".scales") for n in a)
@@ -116,9 +116,9 @@ def test_reading_gives_what_mx_dequantize_gives(bits, dtype, tmp_path):
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 def test_gguf_blocks_transcode_exactly(qtype, checkpoints, tmp_path):
     gguf_path, dst = tmp_path / "m.gguf", tmp_path / "mlx"
-    modelport.convert(checkpoints("llama"), gguf_path, quant=qtype)
-    modelport.convert(gguf_path, dst, to="mlx")
-    pivot = modelport.load(gguf_path)
+    api.convert(checkpoints("llama"), gguf_path, quant=qtype)
+    api.convert(gguf_path, dst, to="mlx")
+    pivot = api.load(gguf_path)
     cfg, stored = config(dst), mx.load(str(dst / "model.safetensors"))
     checked = 0
     for name, ref in pivot.tensors.items():
@@ -138,11 +138,11 @@ def test_gguf_blocks_transcode_exactly(qtype, checkpoints, tmp_path):
 def test_mlx_lm_folder_to_hf_and_gguf(checkpoints, mlx_lm_made, tmp_path):
     theirs = mlx_lm_made("llama", "4bit", 64)
     hf, gguf_path = tmp_path / "hf", tmp_path / "q8.gguf"
-    modelport.convert(theirs, hf, dtype="f32")
+    api.convert(theirs, hf, dtype="f32")
     kl = kl_mean(mlx_logits(theirs), hf_logits(hf))
     assert kl <= 1e-5, f"mean KL {kl:.3g}"
-    modelport.convert(theirs, gguf_path, quant="Q8_0")
-    report = modelport.validate(theirs, gguf_path)
+    api.convert(theirs, gguf_path, quant="Q8_0")
+    report = api.validate(theirs, gguf_path)
     assert report.tier == "q8" and report.passed, report.to_json()
 
 
