@@ -52,7 +52,7 @@ def to_mlx(model: Model, dtype: str | None, quant: str | None, group: int, path:
     if quant:
         n_layers = arch.normalize(config)["num_hidden_layers"]
         chosen, entries = plan.plan(model.arch, quant, group, modules, n_layers)
-        top = (plan.low_bits(quant), group)
+        top = (plan.top_bits(quant), group)
     else:  # GGUF blocks MLX holds exactly stay quantized; nothing else is quantized
         chosen = {m: (affine.BLOCKS[source[m].result_dtype][0], affine.GGUF_GROUP) for m, k in modules.items()
                   if source[m].result_dtype in affine.BLOCKS and k % affine.GGUF_GROUP == 0}

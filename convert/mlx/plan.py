@@ -19,9 +19,13 @@ MORE_BITS = ("v_proj", "v_a_proj", "v_b_proj", "down_proj")
 HEAD = "lm_head"
 
 
-def low_bits(quant: str) -> int:
-    """The bits of config.json's top-level quantization entry (the recipe's low bits for a mixed one)."""
-    return UNIFORM[quant] if quant in UNIFORM else RECIPES[quant][0]
+RECIPE_TOP_BITS = 4  # mlx_lm.convert's --q-bits default, written as the top-level bits under a recipe
+
+
+def top_bits(quant: str) -> int:
+    """The bits of config.json's top-level quantization entry. Under a recipe every quantized layer has its own
+    entry, so mlx-lm never reads it; mlx_lm.convert writes its --q-bits default there, and so do we."""
+    return UNIFORM.get(quant, RECIPE_TOP_BITS)
 
 
 def _recipe(quant: str, group: int, modules: list[str], n_layers: int):
