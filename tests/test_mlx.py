@@ -15,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 from modelport import api
 from modelport.convert.dtypes import to_f32
 from modelport.convert.mlx import affine
+from modelport.formats.errors import BadInput
 from modelport.formats.safetensors import read_header
 from helpers import run_cli
 
@@ -25,6 +26,8 @@ from mlx_lm.utils import load_model  # noqa: E402
 # tiny sample -> family; every one of ours that mlx-lm runs and samples/tiny.py makes
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "gemma", "gemma2", "gemma3",
             "phi3", "starcoder2", "granite"]
+SHORT_TEXT = ("The committee met on Tuesday to review the budget, and after a long discussion it agreed to fund the "
+              "new library, the bridge repairs and two more buses for the northern routes.")
 IDS = [1, 510, 3290, 17, 2501, 99, 4000, 7, 31000, 12, 64, 5000, 250, 8, 1000, 42]  # in every tiny vocabulary
 
 
@@ -142,12 +145,12 @@ def test_mlx_lm_folder_to_hf_and_gguf(checkpoints, mlx_lm_made, tmp_path):
     kl = kl_mean(mlx_logits(theirs), hf_logits(hf))
     assert kl <= 1e-5, f"mean KL {kl:.3g}"
     api.convert(theirs, gguf_path, quant="Q8_0")
-    report = api.validate(theirs, gguf_path)
+    report = api.validate(theirs, gguf_path, texts={"prose": SHORT_TEXT})
     assert report.tier == "q8" and report.passed, report.to_json()
 
 
-@pytest.mark.parametrize("defect", ["bits", "group_size", "missing scales"])
-def test_quantization_section_that_disagrees_is_refused(defect, mlx_lm_made, tmp_path):
+@pytest.mark.parametrize("defect,cli", [("bits", True), ("group_size", False), ("missing scales", False)])
+def test_quantization_section_that_disagrees_is_refused(defect, cli, mlx_lm_made, tmp_path):
     bad, dst = tmp_path / "bad", tmp_path / "out"
     shutil.copytree(mlx_lm_made("llama", "4bit", 64), bad)
     cfg = config(bad)
@@ -161,7 +164,12 @@ def test_quantization_section_that_disagrees_is_refused(defect, mlx_lm_made, tmp
     else:
         cfg["quantization"][defect] = {"bits": 8, "group_size": 32}[defect]
         (bad / "config.json").write_text(json.dumps(cfg))
-    r = run_cli("convert", bad, dst)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.count("\n") == 1 and str(bad) in r.stderr, r.stderr
+    if cli:  # the CLI's one line and exit code; the others through the API (same error, no process start)
+        r = run_cli("convert", bad, dst)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and str(bad) in r.stderr, r.stderr
+    else:
+        with pytest.raises(BadInput) as e:
+            api.convert(bad, dst)
+        assert e.value.exit_code == 2 and "\n" not in str(e.value) and str(bad) in str(e.value), str(e.value)
     assert not dst.exists() and not list(tmp_path.glob("out.partial*"))

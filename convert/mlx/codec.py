@@ -43,13 +43,15 @@ class MlxCodec(Codec):
                                     ctx.dst)
         with atomic_output(ctx.dst, ctx.force) as partial:
             mlx.write(partial, out, ctx.provenance, late=ctx.late, progress=ctx.progress)
+        floats = Counter(r.result_dtype for r in out.tensors.values() if r.result_dtype in dtypes.FLOATS)
         return Written(len(out.tensors), sum(r.nbytes for r in out.tensors.values()),
-                       options.get("quant") or options.get("dtype"), notes)
+                       options.get("quant") or options.get("dtype") or floats.most_common(1)[0][0], notes)
 
     def inspect(self, native: mlx.MlxContents, path: Path) -> dict:
         m = native.model
         return inspect_view.view(self.name, m.arch, len(native.files), list(m.tensors.items()),
-                                 inspect_view.hf_tokenizer(m.tokenizer), {"config": m.config})
+                                 inspect_view.hf_tokenizer(m.tokenizer), {"config": m.config},
+                                 params=self.parameters(native, path))  # as HF counts them, not packed words
 
     def storage_type(self, native: mlx.MlxContents) -> str:
         if native.quantized:  # gated as the integer widths of the other formats: the fewest bits decide
