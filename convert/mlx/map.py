@@ -107,5 +107,4 @@ def from_mlx(contents: MlxContents, path: Path) -> Model:
         else:
             tensors[hf + WEIGHT] = affine.dequantized(*parts, bits, group)
     tensors = experts.split(tensors, arch, config, path)
-    return Model(arch.name, config, tensors, native.tokenizer, native.generation_config,
-                 {**native.metadata, "format": contents.model.metadata["format"]})
+    return Model(arch.name, config, tensors, native.tokenizer, native.generation_config, native.metadata)
