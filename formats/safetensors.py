@@ -184,8 +184,9 @@ def _dump(obj: dict) -> str:
 
 
 def write(dst: Path, model: Model, meta: dict[str, str], late: Late | None = None, bare: bool = False,
-          shard_bytes: int = SHARD_BYTES, progress=None) -> None:
-    """A model folder like save_pretrained writes (sharded with an index past `shard_bytes`), or a `bare` file."""
+          shard_bytes: int = SHARD_BYTES, progress=None, index: bool = False) -> None:
+    """A model folder like save_pretrained writes (sharded with an index past `shard_bytes`, or always with
+    `index`), or a `bare` file."""
     meta = {"format": "pt", **meta}  # as save_pretrained writes: transformers refuses files without it
     items = list(model.tensors.items())
     if bare:
@@ -202,12 +203,12 @@ def write(dst: Path, model: Model, meta: dict[str, str], late: Late | None = Non
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
     shards = _shards(items, shard_bytes)
-    if len(shards) == 1:
+    if len(shards) == 1 and not index:
         write_file(dst / "model.safetensors", items, meta, late, progress)
         return
     weight_map, total = {}, 0
     for i, shard in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
         write_file(dst / fname, shard, meta, late, progress)
         for name, ref in shard:
             weight_map[name] = fname

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {"formats": 0, "convert": 1, "validators": 2, "modelport": 3, "samples": 3}
 PACKAGE = {"formats": "modelport.formats", "convert": "modelport.convert", "validators": "modelport.validators",
            "modelport": "modelport", "samples": "modelport.samples"}
-FORMAT_NAMES = ("gguf", "onnx", "safetensors")
+FORMAT_NAMES = ("gguf", "onnx", "safetensors", "mlx")
 # where a format's name may be typed: its container module, its convert/ subpackage (codec and mapping), and the
 # runtime that names the formats it runs
 SANCTIONED = ("formats/{fmt}.py", "convert/{fmt}/")

@@ -35,6 +35,7 @@ TIERS = {
 
 # a candidate's storage type -> tier (GGUF file types by their llama.cpp names; IQ types by bits per weight)
 TIER_OF = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8", "Q6_K": "q6", "INT8": "q8", "INT4": "q4",
+           "INT6": "q6", "INT5": "q5", "INT3": "q3", "INT2": "q2",  # MLX's affine widths
            "Q5_0": "q5", "Q5_1": "q5", "Q5_K_S": "q5", "Q5_K_M": "q5",
            "Q4_0": "q4", "Q4_1": "q4", "Q4_K_S": "q4", "Q4_K_M": "q4", "IQ4_NL": "q4", "IQ4_XS": "q4",
            "Q3_K_S": "q3", "Q3_K_M": "q3", "Q3_K_L": "q3", "IQ3_XXS": "q3", "IQ3_XS": "q3", "IQ3_S": "q3",

@@ -1,4 +1,4 @@
-"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime. Each
+"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime, mlx-lm. Each
 gives logits for given token ids and tokenizes with the model's own tokenizer. A codec names its runtime
 (`Codec.runtime`); `for_codec` finds it here or among the `modelport.runtimes` entry points of other packages."""
 from __future__ import annotations
@@ -215,6 +215,31 @@ class OnnxRuntime:
         return self.forward(ids)[0]
 
 
+def require_mlx_lm(provider: str | None = None):
+    try:
+        import mlx.core as mx
+        import mlx_lm
+    except ImportError:
+        raise RuntimeMissing(None, "mlx-lm runtime missing: pip install 'modelport[mlx]'") from None
+    return mx, mlx_lm
+
+
+class MlxLm:
+    """An MLX folder in mlx-lm (mlx_lm.load, as mlx_lm.generate does) on mlx's default device: the CPU on Linux
+    (mlx-cpu), Metal on a Mac; logits for every position in f32."""
+
+    def __init__(self, path: str | Path):
+        self.mx, mlx_lm = require_mlx_lm()
+        self.model, self.tokenizer = mlx_lm.load(str(path))
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        out = self.model(self.mx.array([ids]))[0].astype(self.mx.float32)
+        return np.array(out)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How validate runs one format: `open(path, provider=, n_ctx=, tokenizer_only=)` gives an object with
@@ -236,6 +261,7 @@ RUNTIMES = {r.name: r for r in (
     Runtime("transformers", lambda path, provider=None, n_ctx=None, tokenizer_only=False: Transformers(path)),
     Runtime("onnxruntime", lambda path, provider="CPUExecutionProvider", n_ctx=None, tokenizer_only=False:
             OnnxRuntime(path, provider), check=require_provider, describe=lambda provider: f"onnxruntime {provider}"),
+    Runtime("mlx-lm", lambda path, provider=None, n_ctx=None, tokenizer_only=False: MlxLm(path), check=require_mlx_lm),
 )}
 
 

@@ -9,26 +9,24 @@ not support 8-bit weights with floating-point zero points"). So a GGUF type maps
 Q5_K (5-bit values with a float offset) would need 8-bit float zero points and get None, as do the non-linear grids
 (IQ*, TQ*, MXFP4).
 
-The three initializers of one weight are lazy TensorRefs over one computation: whichever is read first computes all
-three for its rows and keeps the other two's rows until they are read, so the source is quantized once however the
-writer orders them, and peak memory stays a row block plus the small scales and zero points of one tensor.
+The three initializers of one weight are lazy TensorRefs over one computation (convert.parts), so the source is
+quantized once however the writer orders them.
 """
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from modelport.formats.errors import RuntimeMissing, Unsupported
-from modelport.formats.model import CHUNK_BYTES, NUMPY_DTYPES, TensorRef
+from modelport.formats.model import NUMPY_DTYPES, TensorRef
 
 from modelport.convert.dtypes import cast
+from modelport.convert.parts import Compute, Parts, PartSlice
 
 SCALE_DTYPES = ("F32", "F16")
-GROUP_BYTES = CHUNK_BYTES * 2  # source bytes quantized in one go: bounds memory whatever range a reader asks for
 TRANSPOSED_ROWS = 32  # rows per kernel call: their transpose stays in cache (a 4 MiB one costs as much as quantizing)
 
 
@@ -45,104 +43,6 @@ class NBits:
     zero_points: TensorRef | None  # U8 packed, or F32/F16 [N * K // block_size] (float zero points)
 
 
-# --- the computation shared by the three initializers ------------------------------------------------------------
-
-Compute = Callable[[np.ndarray], tuple[np.ndarray, ...]]  # source rows -> (qweight, scales, zero_points) rows
-
-
-@dataclass(frozen=True)
-class _Window:
-    """Bytes [start, start + nbytes) of another stored slice: a row range of a source tensor."""
-
-    stored: object
-    start: int
-    nbytes: int
-
-    def read(self, start: int = 0, stop: int | None = None):
-        return self.stored.read(self.start + start, self.start + (self.nbytes if stop is None else stop))
-
-
-class _Parts:
-    """Computes rows of all parts at once and keeps each part's rows until that part has been read once in full."""
-
-    def __init__(self, source: TensorRef, compute: Compute, row_bytes: tuple[int, ...]):
-        self.source, self.compute, self.row_bytes = source, compute, row_bytes
-        self.rows = source.n_rows
-        self.group = max(1, GROUP_BYTES // max(1, source.row_bytes))
-        self.lock = threading.Lock()
-        self.kept: dict[int, np.ndarray] = {}  # part -> its bytes (rows, row_bytes), filled as rows are computed
-        self.filled: dict[int, np.ndarray] = {}  # part -> bool per row
-        self.served = [0] * len(row_bytes)  # bytes read so far per part; a part read in full is kept no longer
-        self.whole: np.ndarray | None = None  # a source whose transforms need the whole tensor, read once
-
-    def _source_rows(self, a: int, b: int) -> np.ndarray:
-        src = self.source
-        if not src.streams:
-            with self.lock:
-                if self.whole is None:
-                    self.whole = src.read()
-                whole = self.whole
-            return whole[a:b]
-        rb = src.row_bytes
-        window = replace(src, stored=_Window(src.stored, a * rb, (b - a) * rb), shape=(b - a,) + src.shape[1:],
-                         stored_shape=(b - a,) + src.stored_shape[1:])
-        return window.read()
-
-    def _done(self, part: int) -> bool:
-        return self.served[part] >= self.rows * self.row_bytes[part]
-
-    def _rows(self, part: int, a: int, b: int) -> np.ndarray:
-        with self.lock:
-            kept = self.kept.get(part)
-            if kept is not None and self.filled[part][a:b].all():
-                return kept[a:b]
-        out = np.empty((b - a, self.row_bytes[part]), dtype=np.uint8)
-        for g in range(a, b, self.group):
-            h = min(b, g + self.group)
-            results = [np.ascontiguousarray(r).view(np.uint8).reshape(h - g, -1)
-                       for r in self.compute(self._source_rows(g, h))]
-            out[g - a:h - a] = results[part]
-            with self.lock:
-                for other, rows in enumerate(results):
-                    if other == part or self._done(other):
-                        continue
-                    if other not in self.kept:
-                        self.kept[other] = np.empty((self.rows, self.row_bytes[other]), dtype=np.uint8)
-                        self.filled[other] = np.zeros(self.rows, dtype=bool)
-                    self.kept[other][g:h] = rows
-                    self.filled[other][g:h] = True
-        return out
-
-    def read(self, part: int, start: int = 0, stop: int | None = None) -> memoryview:
-        rb = self.row_bytes[part]
-        stop = self.rows * rb if stop is None else stop
-        a, b = start // rb, -(-stop // rb)
-        data = self._rows(part, a, b).reshape(-1)[start - a * rb:stop - a * rb]
-        with self.lock:
-            self.served[part] += stop - start
-            if self._done(part):
-                self.kept.pop(part, None)
-                self.filled.pop(part, None)
-            if self.whole is not None and all(self._done(p) for p in range(len(self.row_bytes))):
-                self.whole = None
-        return memoryview(data)
-
-
-@dataclass(frozen=True)
-class _PartSlice:
-    """One part's bytes, computed on demand: a stored slice for TensorRef (read(start, stop), nbytes)."""
-
-    parts: _Parts
-    part: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.parts.rows * self.parts.row_bytes[self.part]
-
-    def read(self, start: int = 0, stop: int | None = None) -> memoryview:
-        return self.parts.read(self.part, start, stop)
-
-
 def _nbits(source: TensorRef, K: int, bits: int, block: int, scale_dtype: str, zp_dtype: str | None,
            compute: Compute) -> NBits:
     """NBits whose initializers are the parts of `compute` over the rows of `source` (N = its rows)."""
@@ -151,11 +51,11 @@ def _nbits(source: TensorRef, K: int, bits: int, block: int, scale_dtype: str, z
                if zp_dtype == "U8" else (nb,)}
     dtypes = {"qweight": "U8", "scales": scale_dtype, "zero_points": zp_dtype}
     names = ("qweight", "scales", "zero_points") if zp_dtype else ("qweight", "scales")
-    parts = _Parts(source, compute, tuple(int(np.prod(per_row[n])) * np.dtype(NUMPY_DTYPES[dtypes[n]]).itemsize
+    parts = Parts(source, compute, tuple(int(np.prod(per_row[n])) * np.dtype(NUMPY_DTYPES[dtypes[n]]).itemsize
                                           for n in names))
     refs = {}
     for i, name in enumerate(names):
-        ref = TensorRef.on_disk(_PartSlice(parts, i), (N,) + per_row[name], dtypes[name])
+        ref = TensorRef.on_disk(PartSlice(parts, i), (N,) + per_row[name], dtypes[name])
         # scales and zero points are 1-D [N * per row]: flattening row blocks keeps them streaming
         refs[name] = ref if name == "qweight" else ref.map(lambda a: a.reshape(-1), rowwise=True,
                                                            shape=(N * per_row[name][0],))

@@ -1,0 +1,1 @@
+"""MLX (mlx-lm) folders: names, affine quantization, the codec."""
