@@ -17,7 +17,7 @@ from modelport.convert.dtypes import to_f32
 from modelport.convert.mlx import affine
 from modelport.formats.errors import BadInput
 from modelport.formats.safetensors import read_header
-from helpers import run_cli
+from support.cli import run_cli
 
 mx = pytest.importorskip("mlx.core")
 mlx_lm = pytest.importorskip("mlx_lm")
