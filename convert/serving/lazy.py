@@ -24,8 +24,8 @@ TORCH = {v: k for k, v in NAMES.items()}
 
 
 def to_torch(arr: np.ndarray, dtype: str) -> torch.Tensor:
-    """A pivot array as a torch tensor of `dtype`, sharing memory."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    """A pivot array as a torch tensor of `dtype` (copied only when read-only: torch tensors are writable)."""
+    t = torch.from_numpy(np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy())
     return t.view(BITS[dtype]) if dtype in BITS else t
 
 

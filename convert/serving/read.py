@@ -267,4 +267,4 @@ def to_pivot(native: ServingContents) -> Model:
             tensors[name] = ref
     config = {k: v for k, v in native.model.config.items() if k != "quantization_config"}
     return Model(native.model.arch, config, tensors, native.model.tokenizer, native.model.generation_config,
-                 native.model.metadata)
+                 {**native.model.metadata, "format": native.method})
