@@ -123,17 +123,17 @@ def test_gguf_blocks_transcoded(checkpoints, tmp_path, gguf_quant, quant, texts)
     gguf = tmp_path / "q.gguf"
     api.convert(src, gguf, quant=gguf_quant)
     out = tmp_path / "ct"
-    result = api.convert(gguf, out, to=CT, quant=quant, group_size=32)
+    pivot = api.load(gguf)  # HF names, Q/K rows unpermuted; values by gguf-py's dequantizers
+    result = api.save(pivot, out, to=CT, quant=quant, group_size=32)
     transcoded = {n["name"] for n in result.fallbacks if n["fallback"].startswith(f"transcoded {gguf_quant}")}
     assert len(transcoded) == 14 and len(result.fallbacks) == 14  # 2 blocks x 7 projections, nothing requantized
     weights = decompressed(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32))
-    pivot = api.load(gguf)  # HF names, Q/K rows unpermuted; values by gguf-py's dequantizers
     for name in transcoded | {"model.embed_tokens.weight"}:
         ref = pivot.tensors[name]
         expected = dtypes.cast(ref, "F32").read().reshape(ref.shape)
         assert np.array_equal(weights[name].numpy().view(np.uint32), expected.view(np.uint32)), name
     f32 = tmp_path / "f32.gguf"
-    api.convert(gguf, f32, dtype="f32")
+    api.save(pivot, f32, dtype="f32")
     report = api.validate(out, f32, texts=texts)
     assert report.overall["kl_mean"] <= 1e-5, report.overall
 
@@ -199,18 +199,22 @@ def gptq_folder(src: Path, out: Path, act_order: bool) -> tuple[Path, dict[str, 
     return out, expected
 
 
-@pytest.mark.parametrize("kind", ["compressed-tensors", "gptq", "gptq-act-order"])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_read_back(checkpoints, tmp_path, act_order):
+    folder, expected = gptq_folder(checkpoints("llama"), tmp_path / "gptq", act_order)
+    pivot = api.load(folder)
+    for name, value in expected.items():  # the values the GPTQ kernels compute with
+        assert np.array_equal(pivot.tensors[name].read().reshape(value.shape), value), name
+
+
+@pytest.mark.parametrize("kind", ["compressed-tensors", "gptq-act-order"])
 def test_serving_folders_to_gguf_and_onnx(checkpoints, tmp_path, kind, texts):
     src = checkpoints("llama")
     if kind == CT:
-        folder, ref = compressed_tensors_folder(src, tmp_path / "ct"), None
+        folder = ref = compressed_tensors_folder(src, tmp_path / "ct")
     else:
-        folder, expected = gptq_folder(src, tmp_path / "gptq", act_order=kind.endswith("act-order"))
-        pivot = api.load(folder)
-        for name, value in expected.items():  # the values the GPTQ kernels compute with
-            assert np.array_equal(pivot.tensors[name].read().reshape(value.shape), value), name
+        folder, _ = gptq_folder(src, tmp_path / "gptq", act_order=True)
         ref = src  # transformers runs GPTQ folders only through gptqmodel's CUDA kernels: the float source instead
-    ref = ref or folder
     api.convert(folder, tmp_path / "q8.gguf", quant="Q8_0")
     report = api.validate(ref, tmp_path / "q8.gguf", texts=texts)
     assert report.passed and report.tier == "q8", (report.failed_gates, report.overall)

@@ -110,9 +110,11 @@ def _from_ct(native: ServingContents) -> dict[str, Module]:
         raise Unsupported(path / "config.json", "quantization_config quantizes no weights")
     modules = {}
     for name in native.model.tensors:
-        if not name.endswith(".weight_scale"):
+        if not name.endswith((".weight_scale", ".weight_packed")):
             continue
-        module = name.removesuffix(".weight_scale")
+        module = PARTS.split(name)[0]
+        if module in modules:
+            continue
         sch = _scheme_for(module, groups)
         fmt = sch.format or qc.format
         if fmt not in CT_FORMATS:
@@ -122,7 +124,7 @@ def _from_ct(native: ServingContents) -> dict[str, Module]:
         parts = tuple(p for p in compressor.compression_param_names(sch) if p != "input_global_scale")
         _need(native.model, path, module, parts)
         out, cols = _ct_check(native.model, path, module, sch)
-        dtype = native.model.tensors[name].dtype
+        dtype = native.model.tensors[f"{module}.weight_scale"].dtype
 
         def compute(module=module, sch=sch, compressor=compressor, parts=parts):
             state = {p: _tensor(native.model, f"{module}.{p}") for p in parts}
