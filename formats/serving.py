@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import safetensors
-from .errors import BadInput, Unsupported
+from .errors import Unsupported
 from .model import Model
 
 COMPRESSED_TENSORS = "compressed-tensors"

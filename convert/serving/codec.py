@@ -87,7 +87,10 @@ class ServingCodec(Codec):
         return f"{'INT' if weights.get('type', 'int') == 'int' else 'FP'}{weights.get('num_bits')}"
 
     def family_support(self, arch: archs.Arch) -> dict:
-        return {"read": True, "write": True, "via": None, "quant": list(WEIGHT_BITS), "refused": []}
+        """Written for causal LMs (transformers builds their nn.Linear layers, which compressed-tensors targets)."""
+        causal = arch.hf_class.endswith("ForCausalLM")
+        return {"read": True, "write": causal, "via": None, "quant": list(WEIGHT_BITS) if causal else [],
+                "refused": []}
 
     def families(self, native: serving.ServingContents) -> list[archs.Arch]:
         return [a for a in archs.registry().values() if a.name == native.model.arch]

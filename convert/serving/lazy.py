@@ -52,8 +52,9 @@ class OneSlot:
 
 @dataclass(frozen=True)
 class Computed:
-    """Stored bytes that are one part (`part`) of the computation `compute` under `key`, kept in `slot` (duck-types
-    FileSlice). Readers and writers keep separate slots: a writer's computation reads a reader's."""
+    """Stored bytes that are one part (`part`) of the computation `compute` under `key` (unique to one module of
+    one conversion), kept in `slot` (duck-types FileSlice). Readers and writers keep separate slots: a writer's
+    computation reads a reader's."""
 
     slot: OneSlot
     key: object

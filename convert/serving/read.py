@@ -43,9 +43,8 @@ AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # AutoAWQ's GEMM packing puts colu
 
 @dataclass(frozen=True)
 class Module:
-    """A quantized module: its name, its stored parts, the weight's shape and dtype, and how to compute it."""
+    """A quantized module: its weight's shape and dtype, and how to compute it from the stored parts."""
 
-    name: str
     shape: tuple[int, int]
     dtype: str
     compute: Callable[[], dict[str, torch.Tensor]]
@@ -133,7 +132,7 @@ def _from_ct(native: ServingContents) -> dict[str, Module]:
             except (ValueError, RuntimeError, AssertionError) as e:
                 raise BadInput(path, f"{module}: cannot decompress ({e})") from None
 
-        modules[module] = Module(module, (out, cols), dtype, compute)
+        modules[module] = Module((out, cols), dtype, compute)
     return modules
 
 
@@ -195,7 +194,7 @@ def _gptq(native: ServingContents) -> dict[str, Module]:
             w = s[g_idx] * (qw - z[g_idx]).astype(np.float32)  # [in, out], exact in f32
             return {"weight": torch.from_numpy(np.ascontiguousarray(w.T)).to(lazy.TORCH[dtype])}
 
-        modules[module] = Module(module, (out, cols), dtype, compute)
+        modules[module] = Module((out, cols), dtype, compute)
     return modules
 
 
@@ -238,7 +237,7 @@ def _awq(native: ServingContents) -> dict[str, Module]:
             w = s[g] * (qw - z[g]).astype(np.float32)
             return {"weight": torch.from_numpy(np.ascontiguousarray(w.T)).to(lazy.TORCH[dtype])}
 
-        modules[module] = Module(module, (out, cols), dtype, compute)
+        modules[module] = Module((out, cols), dtype, compute)
     return modules
 
 
@@ -262,7 +261,7 @@ def to_pivot(native: ServingContents) -> Model:
         if m in quantized:
             if f"{m}.weight" not in tensors:
                 mod = quantized[m]
-                tensors[f"{m}.weight"] = lazy.computed(SLOT, m, "weight", mod.shape, mod.dtype, mod.compute)
+                tensors[f"{m}.weight"] = lazy.computed(SLOT, object(), "weight", mod.shape, mod.dtype, mod.compute)
         elif name.endswith(".weight") and name.removesuffix(".weight") in quantized:
             continue  # float-quantized weights are the stored parts themselves
         else:

@@ -79,7 +79,7 @@ def _transcode(ref: TensorRef, args, sch) -> dict[str, torch.Tensor]:
     return PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale}, sch)
 
 
-def _parts(name: str, ref: TensorRef, bits: int, group: int, symmetric: bool, scale_dtype: str) \
+def _parts(ref: TensorRef, bits: int, group: int, symmetric: bool, scale_dtype: str) \
         -> dict[str, tuple[tuple[int, ...], str]]:
     """Shape and dtype of each stored part of a packed weight, planned before anything is computed."""
     out, cols = ref.shape
@@ -127,8 +127,12 @@ def plan(model: Model, bits: int, group: int, symmetric: bool, path: Path | None
             if kind not in NUMPY_DTYPES:
                 notes.append({"name": name, "fallback": f"requantized {kind} -> int{bits} group {group} (dequantized "
                                                         "by gguf-py, then round-to-nearest)"})
-        for part, (shape, dtype) in _parts(name, ref, bits, group, symmetric, scale_dtype).items():
+        key = object()  # this module of this conversion, whatever else the process converts
+        for part, (shape, dtype) in _parts(ref, bits, group, symmetric, scale_dtype).items():
             assert part in names
-            tensors[f"{module}.{part}"] = lazy.computed(SLOT, name, part, shape, dtype, compute)
+            tensors[f"{module}.{part}"] = lazy.computed(SLOT, key, part, shape, dtype, compute)
+    if not any(r.result_dtype == "I32" for r in tensors.values()):
+        raise Unsupported(path, f"{model.arch}: no nn.Linear weight to quantize (its layers are another module type, "
+                                f"or no input count is a multiple of the group size {group})")
     unused = [m for m in linears if floats.fullmatch(m) and m not in ignore]
     return tensors, sorted(ignore + unused), notes
