@@ -95,8 +95,11 @@ def test_hf_to_compressed_tensors(checkpoints, tmp_path, family, scheme, texts):
         assert torch.isfinite(logits).all()
 
 
-def test_asymmetric(checkpoints, tmp_path):
-    """--asymmetric: packed zero points, byte for byte the library's; read back as the library decompresses it."""
+def test_asymmetric(checkpoints, tmp_path, monkeypatch):
+    """--asymmetric: packed zero points, byte for byte the library's (compressed here in blocks of 32 rows, as a
+    large weight is); read back as the library decompresses it."""
+    from modelport.convert.serving import write
+    monkeypatch.setattr(write, "BLOCK_ELEMENTS", 32 * 64)
     src = checkpoints("llama")
     out = tmp_path / "ct"
     api.convert(src, out, to=CT, quant="W4A16", group_size=32, asymmetric=True)

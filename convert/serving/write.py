@@ -31,6 +31,8 @@ FLOAT_LINEARS = (r"lm_head", r".*\.block_sparse_moe\.gate", r".*\.mlp\.gate", r"
 TRANSCODED = {"Q4_0": 4, "Q8_0": 8}
 GGUF_GROUP = 32
 SLOT = lazy.OneSlot()  # the module being quantized
+# weights compressed per call: a multiple of 32 rows, so zero points packed along rows fill the same int32 words
+BLOCK_ELEMENTS = 1 << 21
 
 
 def linear_modules(config: dict, path: Path | None) -> list[str]:
@@ -57,13 +59,24 @@ def _float_weight(ref: TensorRef) -> torch.Tensor:
     return lazy.to_torch(ref.read(), ref.result_dtype).reshape(ref.shape)
 
 
+def _compress(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, sch) -> dict[str, torch.Tensor]:
+    """PackedQuantizationCompressor.compress over blocks of rows: the bytes of one call on the whole weight (each
+    row, and each 32 rows of zero points, pack on their own) with a fraction of its int32 temporaries."""
+    step = max(32, BLOCK_ELEMENTS // w.shape[1] // 32 * 32)
+    blocks = [PackedQuantizationCompressor.compress(
+        {"weight": w[r:r + step], "weight_scale": scale[r:r + step],
+         **({"weight_zero_point": zero_point[r:r + step]} if zero_point is not None else {})}, sch)
+        for r in range(0, w.shape[0], step)]
+    out = {k: torch.cat([b[k] for b in blocks]) for k in blocks[0] if k != "weight_shape"}
+    return {**out, "weight_shape": torch.tensor(w.shape)}
+
+
 def _quantize(ref: TensorRef, args, sch) -> dict[str, torch.Tensor]:
     """compressed-tensors' quantize + pack of one weight, with min/max per group (llm-compressor's observer)."""
     w = _float_weight(ref)
     groups = w.unflatten(-1, (w.shape[-1] // args.group_size, args.group_size))
     scale, zero_point = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
-    return PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale, "weight_zero_point": zero_point},
-                                                 sch)
+    return _compress(w, scale, zero_point, sch)
 
 
 def _transcode(ref: TensorRef, args, sch) -> dict[str, torch.Tensor]:
@@ -76,7 +89,7 @@ def _transcode(ref: TensorRef, args, sch) -> dict[str, torch.Tensor]:
     w = torch.from_numpy(gguf_dequantize(rows, qtype).reshape(ref.shape))
     scale = torch.from_numpy(d.astype(np.float32))
     scale = torch.where(scale == 0, torch.finfo(torch.float32).eps, scale)  # as calculate_qparams: no 0 divisor
-    return PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale}, sch)
+    return _compress(w, scale, None, sch)
 
 
 def _parts(ref: TensorRef, bits: int, group: int, symmetric: bool, scale_dtype: str) \
