@@ -4,6 +4,7 @@ its packed parts. One computation is kept at a time (writers go module by module
 module's tensors."""
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -34,6 +35,12 @@ def to_bytes(t: torch.Tensor) -> bytes:
     return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
 
 
+# glibc's malloc_trim, where there is one: the worker threads that read row blocks compute modules in their own
+# malloc arenas, which keep freed blocks; handing them back after each module took the 1B bench's peak RSS from
+# 0.74 to 0.62 GB
+_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
 class OneSlot:
     """The last computation, by key; threads reading row blocks of the same tensor wait for one computation."""
 
@@ -46,6 +53,8 @@ class OneSlot:
         with self.lock:
             if self.key != key:
                 self.key, self.value = None, {}  # drop the previous module before computing the next
+                if _TRIM:
+                    _TRIM(0)
                 self.value, self.key = {n: to_bytes(t) for n, t in compute().items()}, key
             return self.value
 
