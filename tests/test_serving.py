@@ -262,6 +262,37 @@ def test_awq_gemm_read_back(checkpoints, tmp_path):
         assert np.array_equal(pivot.tensors[name].read().reshape(value.shape), value), name
 
 
+def test_fp8_float_quantized_read_back(checkpoints, tmp_path):
+    """A float-quantized FP8 (e4m3, per-tensor scale) folder written by compressed-tensors comes back as the values
+    its fake quantization gives (what FP8 kernels compute with)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    src, out = checkpoints("llama"), tmp_path / "fp8"
+    shutil.copytree(src, out)
+    args = QuantizationArgs(num_bits=8, type="float", strategy="tensor", symmetric=True, dynamic=False)
+    qc = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args,
+                                                                         format="float-quantized")},
+                            ignore=["lm_head"], format="float-quantized")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    apply_quantization_config(model, qc)
+    expected = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if getattr(module, "quantization_scheme", None) is not None:
+                scale, zero_point = compute_dynamic_scales_and_zp(module.weight, args, module)
+                module.weight_scale.data = scale
+                expected[f"{name}.weight"] = fake_quantize(module.weight, scale, zero_point, args)
+    ModelCompressor(quantization_config=qc).compress_model(model)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    assert tensors["model.layers.0.mlp.up_proj.weight"].dtype == torch.float8_e4m3fn
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    ModelCompressor(quantization_config=qc).update_config(str(out))
+    pivot = api.load(out)
+    assert len(expected) == 14
+    for name, value in expected.items():
+        assert torch.from_numpy(pivot.tensors[name].read().reshape(value.shape).copy()).equal(value), name
+
+
 def _config(folder: Path, edit) -> None:
     cfg = json.loads((folder / "config.json").read_text())
     edit(cfg["quantization_config"])
