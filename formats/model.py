@@ -17,9 +17,10 @@ from typing import IO, Callable, Iterator
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-# Numpy has no bfloat16: BF16 tensors travel as their uint16 bit patterns.
-NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-                "I64": np.int64, "I32": np.int32, "U32": np.uint32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+# Numpy has no bfloat16 or float8: BF16 and F8_E4M3 tensors travel as their bit patterns.
+NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F8_E4M3": np.uint8,
+                "I64": np.int64, "I32": np.int32, "U32": np.uint32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                "BOOL": np.bool_}
 
 CHUNK_BYTES = 4 << 20  # row blocks of about 4 MiB: cache-friendly, and few page faults per block
 NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}

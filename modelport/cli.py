@@ -162,9 +162,11 @@ def formats_cmd(as_json: bool) -> None:
     """List the formats modelport reads and writes."""
     rows = [{"name": c.name, "extensions": list(c.extensions), "description": c.description,
              "options": [o.flag for o in c.options], "runtime": c.runtime} for c in codecs.registry().values()]
-    _emit(rows, as_json, lambda rs: [out.print(f"{r['name']:12} {' '.join(r['extensions']):14} {r['description']}; "
-                                               f"options: {' '.join(r['options']) or '-'}; runs in "
-                                               f"{r['runtime'] or '-'}", highlight=False) for r in rs])
+    table = Table("format", "extensions", "description", "options", "runs in", title="formats")
+    for r in rows:
+        table.add_row(r["name"], " ".join(r["extensions"]) or "-", r["description"], " ".join(r["options"]) or "-",
+                      r["runtime"] or "-")
+    _emit(rows, as_json, lambda rs: out.print(table))
 
 
 def _support(s: dict | None) -> str:

@@ -22,6 +22,9 @@ SHAPES = {
     # rows that are multiples of 256 and enough layers for the presets' "more bits" layer patterns
     "wide": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=8,
                  num_key_value_heads=2, head_dim=32),
+    # rows that are multiples of 128, compressed-tensors' default group size (tiny's 64 and 192 are not)
+    "g128": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=32),
 }
 
 
