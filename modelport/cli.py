@@ -162,11 +162,13 @@ def formats_cmd(as_json: bool) -> None:
     """List the formats modelport reads and writes."""
     rows = [{"name": c.name, "extensions": list(c.extensions), "description": c.description,
              "options": [o.flag for o in c.options], "runtime": c.runtime} for c in codecs.registry().values()]
-    table = Table("format", "extensions", "description", "options", "runs in", title="formats")
-    for r in rows:
-        table.add_row(r["name"], " ".join(r["extensions"]) or "-", r["description"], " ".join(r["options"]) or "-",
-                      r["runtime"] or "-")
-    _emit(rows, as_json, lambda rs: out.print(table))
+    def human(rs: list[dict]) -> None:
+        for r in rs:
+            out.print(f"[bold]{r['name']}[/] {' '.join(r['extensions'])}  options: {' '.join(r['options']) or '-'}; "
+                      f"runs in: {r['runtime'] or '-'}", highlight=False)
+            out.print(f"    {r['description']}", highlight=False)
+
+    _emit(rows, as_json, human)
 
 
 def _support(s: dict | None) -> str:
