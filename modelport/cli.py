@@ -299,13 +299,14 @@ def diff_cmd(a: Path, b: Path, as_json: bool) -> None:
 
 
 def _print_plan(rows: list[dict]) -> None:
-    table = Table("job", "action", "options", "gate", "disk", "memory", "threads", title="plan")
+    table = Table("action", "options", "gate", "disk", "memory", "threads", title="plan")
+    table.add_column("job", no_wrap=True)
     for r in rows:
         est, gate = r["estimate"], r["gate"]
-        table.add_row(r["name"], r["action"], " ".join(f"{k}={v}" for k, v in r["options"].items()) or "-",
+        table.add_row(r["action"], " ".join(f"{k}={v}" for k, v in r["options"].items()) or "-",
                       "-" if gate is None else " ".join(f"{k}={v}" for k, v in gate["limits"].items()) or "defaults",
                       f"{est['disk_bytes'] / 1e6:,.1f} MB", f"{est['memory_bytes'] / 2**30:,.2f} GiB",
-                      str(est["threads"]))
+                      str(est["threads"]), r["name"])
     out.print(table)
 
 

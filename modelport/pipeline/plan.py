@@ -120,14 +120,14 @@ def make(recipe: Recipe, sources: list[SourceState], threads: int, done: Callabl
     for src in sources:
         for target in recipe.targets:
             codec = codecs.get(target.format)
-            name = target.name or codec.output_name(src.name, target.resolved)
+            name = target.name.format(name=src.name) if target.name else codec.output_name(src.name, target.resolved)
             if name in seen:
                 raise RecipeError(recipe.path, f"{target.key}: writes {name}, as {seen[name]} does; give one a name")
             seen[name] = target.key
             gate = target.gate and {"limits": target.gate.limits,
                                     "text_file": target.gate.text_file and str(target.gate.text_file)}
-            job = Job(name, src.name, str(src.path), str(recipe.out / src.name / name), target.format,
-                      target.options, gate, _key(src, target, name), 0, 0, threads)
+            job = Job(name, src.name, str(src.path.resolve()), str((recipe.out / src.name / name).resolve()),
+                      target.format, target.options, gate, _key(src, target, name), 0, 0, threads)
             job.skip = done(job)
             if estimate_all or not job.skip:
                 job.disk_bytes = codec.planned_bytes(src.model, target.resolved)

@@ -5,7 +5,7 @@ codec declares (convert.codec), so a new format's options work here without a li
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class Recipe:
     targets: list[Target]
     quantized_by: str = "modelport"
     license: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _check_keys(table: Any, allowed: dict[str, Any], where: str, path: Path) -> dict:
@@ -91,7 +90,17 @@ def _source(i: int, table: Any, path: Path) -> Source:
         if not local.exists():
             raise RecipeError(path, f"{key}.path: {local} does not exist")
         default = local.resolve().name
+    if not _plain_name(t.get("name", default)):
+        raise RecipeError(path, f"{key}.name: {t.get('name')!r} must be a plain folder name")
     return Source(key, t.get("name", default), t.get("hub") or t["path"], "hub" in t)
+
+
+def _plain_name(template: str) -> bool:
+    try:
+        name = template.format(name="x")
+    except (KeyError, IndexError, ValueError):
+        return False
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def _gate(key: str, value: dict | bool, codec: codecs.Codec, path: Path) -> Gate | None:
@@ -133,6 +142,8 @@ def _target(i: int, table: Any, path: Path) -> Target:
     except ModelportError as e:
         raise RecipeError(path, f"{key}: {e.problem}") from None
     resolved.pop("notes", None)  # said at conversion time, not part of what a job is
+    if "name" in t and not _plain_name(t["name"]):
+        raise RecipeError(path, f"{key}.name: {t['name']!r} must be a file name, {{name}} standing for the source's")
     return Target(key, codec.name, parsed, resolved, t.get("name"),
                   _gate(f"{key}.gate", t.get("gate", False), codec, path))
 
