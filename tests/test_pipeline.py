@@ -165,7 +165,7 @@ def test_a_changed_source_reruns_only_its_jobs(reference_run, tmp_path):
 
 
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_outputs(reference_run, tmp_path):
-    root = two_sources(tmp_path / "killed", reference_run.parent.parent / "src" / "a")
+    root = two_sources(tmp_path / "killed", reference_run.parent.parent / "src" / "a").parent
     manifest = root / "dist" / "manifest.json"
     proc = subprocess.Popen([str(MODELPORT), "run", str(root / "recipe.toml"), "--jobs", "2"],
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr", "w"), start_new_session=True)
@@ -195,7 +195,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_outputs(reference_ru
 
 def test_a_local_ray_cluster_gives_the_same_bytes_and_figures(reference_run, tmp_path):
     ray = pytest.importorskip("ray")
-    root = two_sources(tmp_path / "ray", reference_run.parent.parent / "src" / "a")
+    root = two_sources(tmp_path / "ray", reference_run.parent.parent / "src" / "a").parent
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         manifest = modelport.run(root / "recipe.toml", jobs=2, ray="")
