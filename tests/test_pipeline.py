@@ -207,13 +207,16 @@ def test_a_local_ray_cluster_gives_the_same_bytes_and_figures(reference_run, tmp
     assert figures(manifest.data) == figures(json.loads((ref_out / "manifest.json").read_text()))
 
 
-def test_without_ray_installed_ray_runs_exit_4_naming_the_extra(reference_run, tmp_path):
+def test_without_ray_installed_ray_runs_exit_4_naming_the_extra(checkpoints, tmp_path):
     blocker = tmp_path / "no-ray" / "ray"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('no ray here')\n")
-    r = cli("run", reference_run, "--ray", env={"PYTHONPATH": str(blocker.parent)})
+    (tmp_path / "m").symlink_to(checkpoints("llama"))
+    (tmp_path / "r.toml").write_text("[[sources]]\npath = 'm'\n[[targets]]\nformat = 'gguf'\nquant = 'Q8_0'\n")
+    r = cli("run", tmp_path / "r.toml", "--ray", env={"PYTHONPATH": str(blocker.parent)})
     assert r.returncode == 4 and r.stderr.strip().splitlines() == ["modelport: --ray needs Ray: pip install "
                                                                    "'modelport[ray]'"]
+    assert not (tmp_path / "dist").exists()
 
 
 def hub_cache(home: Path, repo: str, folder: Path) -> str:
