@@ -127,6 +127,16 @@ class Codec:
     def runnable(self, native: Any, path: Path) -> None:
         """Raise a ModelportError if the runtime cannot run this model as it lies (a file it needs is missing)."""
 
+    def output_name(self, name: str, options: dict[str, Any]) -> str:
+        """The file or folder name a build pipeline gives model `name` written with these (resolved) options, after
+        the habits of the ecosystem that runs the format (llama.cpp's Name-Q4_K_M.gguf, ...)."""
+        return f"{name}-{self.name}"
+
+    def planned_bytes(self, model: Model, options: dict[str, Any]) -> int:
+        """About how many bytes `save` writes for `model` with these (resolved) options, from headers only: a build
+        pipeline's disk estimate. A codec that knows its storage types says so exactly."""
+        return sum(r.nbytes for r in model.tensors.values())
+
     def quantize_file(self, src: Path, dst: Path, quant: str, options: dict[str, Any], force: bool):
         """A format whose own quantizer works on a whole file (ONNX: onnxruntime's) overrides this; others are
         quantized by converting to themselves with --quant."""

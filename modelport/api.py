@@ -11,13 +11,15 @@ from modelport.convert import pivot, provenance
 from modelport.formats.hashing import Late, SourceHashes
 from modelport.formats.model import Model
 
+from . import hub
+
 VERSION = provenance.VERSION
 
 
 def load(path: str | Path) -> Model:
-    """Any supported model (HF folder, .safetensors, .gguf, .onnx, or a plugin's format) as the pivot; reads
-    headers only."""
-    return pivot.load(path)
+    """Any supported model (HF folder, .safetensors, .gguf, .onnx, or a plugin's format, or a hub id
+    org/name[@revision] through the hub cache) as the pivot; reads headers only."""
+    return pivot.load(hub.local(path))
 
 
 @dataclass
@@ -66,7 +68,7 @@ def quantize(src: str | Path, dst: str | Path, quant: str, to: str | None = None
              progress: Callable[[int], None] | None = None, **options: Any) -> Result:
     """SRC quantized into DST. A format with a whole-file quantizer of its own (ONNX: onnxruntime's) uses it;
     any other source converts to `to` (default: DST's format by its extension) with --quant."""
-    src, dst = Path(src), Path(dst)
+    src, dst = hub.local(src), Path(dst)
     codec = codecs.detect(src)
     done = None if to else codec.quantize_file(src, dst, quant, options, force)
     if done is None:
@@ -83,4 +85,4 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
     runs in onnxruntime on the execution provider `provider`."""
     from modelport.validators.parity import validate as run
 
-    return run(ref, cand, texts, max_kl, min_top1, max_ppl_ratio, provider=provider)
+    return run(hub.local(ref), hub.local(cand), texts, max_kl, min_top1, max_ppl_ratio, provider=provider)

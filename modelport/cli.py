@@ -321,3 +321,44 @@ def diff_cmd(a: Path, b: Path, as_json: bool) -> None:
     from modelport.validators.diff import diff
 
     _emit(diff(a, b).to_json(), as_json, _print_diff)
+
+
+def _print_plan(rows: list[dict]) -> None:
+    table = Table("action", "options", "gate", "disk", "memory", "threads", title="plan")
+    table.add_column("job", no_wrap=True)
+    for r in rows:
+        est, gate = r["estimate"], r["gate"]
+        table.add_row(r["action"], " ".join(f"{k}={v}" for k, v in r["options"].items()) or "-",
+                      "-" if gate is None else " ".join(f"{k}={v}" for k, v in gate["limits"].items()) or "defaults",
+                      f"{est['disk_bytes'] / 1e6:,.1f} MB", f"{est['memory_bytes'] / 2**30:,.2f} GiB",
+                      str(est["threads"]), r["name"])
+    out.print(table)
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Print the plan (each job's disk, memory and threads) and run nothing.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run each job as a Ray task: on the cluster at ADDRESS, or a new local one without it "
+                   "(pip install 'modelport[ray]').")
+@click.option("--jobs", type=click.IntRange(min=1), help="Local jobs at once (default: one per 4 CPUs); each gets "
+              "its share of the CPUs and starts only when its memory fits.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (or, with --dry-run, the plan) as JSON.")
+@handle_errors
+def run_cmd(recipe: Path, dry_run: bool, ray_address, jobs, as_json: bool) -> None:
+    """Export every source of RECIPE to every target, validate the gated outputs, and write manifest.json,
+    junit.xml and a model card per source; jobs whose inputs and options are unchanged are skipped. Exit 0 when
+    every job finished and passed its gates, 1 otherwise (the manifest says which)."""
+    from modelport.pipeline import run
+
+    note = (lambda line: None) if as_json else (lambda line: err.print(line, highlight=False, markup=False))
+    result = run(recipe, dry_run=dry_run, jobs=jobs, ray=ray_address, note=note)
+    if dry_run:
+        _emit(result.planned, as_json, _print_plan)
+        return
+    _emit(result.data, as_json, lambda m: out.print(
+        f"{len(result.ran)} ran, {len(result.skipped)} up to date; outputs, manifest.json, junit.xml and model "
+        f"cards in {result.path.parent}", highlight=False))
+    if not result.passed:
+        click.echo(f"modelport: run failed: {', '.join(result.failed)}", err=True)
+        sys.exit(1)

@@ -71,6 +71,15 @@ class GGUFCodec(Codec):
         return Written(len(tensors), sum(r.nbytes for _, r in tensors), quant or options.get("dtype"),
                        [c for c in choices if c["fallback"]])
 
+    def output_name(self, name: str, options: dict) -> str:
+        """llama.cpp's naming: Name-Q4_K_M.gguf, Name-F16.gguf (no options: llama.cpp's auto type, F16 or BF16)."""
+        return f"{name}-{options.get('quant') or options.get('dtype') or 'auto'}.gguf"
+
+    def planned_bytes(self, model, options: dict) -> int:
+        """Exact tensor bytes: the quantization plan chooses every tensor's type from headers alone."""
+        _, _, tensors, _ = gguf_map.to_gguf(model, options.get("dtype"), {}, None, options.get("quant"))
+        return sum(r.nbytes for _, r in tensors)
+
     def inspect(self, native: gguf.GGUFContents, path: Path) -> dict:
         kv = {k: v for k, (v, _, _) in native.kv.items()}
         try:

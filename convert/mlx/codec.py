@@ -47,6 +47,10 @@ class MlxCodec(Codec):
         return Written(len(out.tensors), sum(r.nbytes for r in out.tensors.values()),
                        options.get("quant") or options.get("dtype") or floats.most_common(1)[0][0], notes)
 
+    def output_name(self, name: str, options: dict) -> str:
+        """mlx-community's naming: Name-4bit, Name-mixed_3_6, Name-bf16 (Name-mlx for the source's precision)."""
+        return f"{name}-{options.get('quant') or (options.get('dtype') or 'mlx').lower()}"
+
     def inspect(self, native: mlx.MlxContents, path: Path) -> dict:
         m = native.model
         return inspect_view.view(self.name, m.arch, len(native.files), list(m.tensors.items()),

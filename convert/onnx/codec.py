@@ -77,6 +77,20 @@ class OnnxCodec(Codec):
         done = optimum.export(model, ctx.dst, options.get("dtype"), ctx.force, ctx.provenance, ctx.late)
         return Written(len(model.tensors), done.bytes_written, "F32", [{"name": ctx.dst.name, "fallback": done.note}])
 
+    def output_name(self, name: str, options: dict) -> str:
+        """The hub's naming for ONNX exports: a folder Name-onnx, Name-onnx-int4, Name-onnx-f16 (onnxruntime-genai
+        loads the folder)."""
+        kind = options.get("quant") or (options.get("dtype") or "").lower()
+        return f"{name}-{self.name}" + (f"-{kind}" if kind else "")
+
+    def planned_bytes(self, model, options: dict) -> int:
+        """The graph builder's weights (MatMulNBits blobs sized by their bits and block) from headers alone; a family
+        optimum exports is stored f32."""
+        if model.arch not in graph.FAMILIES:
+            return sum(r.n_elements for r in model.tensors.values()) * 4
+        g = graph.build(model, options.get("dtype"), options["ops"], options.get("quant"), options["block_size"])
+        return sum(r.nbytes for _, r in g.weights)
+
     def quantize_file(self, src: Path, dst: Path, quant: str, options: dict, force: bool):
         """An existing ONNX model (ours or anyone's) quantized by onnxruntime's quantizers (int4 / int8 MatMulNBits,
         fp16). SRC a .onnx gives DST.onnx with DST.onnx.data beside it, both whole or neither; SRC a model folder

@@ -42,6 +42,13 @@ class SafetensorsCodec(Codec):
                               progress=ctx.progress)
         return Written(len(out.tensors), sum(r.nbytes for r in out.tensors.values()), options.get("dtype"))
 
+    def output_name(self, name: str, options: dict) -> str:
+        """An HF folder named after its precision (Name-f16), as the hub's re-uploads are."""
+        return f"{name}-{(options.get('dtype') or 'orig').lower()}"
+
+    def planned_bytes(self, model: Model, options: dict) -> int:
+        return sum(r.nbytes for r in dtypes.cast_model(model, options.get("dtype")).tensors.values())
+
     def inspect(self, native: Model, path: Path) -> dict:
         meta = {"config": native.config, **({"safetensors": native.metadata["safetensors_metadata"]}
                                             if native.metadata["safetensors_metadata"] else {})}

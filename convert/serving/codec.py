@@ -71,6 +71,11 @@ class ServingCodec(Codec):
             safetensors.write(partial, out, ctx.provenance, late=ctx.late, progress=ctx.progress)
         return Written(len(tensors), sum(r.nbytes for r in tensors.values()), options["quant"], notes)
 
+    def output_name(self, name: str, options: dict) -> str:
+        """llm-compressor's habit: Name-W4A16 (-G32 for a group size other than 128, -asym when asymmetric)."""
+        group = "" if options["group_size"] == 128 else f"-G{options['group_size']}"
+        return f"{name}-{options['quant']}{group}{'-asym' if options['asymmetric'] else ''}"
+
     def inspect(self, native: serving.ServingContents, path: Path) -> dict:
         meta = {"config": native.model.config, "quantization": native.qconfig}
         model = native.model
