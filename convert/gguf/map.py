@@ -14,6 +14,7 @@ from modelport.formats.gguf import GGUFContents
 from modelport.formats.model import MemorySlice, Model, TensorRef
 
 from modelport.convert import archs, experts, provenance
+from modelport.convert.archs import dims
 from modelport.convert.gguf import quant_plan
 from modelport.convert.gguf import sentence_transformers
 from modelport.convert.gguf import tokenizer
@@ -150,7 +151,8 @@ def from_gguf(contents: GGUFContents, path: Path) -> Model:
     stored_type = (stored_config(contents) or {}).get("model_type")
     arch = archs.for_gguf(values.get(Keys.General.ARCHITECTURE, ""), stored_type, path, values)
     cfg = _config(arch, contents)
-    norm = arch.normalize(cfg)
+    norm = dims.normalized(arch, cfg, path)
+    dims.check_tensors(arch, norm, {k: v for k, v in contents.tensors.items() if k not in arch.derived}, path)
     hf_names = {g: (kind, hf) for hf, (kind, g) in arch.name_map(norm["num_hidden_layers"], norm).items()}
     extra = set(arch.derived)
     tensors = {}

@@ -31,6 +31,7 @@ from modelport.formats.onnx import OnnxContents
 from modelport.formats.safetensors import TOKENIZER_FILES
 
 from modelport.convert import archs
+from modelport.convert.archs import dims
 from modelport.convert.dtypes import FLOATS, cast
 from modelport.convert.provenance import CONFIG as CONFIG_KEY
 
@@ -342,7 +343,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     if not isinstance(cfg, dict):
         raise BadInput(contents.path, "its config is not a JSON object")
     arch = archs.for_hf(cfg.get("model_type", ""), path)
-    norm = arch.normalize(cfg)
+    norm = dims.normalized(arch, cfg, path)
     graph = _Graph.of(contents)
     hf_names = set(arch.name_map(norm["num_hidden_layers"], norm))
     own = CONFIG_KEY in contents.metadata
