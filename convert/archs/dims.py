@@ -45,6 +45,7 @@ def normalized(arch: Arch, config: object, where: Path | str | None) -> dict:
     """The family's normalised config, every count a bounded positive integer; else BadInput naming `where`."""
     if not isinstance(config, dict):
         raise BadInput(where, "the model configuration is not a JSON object")
+    _check_counts(config, where, required=())  # as given, so the message names the culprit, not what follows
     try:
         cfg = arch.normalize(config)
     except ModelportError:
@@ -53,12 +54,7 @@ def normalized(arch: Arch, config: object, where: Path | str | None) -> dict:
         raise BadInput(where, f"the {arch.name} configuration has no {e.args[0]!r}") from None
     except (TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as e:
         raise BadInput(where, f"the {arch.name} configuration is inconsistent: {e}"[:300]) from None
-    for key, bound in BOUNDS.items():
-        value = cfg.get(key)
-        if value is None and key not in REQUIRED:
-            continue
-        if type(value) is not int or not 0 < value <= bound:
-            raise BadInput(where, f"configuration {key} is {value!r}"[:120] + f"; expected an integer in 1..{bound}")
+    _check_counts(cfg, where, REQUIRED)
     if cfg["num_attention_heads"] % cfg.get("num_key_value_heads", 1):
         raise BadInput(where, f"num_attention_heads {cfg['num_attention_heads']} is not a multiple of "
                               f"num_key_value_heads {cfg['num_key_value_heads']}")
@@ -66,6 +62,15 @@ def normalized(arch: Arch, config: object, where: Path | str | None) -> dict:
     if type(experts) is not int or not 0 <= experts <= MAX_EXPERTS:
         raise BadInput(where, f"configuration says {experts!r} experts; expected an integer in 0..{MAX_EXPERTS}")
     return cfg
+
+
+def _check_counts(cfg: dict, where, required: tuple[str, ...]) -> None:
+    for key, bound in BOUNDS.items():
+        value = cfg.get(key)
+        if value is None and key not in required:
+            continue
+        if type(value) is not int or not 0 < value <= bound:
+            raise BadInput(where, f"configuration {key} is {value!r}"[:120] + f"; expected an integer in 1..{bound}")
 
 
 def dims(arch: Arch, cfg: dict) -> Dims:
