@@ -20,7 +20,7 @@ def check_file(path: Path, root: Path | None = None) -> os.stat_result:
     except FileNotFoundError:
         raise BadInput(path, "is a dangling symlink" if os.path.islink(path) else "does not exist") from None
     except OSError as e:
-        raise BadInput(path, f"cannot read: {e.strerror}") from None
+        raise BadInput(path, f"cannot read: {e.strerror.lower()}") from None
     kind = next((what for test, what in KINDS.items() if test(st.st_mode)), None)
     if kind:
         raise BadInput(path, f"is {kind}, not a regular file")
@@ -41,7 +41,7 @@ def read_bytes(path: Path, root: Path | None = None, limit: int | None = None) -
     try:
         return path.read_bytes()
     except OSError as e:
-        raise BadInput(path, f"cannot read: {e.strerror}") from None
+        raise BadInput(path, f"cannot read: {e.strerror.lower()}") from None
 
 
 def check_top(path: Path) -> None:
