@@ -49,7 +49,9 @@ def hf_tokenizer(files: dict[str, bytes]) -> dict:
     if "tokenizer.json" in files:
         tj = jsonfile.loads(files["tokenizer.json"], "tokenizer.json")
         model = tj.get("model") if isinstance(tj, dict) else None
-        if not isinstance(model, dict):
-            raise BadInput("tokenizer.json", "has no model object")
-        tok.update(model=model.get("type"), tokens=len(model.get("vocab") or {}) + len(tj.get("added_tokens") or []))
+        vocab = model.get("vocab") or {} if isinstance(model, dict) else None
+        added = tj.get("added_tokens") or [] if isinstance(tj, dict) else None
+        if not isinstance(model, dict) or not isinstance(vocab, (dict, list)) or not isinstance(added, list):
+            raise BadInput("tokenizer.json", "expected a model object with a vocab, and a list of added_tokens")
+        tok.update(model=model.get("type"), tokens=len(vocab) + len(added))
     return tok

@@ -21,7 +21,7 @@ def load(path: str | Path) -> Model:
     where = files[0] if len(files) == 1 else path
     if not model.tensors:
         raise BadInput(where, "holds no tensors")
-    if model.arch in archs.registry():  # an unknown family is refused by name when it is written
+    if isinstance(model.arch, str) and model.arch in archs.registry():  # an unknown family is refused by name when it is written
         arch = archs.for_hf(model.arch)
         dims.check_tensors(arch, dims.normalized(arch, model.config, path), model.tensors, where)
     return model

@@ -61,6 +61,8 @@ def sniff(path: Path) -> bool:
 def _external(path: Path, tensor, nbytes: int) -> FileSlice:
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
+    if "\0" in location:
+        raise BadInput(path, f"initializer {tensor.name!r}: external data location {location!r} holds a NUL byte")
     folder = path.parent.resolve()
     target = (folder / location).resolve()
     climbs = ".." in Path(location.replace("\\", "/")).parts
@@ -106,6 +108,17 @@ def _ref(path: Path, tensor) -> TensorRef:
     return TensorRef.on_disk(MemorySlice(np.ascontiguousarray(arr).tobytes()), shape, dtype)
 
 
+def _check_strings(path: Path, proto) -> None:
+    """protobuf hands over a string field that is not UTF-8 as bytes; every name the readers use must be text."""
+    g = proto.graph
+    names = [t.name for t in g.initializer] + [p.key for p in proto.metadata_props] + \
+        [p.value for p in proto.metadata_props] + [v.name for v in (*g.input, *g.output)] + \
+        [s for n in g.node for s in (n.op_type, n.domain, *n.input, *n.output)] + \
+        [e.value for t in g.initializer for e in t.external_data]
+    if not all(isinstance(n, str) for n in names):
+        raise BadInput(path, "a name or metadata value in the graph is not valid UTF-8")
+
+
 def read(path: Path) -> OnnxContents:
     """The graph and lazy initializers of an ONNX model; headers only, no weight is read here."""
     onnx = require_onnx()
@@ -117,6 +130,7 @@ def read(path: Path) -> OnnxContents:
     except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
         raise BadInput(path, f"not a valid ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
             from None
+    _check_strings(path, proto)
     tensors = {t.name: _ref(path, t) for t in proto.graph.initializer}
     files = [path] + sorted({r.stored.path for r in tensors.values() if isinstance(r.stored, FileSlice)})
     return OnnxContents(path, proto, tensors, files)

@@ -55,7 +55,7 @@ def normalized(arch: Arch, config: object, where: Path | str | None) -> dict:
     except (TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as e:
         raise BadInput(where, f"the {arch.name} configuration is inconsistent: {e}"[:300]) from None
     _check_counts(cfg, where, REQUIRED)
-    if cfg["num_attention_heads"] % cfg.get("num_key_value_heads", 1):
+    if cfg["num_attention_heads"] % (cfg.get("num_key_value_heads") or 1):
         raise BadInput(where, f"num_attention_heads {cfg['num_attention_heads']} is not a multiple of "
                               f"num_key_value_heads {cfg['num_key_value_heads']}")
     experts = arch.n_experts(cfg)
@@ -75,7 +75,7 @@ def _check_counts(cfg: dict, where, required: tuple[str, ...]) -> None:
 
 def dims(arch: Arch, cfg: dict) -> Dims:
     heads = cfg["num_attention_heads"]
-    return Dims(cfg["num_hidden_layers"], heads, cfg.get("num_key_value_heads", heads),
+    return Dims(cfg["num_hidden_layers"], heads, cfg.get("num_key_value_heads") or heads,
                 cfg.get("head_dim") or cfg["hidden_size"] // heads, cfg["hidden_size"], cfg.get("vocab_size"),
                 arch.n_experts(cfg))
 
