@@ -305,7 +305,7 @@ def _print_diff(rep: dict) -> None:
     out.print(table)
     s = rep["summary"]
     out.print(f"{s['tensors']} tensors compared, {s['bit_exact']} bit-exact; worst: {s['worst']} (cosine "
-              f"{s['worst_cosine']:.6f}); lowest SNR "
+              f"{'-' if s['worst_cosine'] is None else format(s['worst_cosine'], '.6f')}); lowest SNR "
               + ("-" if s["min_snr_db"] is None else f"{s['min_snr_db']:.1f} dB")
               + (f"; only in A: {rep['only_in_a']}" if rep["only_in_a"] else "")
               + (f"; only in B: {rep['only_in_b']}" if rep["only_in_b"] else ""))
