@@ -61,6 +61,10 @@ def _check_not_a_source(dst: Path) -> None:
             raise BadInput(dst, f"{how} the source {src}; refusing to overwrite an input, even with --force")
 
 
+def _lost(dst: Path) -> OutputExists:
+    return OutputExists(dst, "was created by another run meanwhile; nothing was written")
+
+
 def _publish_noreplace(partial: Path, dst: Path) -> None:
     """Rename `partial` to `dst` unless `dst` exists, atomically: renameat2(RENAME_NOREPLACE) where the kernel and
     file system have it, else link-then-unlink for a file (link never replaces) or a lock beside DST for a folder.
@@ -69,16 +73,21 @@ def _publish_noreplace(partial: Path, dst: Path) -> None:
         if _renameat2(AT_FDCWD, os.fsencode(partial), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise _lost(dst)
         if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), str(dst))
     if not partial.is_dir():
-        os.link(partial, dst)
+        try:
+            os.link(partial, dst)
+        except FileExistsError:
+            raise _lost(dst) from None
         os.unlink(partial)
         return
     with open(dst.parent / f".{dst.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "exists", str(dst))
+            raise _lost(dst)
         os.rename(partial, dst)
 
 
@@ -180,9 +189,6 @@ def atomic_output(dst: str | Path, force: bool = False) -> Iterator[Path]:
             _fsync_tree(partial)
             (_publish_replace if force else _publish_noreplace)(partial, dst)
             _fsync_dir(dst.parent)
-    except FileExistsError:
-        _remove(partial)
-        raise OutputExists(dst, "was created by another run meanwhile; nothing was written") from None
     except OSError as e:
         _remove(partial)
         reason = WRITE_REASONS.get(e.errno, e.strerror or str(e))
