@@ -57,7 +57,13 @@ MAX_NAME = 64  # GGML_MAX_NAME: llama.cpp refuses a tensor name of 64 bytes or m
 MAX_ARRAY_DEPTH = 2
 INT64_MAX = (1 << 63) - 1
 # keys llama.cpp reads with a typed getter that aborts on another type: the type each must have
-TYPED_KEYS = {"general.alignment": GGUFValueType.UINT32, "general.architecture": GGUFValueType.STRING}
+TYPED_KEYS = {"general.alignment": GGUFValueType.UINT32, "general.architecture": GGUFValueType.STRING,
+              "general.file_type": GGUFValueType.UINT32, "general.name": GGUFValueType.STRING,
+              "tokenizer.ggml.model": GGUFValueType.STRING}
+# the vocabulary arrays llama.cpp's vocab loader reads: element type each must have; all as long as the tokens
+TOKEN_ARRAYS = {"tokenizer.ggml.tokens": GGUFValueType.STRING, "tokenizer.ggml.scores": GGUFValueType.FLOAT32,
+                "tokenizer.ggml.token_type": GGUFValueType.INT32}
+MERGES = "tokenizer.ggml.merges"  # an array of strings, of any length
 
 
 class _Cursor:
@@ -134,6 +140,19 @@ class _Cursor:
         return out
 
 
+def _check_types(path: Path, kv: dict) -> None:
+    """The keys llama.cpp reads with typed getters have their types, and the vocabulary arrays agree in length."""
+    for key, vtype in TYPED_KEYS.items():
+        if key in kv and kv[key][1] != vtype:
+            raise BadInput(path, f"metadata {key!r} must be {vtype.name}, not {kv[key][1].name}")
+    for key, sub in {**TOKEN_ARRAYS, MERGES: GGUFValueType.STRING}.items():
+        if key in kv and (kv[key][1], kv[key][2]) != (GGUFValueType.ARRAY, sub):
+            raise BadInput(path, f"metadata {key!r} must be an array of {sub.name}")
+    lengths = {k: len(kv[k][0]) for k in TOKEN_ARRAYS if k in kv}
+    if len(set(lengths.values())) > 1:
+        raise BadInput(path, "tokenizer arrays differ in length: " + ", ".join(f"{k} {n}" for k, n in lengths.items()))
+
+
 def _check_dims(path: Path, name: str, dims: list[int], qtype: GGMLQuantizationType) -> None:
     """gguf.cpp's checks on a tensor's shape: each dimension fits int64, their product too, and the row is whole
     blocks of the type."""
@@ -175,9 +194,7 @@ def _read_one(path: Path) -> GGUFContents:
             value = c.value(vtype, f"metadata {key!r}")
             sub = GGUFValueType(struct.unpack_from("<I", buf, start)[0]) if vtype == GGUFValueType.ARRAY else None
             kv[key] = (value, vtype, sub)
-        for key, vtype in TYPED_KEYS.items():
-            if key in kv and kv[key][1] != vtype:
-                raise BadInput(path, f"metadata {key!r} must be {vtype.name}, not {kv[key][1].name}")
+        _check_types(path, kv)
         align = kv.get("general.alignment", (32,))[0]
         if align == 0 or align & (align - 1):
             raise BadInput(path, f"general.alignment {align} is not a power of two")

@@ -183,6 +183,14 @@ def cases() -> list[Case]:
         inspect("name.gguf", tiny_gguf(infos=[tensor_info("n" * 80, [8], 0)], data=b"\0" * 32), 2, "at most 63"),
         inspect("counts.gguf", struct.pack("<IIQQ", GGUF_MAGIC, 3, 1 << 60, 1 << 61) + b"\0" * 64, 2,
                 "more than a file of"),
+        inspect("file-type-string.gguf", tiny_gguf([kv_str("general.file_type", "F16")]), 2, "must be UINT32"),
+        inspect("merges-ints.gguf", tiny_gguf([gstr("tokenizer.ggml.merges") + struct.pack(
+            "<IIQ", GGUFValueType.ARRAY, GGUFValueType.INT32, 1) + struct.pack("<i", 5)]), 2, "array of STRING"),
+        inspect("scores-short.gguf", tiny_gguf([
+            gstr("tokenizer.ggml.tokens") + struct.pack("<IIQ", GGUFValueType.ARRAY, GGUFValueType.STRING, 2) +
+            gstr("a") + gstr("b"),
+            gstr("tokenizer.ggml.scores") + struct.pack("<IIQf", GGUFValueType.ARRAY, GGUFValueType.FLOAT32, 1, 0.0)]),
+            2, "differ in length"),
         inspect("version.gguf", struct.pack("<IIQQ", GGUF_MAGIC, 1, 0, 0), 2, "version 1"),
         Case("split-of-zero", lambda tmp: ["inspect", _file("m-00001-of-00000.gguf", tiny_gguf())(tmp)], 2,
              "part 1 of 0"),
