@@ -11,7 +11,7 @@ ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 endif
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test fuzz bench clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
+
+# every reader fuzzed by hypothesis at scale: MODELPORT_FUZZ_EXAMPLES inputs per reader (default 100000), fresh
+# randomness, each input under a time limit and 1 GB more address space than the process holds (tests/test_fuzz.py)
+MODELPORT_FUZZ_EXAMPLES ?= 100000
+fuzz: setup
+	MODELPORT_FUZZ_AT_SCALE=1 MODELPORT_FUZZ_EXAMPLES=$(MODELPORT_FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
+		-p no:cacheprovider --hypothesis-show-statistics tests/test_fuzz.py
 
 bench: setup
 	$(BIN)/python bench/bench_convert.py

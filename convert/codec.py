@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from modelport.formats import inputs
 from modelport.formats.errors import BadInput, ModelportError, Unsupported
 from modelport.formats.hashing import Late
 from modelport.formats.model import Model
@@ -164,8 +165,7 @@ def get(name: str) -> Codec:
 
 def detect(path: Path) -> Codec:
     """The codec of an existing input: every codec scores it, the most specific match wins."""
-    if not path.exists():
-        raise BadInput(path, "does not exist")
+    inputs.check_top(path)  # a FIFO or device is refused before any codec opens it
     best, score = None, 0
     for codec in registry().values():
         try:

@@ -1,8 +1,10 @@
 """The pieces every codec's `inspect` view shares: tensor rows, sizes by storage type, the HF tokenizer summary."""
 from __future__ import annotations
 
-import json
 from collections import Counter
+
+from modelport.formats import jsonfile
+from modelport.formats.errors import BadInput
 
 BIG_ARRAY = 16  # metadata arrays longer than this are summarised
 
@@ -45,7 +47,11 @@ def view(fmt: str, arch: str, files: int, items, tokenizer: dict, metadata: dict
 def hf_tokenizer(files: dict[str, bytes]) -> dict:
     tok: dict = {"files": sorted(files)}
     if "tokenizer.json" in files:
-        tj = json.loads(files["tokenizer.json"])
-        tok.update(model=tj["model"]["type"],
-                   tokens=len(tj["model"].get("vocab", {})) + len(tj.get("added_tokens", [])))
+        tj = jsonfile.loads(files["tokenizer.json"], "tokenizer.json")
+        model = tj.get("model") if isinstance(tj, dict) else None
+        vocab = model.get("vocab") or {} if isinstance(model, dict) else None
+        added = tj.get("added_tokens") or [] if isinstance(tj, dict) else None
+        if not isinstance(model, dict) or not isinstance(vocab, (dict, list)) or not isinstance(added, list):
+            raise BadInput("tokenizer.json", "expected a model object with a vocab, and a list of added_tokens")
+        tok.update(model=model.get("type"), tokens=len(vocab) + len(added))
     return tok

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelport.formats.errors import BadInput
 from modelport.formats.model import Model
 
-from . import codec
+from . import archs, codec
+from .archs import dims
 
 
 def load(path: str | Path) -> Model:
     """A model in any registered format as the pivot (HF names; GGUF Q/K unpermuted; ONNX weights as HF lays
-    them out); reads headers only."""
+    them out); reads headers only. Its configuration and tensor set are checked against each other here, once."""
     path = Path(path)
     c = codec.detect(path)
-    return c.to_pivot(c.open(path), path)
+    model = c.to_pivot(c.open(path), path)
+    files = model.metadata.get("source_files") or [path]
+    where = files[0] if len(files) == 1 else path
+    if not model.tensors:
+        raise BadInput(where, "holds no tensors")
+    if isinstance(model.arch, str) and model.arch in archs.registry():  # an unknown family is refused by name when it is written
+        arch = archs.for_hf(model.arch)
+        dims.check_tensors(arch, dims.normalized(arch, model.config, path), model.tensors, where)
+    return model

@@ -3,6 +3,7 @@ pread and written a row block at a time, so neither direction holds a whole mode
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, GGUFWriter
 
+from . import inputs
 from .atomic import WriteBehind
 from .errors import BadInput
 from .hashing import Late
@@ -38,6 +40,7 @@ class GGUFContents:
 def sniff(path: Path) -> bool:
     if path.is_dir():
         return False
+    inputs.check_file(path)
     with open(path, "rb") as f:
         return f.read(4) == struct.pack("<I", GGUF_MAGIC)
 
@@ -48,6 +51,19 @@ _SCALARS = {GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.U
             GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d"}
 _NUMPY = {t: np.dtype(f) for t, f in _SCALARS.items()}
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME = 64  # GGML_MAX_NAME: llama.cpp refuses a tensor name of 64 bytes or more
+# llama.cpp's gguf.cpp refuses arrays of arrays outright; gguf-py writes them, so a little nesting is read (bounded,
+# so a small file cannot recurse the parser to death)
+MAX_ARRAY_DEPTH = 2
+INT64_MAX = (1 << 63) - 1
+# keys llama.cpp reads with a typed getter that aborts on another type: the type each must have
+TYPED_KEYS = {"general.alignment": GGUFValueType.UINT32, "general.architecture": GGUFValueType.STRING,
+              "general.file_type": GGUFValueType.UINT32, "general.name": GGUFValueType.STRING,
+              "tokenizer.ggml.model": GGUFValueType.STRING}
+# the vocabulary arrays llama.cpp's vocab loader reads: element type each must have; all as long as the tokens
+TOKEN_ARRAYS = {"tokenizer.ggml.tokens": GGUFValueType.STRING, "tokenizer.ggml.scores": GGUFValueType.FLOAT32,
+                "tokenizer.ggml.token_type": GGUFValueType.INT32}
+MERGES = "tokenizer.ggml.merges"  # an array of strings, of any length
 
 
 class _Cursor:
@@ -58,12 +74,13 @@ class _Cursor:
     def __init__(self, path: Path, buf: mmap.mmap):
         self.path, self.buf, self.pos = path, buf, 0
 
-    def take(self, n: int, what: str) -> memoryview:
+    def take(self, n: int, what: str) -> bytes:
+        """A copy, never a view: a view alive in an error's traceback would keep the map from closing."""
         if n < 0 or self.pos + n > len(self.buf):
             raise BadInput(self.path, f"truncated or corrupt: {what} runs past the end of the file")
-        view = memoryview(self.buf)[self.pos:self.pos + n]
+        raw = self.buf[self.pos:self.pos + n]
         self.pos += n
-        return view
+        return raw
 
     def scalar(self, vtype: GGUFValueType, what: str):
         fmt = _SCALARS[vtype]
@@ -84,21 +101,25 @@ class _Cursor:
         except ValueError:
             raise BadInput(self.path, f"{what} has unknown value type {code}") from None
 
-    def value(self, vtype: GGUFValueType, what: str):
+    def value(self, vtype: GGUFValueType, what: str, depth: int = 0):
         if vtype == GGUFValueType.STRING:
             return self.string(what)
         if vtype != GGUFValueType.ARRAY:
             return self.scalar(vtype, what)
+        if depth >= MAX_ARRAY_DEPTH:
+            raise BadInput(self.path, f"{what} nests arrays more than {MAX_ARRAY_DEPTH} deep")
         sub = self.vtype(what)
         count = self.scalar(GGUFValueType.UINT64, what)
         if sub in _NUMPY:
             raw = self.take(count * _NUMPY[sub].itemsize, what)
+            if sub == GGUFValueType.BOOL and raw.strip(b"\0\1"):
+                raise BadInput(self.path, f"{what} holds a bool that is neither 0 nor 1")
             return np.frombuffer(raw, dtype=_NUMPY[sub]).tolist()
         if count * 8 > len(self.buf) - self.pos:  # every string or array element takes at least 8 bytes
             raise BadInput(self.path, f"{what} claims {count} elements, more than the file can hold")
         if sub == GGUFValueType.STRING:
             return self.strings(count, what)
-        return [self.value(sub, what) for _ in range(count)]
+        return [self.value(sub, what, depth + 1) for _ in range(count)]
 
     def strings(self, count: int, what: str) -> list[str]:
         """A string array (a vocabulary, its merges) in one tight loop: 128k tokens in a fraction of a second."""
@@ -119,8 +140,38 @@ class _Cursor:
         return out
 
 
+def _check_types(path: Path, kv: dict) -> None:
+    """The keys llama.cpp reads with typed getters have their types, and the vocabulary arrays agree in length."""
+    for key, vtype in TYPED_KEYS.items():
+        if key in kv and kv[key][1] != vtype:
+            raise BadInput(path, f"metadata {key!r} must be {vtype.name}, not {kv[key][1].name}")
+    for key, sub in {**TOKEN_ARRAYS, MERGES: GGUFValueType.STRING}.items():
+        if key in kv and (kv[key][1], kv[key][2]) != (GGUFValueType.ARRAY, sub):
+            raise BadInput(path, f"metadata {key!r} must be an array of {sub.name}")
+    lengths = {k: len(kv[k][0]) for k in TOKEN_ARRAYS if k in kv}
+    if len(set(lengths.values())) > 1:
+        raise BadInput(path, "tokenizer arrays differ in length: " + ", ".join(f"{k} {n}" for k, n in lengths.items()))
+
+
+def _check_dims(path: Path, name: str, dims: list[int], qtype: GGMLQuantizationType) -> None:
+    """gguf.cpp's checks on a tensor's shape: each dimension fits int64, their product too, and the row is whole
+    blocks of the type."""
+    if any(d > INT64_MAX for d in dims):
+        raise BadInput(path, f"tensor {name!r}: dimension over int64 in {dims}")
+    n = 1
+    for d in dims:
+        n *= d
+        if n > INT64_MAX:
+            raise BadInput(path, f"tensor {name!r}: {dims} elements overflow int64")
+    block = GGML_QUANT_SIZES[qtype][0]
+    if dims[0] % block:
+        raise BadInput(path, f"tensor {name!r}: row of {dims[0]} is not a multiple of the "
+                             f"{qtype.name} block size {block}")
+
+
 def _read_one(path: Path) -> GGUFContents:
-    size = path.stat().st_size
+    """One GGUF file, refused where llama.cpp's gguf.cpp refuses it (gguf_init_from_file_impl)."""
+    size = inputs.check_file(path).st_size
     if size < 24:
         raise BadInput(path, f"truncated: {size} bytes is shorter than a GGUF header")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -136,14 +187,23 @@ def _read_one(path: Path) -> GGUFContents:
         kv = {}
         for _ in range(n_kv):
             key = c.string("a metadata key")
+            if key in kv:
+                raise BadInput(path, f"metadata key {key!r} appears twice")
             vtype = c.vtype(f"metadata {key!r}")
             start = c.pos
             value = c.value(vtype, f"metadata {key!r}")
             sub = GGUFValueType(struct.unpack_from("<I", buf, start)[0]) if vtype == GGUFValueType.ARRAY else None
             kv[key] = (value, vtype, sub)
+        _check_types(path, kv)
+        align = kv.get("general.alignment", (32,))[0]
+        if align == 0 or align & (align - 1):
+            raise BadInput(path, f"general.alignment {align} is not a power of two")
         infos = []
         for _ in range(n_tensors):
             name = c.string("a tensor name")
+            if len(name.encode()) >= MAX_NAME:
+                raise BadInput(path, f"tensor name {name[:80]!r} is {len(name.encode())} bytes; llama.cpp takes "
+                                     f"at most {MAX_NAME - 1}")
             n_dims = c.scalar(GGUFValueType.UINT32, f"tensor {name!r}")
             if not 0 < n_dims <= MAX_DIMS:
                 raise BadInput(path, f"tensor {name!r} has {n_dims} dimensions")
@@ -154,29 +214,27 @@ def _read_one(path: Path) -> GGUFContents:
                 qtype = GGMLQuantizationType(code)
             except ValueError:
                 raise BadInput(path, f"tensor {name!r} has unknown type {code}") from None
+            if qtype not in GGML_QUANT_SIZES:
+                raise BadInput(path, f"tensor {name!r} has type {qtype.name}, which has no block layout")
+            _check_dims(path, name, dims, qtype)
             infos.append((name, tuple(reversed(dims)), qtype, offset))
-        align = kv.get("general.alignment", (32,))[0]
         data_start = -(-c.pos // align) * align
-    tensors, spans = {}, []
+    tensors, expected = {}, 0
     for name, shape, qtype, offset in infos:
         if name in tensors:
             raise BadInput(path, f"tensor {name!r} appears twice")
         block, type_size = GGML_QUANT_SIZES[qtype]
-        if shape[-1] % block:
-            raise BadInput(path, f"tensor {name!r}: row of {shape[-1]} is not a multiple of the "
-                                 f"{qtype.name} block size {block}")
         rows = int(np.prod(shape[:-1], dtype=np.int64))
         n_bytes = rows * (shape[-1] // block) * type_size
         begin = data_start + offset
         if begin + n_bytes > size:
             raise BadInput(path, f"tensor {name!r} runs past the end of the file (truncated?)")
-        spans.append((begin, begin + n_bytes, name))
+        if offset != expected:  # gguf.cpp: tensors in order, each at the previous one's end padded to the alignment
+            raise BadInput(path, f"tensor {name!r} is at data offset {offset}, expected {expected} (tensors must "
+                                 f"follow each other, each aligned to {align} bytes)")
+        expected += -(-n_bytes // align) * align
         stored_shape = shape if qtype.name in NUMPY_DTYPES else (rows, n_bytes // max(1, rows))
         tensors[name] = TensorRef(shape, qtype.name, FileSlice(path, begin, n_bytes), stored_shape)
-    spans.sort()
-    for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise BadInput(path, f"tensors {n0!r} and {n1!r} overlap")
     return GGUFContents(kv, tensors, [path])
 
 
@@ -186,18 +244,34 @@ def read(path: Path) -> GGUFContents:
     if not m:
         return _read_one(path)
     n = int(m["n"])
+    if not 1 <= int(m["i"]) <= n:
+        raise BadInput(path, f"split name says part {int(m['i'])} of {n}")
     parts = [path.with_name(f"{m['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
     for p in parts:
-        if not p.exists():
+        if not os.path.lexists(p):
             raise BadInput(path, f"split GGUF is missing its part {p.name}")
-    first = _read_one(parts[0])
-    for p in parts[1:]:
-        more = _read_one(p)
-        first.tensors.update(more.tensors)
+    first = None
+    for i, p in enumerate(parts):
+        part = _read_one(p)
+        _check_split_keys(p, part, i, n)
+        if first is None:
+            first = part
+            continue
+        for name in part.tensors:
+            if name in first.tensors:
+                raise BadInput(p, f"tensor {name!r} is also in an earlier part")
+        first.tensors.update(part.tensors)
         first.files.append(p)
     for k in SPLIT_KEYS:
         first.kv.pop(k, None)
     return first
+
+
+def _check_split_keys(path: Path, part: GGUFContents, index: int, count: int) -> None:
+    """llama.cpp's split keys, where present, agree with the file name (split.no counts from 0)."""
+    for key, want in (("split.no", index), ("split.count", count)):
+        if key in part.kv and part.get(key) != want:
+            raise BadInput(path, f"{key} is {part.get(key)!r}, the file name says {want}")
 
 
 class _Writer(GGUFWriter):

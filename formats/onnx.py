@@ -6,6 +6,7 @@ end is refused before anything is read.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import inputs
 from .atomic import WriteBehind, atomic_output
 from .errors import BadInput, OutputExists, RuntimeMissing
 from .hashing import Late
@@ -59,14 +61,17 @@ def sniff(path: Path) -> bool:
 def _external(path: Path, tensor, nbytes: int) -> FileSlice:
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
+    if "\0" in location:
+        raise BadInput(path, f"initializer {tensor.name!r}: external data location {location!r} holds a NUL byte")
     folder = path.parent.resolve()
     target = (folder / location).resolve()
     climbs = ".." in Path(location.replace("\\", "/")).parts
     if not location or os.path.isabs(location) or climbs or folder not in target.parents:
         raise BadInput(path, f"initializer {tensor.name!r}: external data location {location!r} is outside the "
                              "model's folder")
-    if not target.is_file():
+    if not os.path.lexists(target):
         raise BadInput(path, f"initializer {tensor.name!r}: external data file {location!r} is missing")
+    inputs.check_file(target, folder)
     try:
         offset, length = int(info.get("offset", 0)), int(info.get("length", nbytes))
     except ValueError:
@@ -83,28 +88,49 @@ def _ref(path: Path, tensor) -> TensorRef:
         raise BadInput(path, f"initializer {tensor.name!r}: element type {tensor.data_type} is not one modelport "
                              "reads")
     dtype, shape = ONNX_DTYPES[tensor.data_type], tuple(int(d) for d in tensor.dims)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    if any(d < 0 for d in shape):
+        raise BadInput(path, f"initializer {tensor.name!r}: negative dimension in {list(shape)}")
+    nbytes = math.prod(shape) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    if nbytes >= 1 << 63:
+        raise BadInput(path, f"initializer {tensor.name!r}: shape {list(shape)} overflows a 64-bit size")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return TensorRef.on_disk(_external(path, tensor, nbytes), shape, dtype)
     if tensor.raw_data:
         if len(tensor.raw_data) != nbytes:
             raise BadInput(path, f"initializer {tensor.name!r}: {len(tensor.raw_data)} bytes for shape {list(shape)}")
         return TensorRef.on_disk(MemorySlice(bytes(tensor.raw_data)), shape, dtype)
-    arr = onnx.numpy_helper.to_array(tensor)  # typed fields (float_data ...): small tensors only
+    try:
+        arr = onnx.numpy_helper.to_array(tensor)  # typed fields (float_data ...): small tensors only
+    except ValueError as e:  # a count of values that disagrees with the dims
+        raise BadInput(path, f"initializer {tensor.name!r}: {e}"[:300]) from None
     if dtype == "BF16":
         arr = arr.view(np.uint16)
     return TensorRef.on_disk(MemorySlice(np.ascontiguousarray(arr).tobytes()), shape, dtype)
 
 
+def _check_strings(path: Path, proto) -> None:
+    """protobuf hands over a string field that is not UTF-8 as bytes; every name the readers use must be text."""
+    g = proto.graph
+    names = [t.name for t in g.initializer] + [p.key for p in proto.metadata_props] + \
+        [p.value for p in proto.metadata_props] + [v.name for v in (*g.input, *g.output)] + \
+        [s for n in g.node for s in (n.op_type, n.domain, *n.input, *n.output)] + \
+        [e.value for t in g.initializer for e in t.external_data]
+    if not all(isinstance(n, str) for n in names):
+        raise BadInput(path, "a name or metadata value in the graph is not valid UTF-8")
+
+
 def read(path: Path) -> OnnxContents:
     """The graph and lazy initializers of an ONNX model; headers only, no weight is read here."""
     onnx = require_onnx()
+    folder = path if path.is_dir() else None
     path = model_file(path)
+    inputs.check_file(path, folder)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
         raise BadInput(path, f"not a valid ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
             from None
+    _check_strings(path, proto)
     tensors = {t.name: _ref(path, t) for t in proto.graph.initializer}
     files = [path] + sorted({r.stored.path for r in tensors.values() if isinstance(r.stored, FileSlice)})
     return OnnxContents(path, proto, tensors, files)

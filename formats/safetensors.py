@@ -4,18 +4,23 @@ with pread: the safetensors package cannot hand numpy a bf16 tensor, nor write a
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import WriteBehind
-from .errors import BadInput
+from . import inputs, jsonfile
+from .errors import BadInput, Unsupported
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, Model, TensorRef
 
 ITEMSIZE = {k: np.dtype(v).itemsize for k, v in NUMPY_DTYPES.items()}
-MAX_HEADER = 100 << 20  # the reference implementation's own limit
+MAX_HEADER = 100_000_000  # the safetensors library's MAX_HEADER_SIZE
+# every dtype the safetensors library knows (its Dtype enum); ITEMSIZE holds those modelport converts
+LIBRARY_DTYPES = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16",
+                  "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64")
 INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "vocab.txt")
@@ -26,58 +31,86 @@ SHARD_BYTES = 5_000_000_000  # save_pretrained's default max_shard_size
 
 def sniff(path: Path) -> bool:
     if path.is_dir():
-        return (path / INDEX).exists() or any(path.glob("*.safetensors"))
+        return os.path.lexists(path / INDEX) or any(path.glob("*.safetensors"))
     return path.suffix == ".safetensors"
 
 
-def read_header(path: Path) -> tuple[dict[str, TensorRef], dict]:
-    """Tensors and `__metadata__` of one .safetensors file, every size and offset checked against the file."""
-    size = path.stat().st_size
+def _usize(value, what: str, path: Path) -> int:
+    """A JSON integer in Rust's usize (u64) range, as serde reads `shape` and `data_offsets`: no floats, no bools."""
+    if type(value) is not int or not 0 <= value < 1 << 64:
+        raise BadInput(path, f"{what}: expected a non-negative integer, got {value!r}"[:200])
+    return value
+
+
+def _entry(name: str, info, path: Path) -> tuple[str, tuple[int, ...], int, int]:
+    """One tensor entry as the safetensors library's TensorInfo takes it: exactly dtype, shape, data_offsets."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise BadInput(path, f"tensor {name!r}: expected dtype, shape and data_offsets, got {info!r}"[:200])
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in LIBRARY_DTYPES:
+        raise BadInput(path, f"tensor {name!r}: unknown dtype {dtype!r}"[:200])
+    if not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
+        raise BadInput(path, f"tensor {name!r}: shape must be a list and data_offsets a pair")
+    dims = tuple(_usize(d, f"tensor {name!r}: shape", path) for d in shape)
+    begin, end = (_usize(o, f"tensor {name!r}: data_offsets", path) for o in offsets)
+    if dtype not in ITEMSIZE:
+        raise Unsupported(path, f"tensor {name!r}: dtype {dtype} is not one modelport converts "
+                                f"({', '.join(ITEMSIZE)})")
+    return dtype, dims, begin, end
+
+
+def read_header(path: Path, root: Path | None = None) -> tuple[dict[str, TensorRef], dict]:
+    """Tensors and `__metadata__` of one .safetensors file, checked by the safetensors library's own rules
+    (safetensors/src/tensor.rs read_metadata and Metadata::validate) before anything is allocated: header at most
+    100,000,000 bytes of UTF-8 JSON, metadata a str -> str map, integer shapes whose byte size fits in u64,
+    tensors packed back to back from offset 0 with no gap or overlap, and no bytes after the last one."""
+    size = inputs.check_file(path, root).st_size
     if size < 8:
         raise BadInput(path, f"truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
     with open(path, "rb") as f:
         (hlen,) = struct.unpack("<Q", f.read(8))
-        if hlen > size - 8 or hlen > MAX_HEADER:
+        if hlen > MAX_HEADER:
+            raise BadInput(path, f"header length {hlen} is over the safetensors limit of {MAX_HEADER} bytes")
+        if hlen > size - 8:
             raise BadInput(path, f"header length {hlen} is larger than the file ({size} bytes)")
-        try:
-            header = json.loads(f.read(hlen))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BadInput(path, f"header is not valid JSON: {e}") from None
+        raw = f.read(hlen)
+    header = jsonfile.loads(raw, path, "header")
     if not isinstance(header, dict):
         raise BadInput(path, "header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise BadInput(path, "__metadata__ must map strings to strings")
+    entries = {name: _entry(name, info, path) for name, info in header.items()}
     data_start, data_size = 8 + hlen, size - 8 - hlen
-    tensors, spans = {}, []
-    for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise BadInput(path, f"tensor {name!r}: malformed entry {info!r}") from None
-        if dtype not in ITEMSIZE:
-            raise BadInput(path, f"tensor {name!r}: unknown dtype {dtype!r}")
-        if any(d < 0 for d in shape) or not (isinstance(begin, int) and isinstance(end, int)) or begin < 0:
-            raise BadInput(path, f"tensor {name!r}: bad shape or offsets")
-        if end - begin != int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[dtype]:
-            raise BadInput(path, f"tensor {name!r}: offsets {begin}..{end} do not match shape {list(shape)} {dtype}")
-        if end > data_size:
+    tensors, expected = {}, 0
+    for name, (dtype, shape, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3], e[0])):
+        n = 1
+        for d in shape:
+            n *= d
+        n_bytes = n * ITEMSIZE[dtype]
+        if n_bytes >= 1 << 64:
+            raise BadInput(path, f"tensor {name!r}: shape {list(shape)} overflows a 64-bit size")
+        if max(begin, end) > data_size:
             raise BadInput(path, f"tensor {name!r}: offsets {begin}..{end} run past the end of the file "
                                  f"(truncated? {data_size} data bytes)")
-        spans.append((begin, end, name))
+        if begin != expected:
+            what = "overlaps the tensor before it" if begin < expected else f"leaves a gap after byte {expected}"
+            raise BadInput(path, f"tensor {name!r}: data_offsets {begin}..{end} {what}")
+        if end - begin != n_bytes:
+            raise BadInput(path, f"tensor {name!r}: offsets {begin}..{end} do not match shape {list(shape)} {dtype}")
+        expected = end
         tensors[name] = TensorRef.on_disk(FileSlice(path, data_start + begin, end - begin), shape, dtype)
-    spans.sort()
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise BadInput(path, f"tensors {n0!r} and {n1!r} overlap (bytes {b1}..{e0})")
-    return tensors, meta
+    if expected != data_size:
+        raise BadInput(path, f"{data_size - expected} bytes after the last tensor (the header accounts for "
+                             f"{expected} of {data_size} data bytes)")
+    return {name: tensors[name] for name in header}, meta
 
 
-def _load_json(path: Path) -> dict | None:
-    if not path.exists():
+def _load_json(path: Path, kind: type = dict) -> dict | list | None:
+    """A side file of the model folder (None if absent), a checked file inside the folder."""
+    if not os.path.lexists(path):
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInput(path, f"not valid JSON: {e}") from None
+    return jsonfile.load(path, path.parent, kind)
 
 
 def _relative(folder: Path, name: str) -> Path:
@@ -90,28 +123,29 @@ def _relative(folder: Path, name: str) -> Path:
 
 def sentence_transformers_files(folder: Path) -> dict[str, bytes]:
     """The sentence-transformers files of a folder (relative path -> bytes), {} for a plain HF folder."""
-    modules = _load_json(folder / "modules.json")
+    modules = _load_json(folder / "modules.json", list)
     if modules is None:
         return {}
-    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+    if not all(isinstance(m, dict) for m in modules):
         raise BadInput(folder / "modules.json", "expected a list of modules")
     names = list(SENTENCE_TRANSFORMERS_FILES)
     names += [f"{m['path']}/config.json" for m in modules if isinstance(m.get("path"), str) and m["path"]]
-    paths = {n: _relative(folder, n) for n in names}
-    return {n: path.read_bytes() for n, path in paths.items() if path.is_file()}
+    for n in names:
+        _relative(folder, n)
+    return inputs.side_files(folder, names)
 
 
 def shard_files(folder: Path) -> list[Path]:
     index = _load_json(folder / INDEX)
     if index is not None:
-        try:
-            names = sorted(set(index["weight_map"].values()))
-        except (KeyError, AttributeError, TypeError):
-            raise BadInput(folder / INDEX, "has no weight_map") from None
-        files = [folder / n for n in names]
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise BadInput(folder / INDEX, "weight_map must map tensor names to shard file names")
+        files = [folder / n for n in sorted(set(weight_map.values()))]
         for f in files:
-            if f.parent != folder or not f.exists():
-                raise BadInput(folder / INDEX, f"names a shard that is not in the folder: {f.name}")
+            if f.parent != folder or not os.path.lexists(f):
+                raise BadInput(folder / INDEX, f"names a shard that is not in the folder: {f.name}"[:300])
+            inputs.check_file(f, folder)
         return files
     return sorted(folder.glob("*.safetensors"))
 
@@ -125,13 +159,13 @@ def read(path: Path) -> Model:
         raise BadInput(path, "no model here: expected config.json and model*.safetensors")
     tensors, meta = {}, {}
     for f in files:
-        t, m = read_header(f)
+        t, m = read_header(f, folder)
         for name in t:
             if name in tensors:
                 raise BadInput(f, f"tensor {name!r} is also in another shard")
         tensors.update(t)
         meta.update(m)
-    tokenizer = {n: (path / n).read_bytes() for n in TOKENIZER_FILES if folder and (path / n).exists()}
+    tokenizer = inputs.side_files(path, TOKENIZER_FILES) if folder else {}
     config = config or {}
     return Model(arch=config.get("model_type", ""), config=config, tensors=tensors, tokenizer=tokenizer,
                  generation_config=_load_json(path / "generation_config.json") if folder else None,

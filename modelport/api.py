@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from modelport.convert import codec as codecs
 from modelport.convert import pivot, provenance
+from modelport.formats.atomic import protecting
 from modelport.formats.hashing import Late, SourceHashes
 from modelport.formats.model import Model
 
@@ -59,7 +60,9 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, force: bool
     given = codecs.parse_options(codecs.for_output(dst, to), options, dst)  # bad options fail before any reading
     model = load(src)
     prov = provenance.record(model.metadata["format"], {"to": to, **given})
-    result = save(model, dst, to, force, prov, SourceHashes(model.metadata["source_files"]), progress, **options)
+    with protecting([src, *model.metadata["source_files"]]):  # --force never replaces what is being read
+        result = save(model, dst, to, force, prov, SourceHashes(model.metadata["source_files"]), progress,
+                      **options)
     result.src = str(src)
     return result
 
@@ -70,7 +73,8 @@ def quantize(src: str | Path, dst: str | Path, quant: str, to: str | None = None
     any other source converts to `to` (default: DST's format by its extension) with --quant."""
     src, dst = hub.local(src), Path(dst)
     codec = codecs.detect(src)
-    done = None if to else codec.quantize_file(src, dst, quant, options, force)
+    with protecting([src]):
+        done = None if to else codec.quantize_file(src, dst, quant, options, force)
     if done is None:
         return convert(src, dst, to, force, progress, quant=quant, **options)
     return Result(str(src), str(dst), codec.name, codec.name, done.dtype, done.tensors, done.bytes_written,

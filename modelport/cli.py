@@ -1,10 +1,13 @@
 """The `modelport` command. Every command takes --json; errors are one line on stderr with a distinct exit code:
-0 ok, 1 validation failed, 2 bad input or usage, 3 unsupported, 4 optional runtime missing, 5 output not written."""
+0 ok, 1 validation failed, 2 bad input or usage, 3 unsupported, 4 optional runtime missing, 5 output not written,
+70 internal error (a bug: the traceback with --debug or MODELPORT_DEBUG=1)."""
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import traceback
 from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
@@ -37,23 +40,46 @@ def _spinner(text: str, as_json: bool):
     return err.status(text, spinner="dots") if not as_json and err.is_terminal else nullcontext()
 
 
+INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): not 1, which means "validation failed"
+PATH_ARGS = ("src", "path", "ref", "a")  # the input each command names first, for an internal error's one line
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return os.environ.get("MODELPORT_DEBUG") == "1" or bool(ctx and ctx.find_root().params.get("debug"))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:500]
+
+
 def handle_errors(fn):
+    """ModelportError: its one line and exit code. Anything else is a bug: one line naming the input and exit 70,
+    the traceback only when debugging."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ModelportError as e:
-            click.echo(f"modelport: {e}", err=True)
+            click.echo(f"modelport: {_one_line(e)}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("modelport: interrupted; nothing was written", err=True)
             sys.exit(130)
+        except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback for users
+            if _debug():
+                traceback.print_exc()
+            where = next((str(kwargs[k]) for k in PATH_ARGS if kwargs.get(k) is not None), "modelport")
+            click.echo(f"modelport: {where}: internal error ({type(e).__name__}: {_one_line(e)[:200]}), please "
+                       f"report; rerun with --debug for the traceback", err=True)
+            sys.exit(INTERNAL_ERROR)
     return wrapper
 
 
 @click.group()
 @click.version_option(api.VERSION, prog_name="modelport")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (also MODELPORT_DEBUG=1).")
+def main(debug: bool) -> None:
     """Move open models between safetensors, GGUF and ONNX, and prove the result computes the same."""
     for codec in codecs.registry().values():
         for name in codec.loggers:
@@ -304,7 +330,7 @@ def _print_diff(rep: dict) -> None:
     out.print(table)
     s = rep["summary"]
     out.print(f"{s['tensors']} tensors compared, {s['bit_exact']} bit-exact; worst: {s['worst']} (cosine "
-              f"{s['worst_cosine']:.6f}); lowest SNR "
+              f"{'-' if s['worst_cosine'] is None else format(s['worst_cosine'], '.6f')}); lowest SNR "
               + ("-" if s["min_snr_db"] is None else f"{s['min_snr_db']:.1f} dB")
               + (f"; only in A: {rep['only_in_a']}" if rep["only_in_a"] else "")
               + (f"; only in B: {rep['only_in_b']}" if rep["only_in_b"] else ""))

@@ -28,6 +28,22 @@ def good_entries() -> tuple[dict, bytes]:
              "model.norm.weight": {"dtype": "F32", "shape": [8], "data_offsets": [128, 160]}}, emb + norm)
 
 
+def full_entries() -> tuple[dict, bytes]:
+    """Every tensor of CONFIG's one-layer llama (zeros), packed as the safetensors library packs them."""
+    h, f, v = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"]
+    shapes = {"model.embed_tokens.weight": [v, h], "model.norm.weight": [h]}
+    p = "model.layers.0."
+    shapes |= {p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h],
+               **{p + f"self_attn.{x}_proj.weight": [h, h] for x in "qkvo"},
+               p + "mlp.gate_proj.weight": [f, h], p + "mlp.up_proj.weight": [f, h], p + "mlp.down_proj.weight": [h, f]}
+    entries, off = {}, 0
+    for name, shape in shapes.items():
+        n = 4 * int(np.prod(shape))
+        entries[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + n]}
+        off += n
+    return entries, b"\0" * off
+
+
 def folder_with(tmp_path, content: bytes, config: dict = CONFIG):
     d = tmp_path / "model"
     d.mkdir()
@@ -132,7 +148,7 @@ def test_inputs_are_never_touched(tmp_path, checkpoints):
 def test_an_integer_weight_is_named_not_a_traceback(to, tmp_path):
     """A well-formed checkpoint holding an integer tensor where a weight belongs: exit 3, one line naming the file
     and the tensor, nothing written (GGML's integer types must not be taken for quantized blocks)."""
-    entries, data = good_entries()
+    entries, data = full_entries()
     entries["model.embed_tokens.weight"]["dtype"] = "I32"
     src = folder_with(tmp_path, safetensors_bytes(entries, data))
     dst = tmp_path / "out"

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from modelport.formats.errors import RuntimeMissing, Unsupported
+from modelport.formats.errors import BadInput, RuntimeMissing, Unsupported
 from modelport.formats.onnx import model_file
 
 
@@ -36,15 +36,24 @@ def llama_cpp():
     return lc
 
 
+def _llama(path: str | Path, **kwargs):
+    """llama_cpp.Llama on `path`; a file llama.cpp refuses to load is bad input named in one line (llama-cpp-python
+    raises a bare ValueError and leaves the reason in llama.cpp's log)."""
+    lc = llama_cpp()
+    try:
+        return lc.Llama(model_path=str(path), n_gpu_layers=0, n_threads=os.cpu_count(), seed=0,
+                        verbose=bool(os.environ.get("MODELPORT_VERBOSE")), **kwargs)
+    except ValueError as e:
+        raise BadInput(path, f"llama.cpp refused to load it ({e}); MODELPORT_VERBOSE=1 shows llama.cpp's reason") \
+            from None
+
+
 class LlamaCpp:
     """A GGUF in llama.cpp, CPU only, logits for every position."""
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, vocab_only: bool = False):
-        lc = llama_cpp()
-        self.llm = lc.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                            vocab_only=vocab_only, n_gpu_layers=0, type_k=0, type_v=0,  # f32 KV cache: reference-grade
-                            n_threads=os.cpu_count(), verbose=bool(os.environ.get("MODELPORT_VERBOSE")),
-                            seed=0)
+        self.llm = _llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, vocab_only=vocab_only,
+                          type_k=0, type_v=0)  # f32 KV cache: reference-grade
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=False)
@@ -98,10 +107,7 @@ class LlamaCppEmbeddings:
     `{arch}.pooling_type` says. Non-causal models need a whole text in one micro-batch, so n_ubatch = n_ctx."""
 
     def __init__(self, path: str | Path, n_ctx: int = 512):
-        lc = llama_cpp()
-        self.llm = lc.Llama(model_path=str(path), embedding=True, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                            n_gpu_layers=0, n_threads=os.cpu_count(), seed=0,
-                            verbose=bool(os.environ.get("MODELPORT_VERBOSE")))
+        self.llm = _llama(path, embedding=True, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=False)

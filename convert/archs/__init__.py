@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 
 from gguf import Keys
 
-from modelport.formats.errors import Unsupported
+from modelport.formats.errors import BadInput, Unsupported
 
 from .base import Arch
 
@@ -29,8 +29,10 @@ def _unsupported(path, what: str, name: str, known: list[str]) -> Unsupported:
 
 def for_hf(model_type: str, path=None) -> Arch:
     archs = registry()
-    if model_type in archs:
+    if isinstance(model_type, str) and model_type in archs:
         return archs[model_type]
+    if not isinstance(model_type, str):
+        raise BadInput(path, f"model_type {model_type!r} is not a string"[:200])
     raise _unsupported(path, "architecture", model_type or "(none in config.json)", list(archs))
 
 

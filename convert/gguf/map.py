@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_VERSION, MODEL_TENSOR, GGUFValueType, Keys
 
-from modelport.formats.errors import Unsupported
+from modelport.formats import jsonfile
+from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.gguf import GGUFContents
 from modelport.formats.model import MemorySlice, Model, TensorRef
 
 from modelport.convert import archs, experts, provenance
+from modelport.convert.archs import dims
 from modelport.convert.gguf import quant_plan
 from modelport.convert.gguf import sentence_transformers
 from modelport.convert.gguf import tokenizer
@@ -118,7 +120,7 @@ def _agrees(expected: list[tuple[str, object, GGUFValueType]], values: dict) -> 
 def _config(arch: archs.Arch, contents: GGUFContents) -> dict:
     """The stored source config when the GGUF's own keys still agree with it, else one rebuilt from the keys."""
     values = {k: v for k, (v, _, _) in contents.kv.items()}
-    stored = json.loads(values[CONFIG_KEY]) if CONFIG_KEY in values else None
+    stored = stored_config(contents)
     if stored is not None and stored.get("model_type") == arch.name and _agrees(arch.gguf_kv(stored), values):
         return stored
     cfg = arch.hf_config(values)
@@ -130,12 +132,27 @@ def _config(arch: archs.Arch, contents: GGUFContents) -> dict:
     return cfg
 
 
+def stored_config(contents: GGUFContents) -> dict | None:
+    """The source config.json a GGUF of ours carries (CONFIG_KEY), checked as JSON; None if it has none."""
+    if CONFIG_KEY not in contents.kv:
+        return None
+    text = contents.get(CONFIG_KEY)
+    where = contents.files[0] if contents.files else None
+    if not isinstance(text, str):
+        raise BadInput(where, f"metadata {CONFIG_KEY!r} is not a string")
+    cfg = jsonfile.loads(text, where, f"metadata {CONFIG_KEY!r}")
+    if not isinstance(cfg, dict):
+        raise BadInput(where, f"metadata {CONFIG_KEY!r} is not a JSON object")
+    return cfg
+
+
 def from_gguf(contents: GGUFContents, path: Path) -> Model:
     values = {k: v for k, (v, _, _) in contents.kv.items()}
-    stored_type = json.loads(values[CONFIG_KEY]).get("model_type") if CONFIG_KEY in values else None
+    stored_type = (stored_config(contents) or {}).get("model_type")
     arch = archs.for_gguf(values.get(Keys.General.ARCHITECTURE, ""), stored_type, path, values)
     cfg = _config(arch, contents)
-    norm = arch.normalize(cfg)
+    norm = dims.normalized(arch, cfg, path)
+    dims.check_tensors(arch, norm, {k: v for k, v in contents.tensors.items() if k not in arch.derived}, path)
     hf_names = {g: (kind, hf) for hf, (kind, g) in arch.name_map(norm["num_hidden_layers"], norm).items()}
     extra = set(arch.derived)
     tensors = {}

@@ -15,6 +15,7 @@ import re
 from gguf import GGUFValueType, Keys, PoolingType
 
 from modelport.convert import provenance
+from modelport.formats import jsonfile
 from modelport.formats.errors import BadInput, Unsupported
 
 FILES_KEY = provenance.SENTENCE_TRANSFORMERS
@@ -32,7 +33,7 @@ def modules(files: dict[str, bytes]) -> list[dict]:
     if "modules.json" not in files:
         return []
     try:
-        mods = json.loads(files["modules.json"])
+        mods = jsonfile.loads(files["modules.json"], "modules.json")
         return [{**m, "class": m["type"].rsplit(".", 1)[-1]} for m in mods]
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise BadInput("modules.json", f"malformed sentence-transformers modules: {e}") from None
@@ -44,12 +45,11 @@ def pooling_mode(files: dict[str, bytes]) -> str | None:
     if pooling is None:
         return None
     name = f"{pooling.get('path') or ''}/config.json".lstrip("/")
-    try:
-        cfg = json.loads(files[name])
-    except KeyError:
-        raise BadInput(name, "the Pooling module's config is missing") from None
-    except ValueError as e:
-        raise BadInput(name, f"malformed JSON: {e}") from None
+    if name not in files:
+        raise BadInput(name, "the Pooling module's config is missing")
+    cfg = jsonfile.loads(files[name], name)
+    if not isinstance(cfg, dict):
+        raise BadInput(name, "expected a JSON object")
     mode = next((m for m, flag in MODE_FLAGS.items() if cfg.get(flag)), cfg.get("pooling_mode"))
     if mode not in MODES:
         on = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v] or [mode]
@@ -80,7 +80,7 @@ def from_gguf(values: dict[str, object], gguf_arch: str) -> dict[str, bytes]:
     """The sentence-transformers files a GGUF carries, or ones rebuilt from its pooling type; {} for neither."""
     if FILES_KEY in values:
         try:
-            files = {n: t.encode("utf-8") for n, t in json.loads(values[FILES_KEY]).items()}
+            files = {n: t.encode("utf-8") for n, t in jsonfile.loads(values[FILES_KEY], None, FILES_KEY).items()}
         except (ValueError, AttributeError, TypeError) as e:
             raise BadInput(None, f"malformed {FILES_KEY}: {e}") from None
         odd = [n for n in files if not NAMES.fullmatch(n)]

@@ -19,6 +19,7 @@ from gguf import GGUFValueType, GGUFWriter, Keys, TokenType
 from gguf import vocab as gguf_vocab
 from gguf.vocab import SentencePieceVocab, SpecialVocab
 
+from modelport.formats import jsonfile
 from modelport.formats.errors import BadInput, RuntimeMissing, Unsupported
 
 KV = tuple[str, object, GGUFValueType, GGUFValueType | None]  # (key, value, type, array subtype)
@@ -277,10 +278,7 @@ def _vocab_size(config: dict, n_tokens: int, source: str) -> int:
 def json_file(files: dict[str, bytes], name: str) -> dict | None:
     if name not in files:
         return None
-    try:
-        value = json.loads(files[name])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadInput(name, f"malformed JSON: {e}") from None
+    value = jsonfile.loads(files[name], name)
     if not isinstance(value, dict):
         raise BadInput(name, "expected a JSON object")
     return value

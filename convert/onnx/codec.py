@@ -105,7 +105,7 @@ class OnnxCodec(Codec):
             raise BadInput(dst, "a model folder quantizes into a folder, a .onnx file into a .onnx file")
         contents = onnx_format.read(src)  # a valid graph whose external data stays in its folder
         hashes = SourceHashes(contents.files)
-        proto = quantize.quantize(contents.path, quant.lower(), block_size)
+        proto = quantize.quantize(contents, quant.lower(), block_size)
         tensors = quantize.detach_weights(proto)
         prov = provenance.record(self.name, {"quant": quant.lower(), "block_size": block_size})
         late = Late(provenance.HASHES, hashes.placeholder, hashes.text)

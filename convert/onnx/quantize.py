@@ -15,11 +15,10 @@ form. The rewrite is ours because no onnxruntime tool handles Gemm.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef
-from modelport.formats.onnx import ONNX_DTYPES
+from modelport.formats.onnx import ONNX_DTYPES, OnnxContents
 
 from modelport.convert import dtypes
 from modelport.convert.onnx.graph import MS
@@ -109,14 +108,27 @@ def _gemms_to_nbits(graph, bits: int, block_size: int, onnx) -> int:
     return len(done)
 
 
-def quantize(path: Path, quant: str, block_size: int = 32):
-    """The model at `path` (formats.onnx.read has checked that its external data stays in its folder), loaded
-    whole and quantized as `quant`; returns the new onnx.ModelProto. onnxruntime's quantizers work on the whole
-    model in memory, so this holds it all, unlike our converters."""
+def _attach_weights(contents: OnnxContents, onnx):
+    """The model with its external data read in through the references formats.onnx.read has checked (inside the
+    folder, within each file), not by onnx's own loader, which refuses a hard-linked data file."""
+    proto = onnx.load(str(contents.path), load_external_data=False)
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            t.raw_data = bytes(contents.tensors[t.name].stored.read())
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    return proto
+
+
+def quantize(contents: OnnxContents, quant: str, block_size: int = 32):
+    """The model read by formats.onnx.read, loaded whole and quantized as `quant`; returns the new
+    onnx.ModelProto. onnxruntime's quantizers work on the whole model in memory, so this holds it all, unlike our
+    converters."""
     onnx = _onnx()
+    path = contents.path
     if quant not in QUANTS:
         raise Unsupported(None, f"unknown ONNX quantization {quant!r}; valid: {', '.join(QUANTS)}")
-    proto = onnx.load(str(path), load_external_data=True)
+    proto = _attach_weights(contents, onnx)
     bits = QUANTS[quant]
     if bits is None:
         from onnxruntime.transformers.float16 import convert_float_to_float16

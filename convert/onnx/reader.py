@@ -16,7 +16,7 @@ version to version. The walk knows the llama-like families (those whose ONNX sec
 """
 from __future__ import annotations
 
-import json
+import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +24,14 @@ from typing import Callable
 
 import numpy as np
 
+from modelport.formats import inputs, jsonfile
 from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.model import Model, TensorRef
 from modelport.formats.onnx import OnnxContents
 from modelport.formats.safetensors import TOKENIZER_FILES
 
 from modelport.convert import archs
+from modelport.convert.archs import dims
 from modelport.convert.dtypes import FLOATS, cast
 from modelport.convert.provenance import CONFIG as CONFIG_KEY
 
@@ -326,16 +328,12 @@ def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, path: Path) ->
 
 
 def _config(contents: OnnxContents, folder: Path) -> dict:
-    try:
-        if CONFIG_KEY in contents.metadata:
-            return json.loads(contents.metadata[CONFIG_KEY])
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:  # a well-formed model we cannot map: whose config it computes is not said
+    if CONFIG_KEY in contents.metadata:
+        return jsonfile.loads(contents.metadata[CONFIG_KEY], contents.path, f"metadata {CONFIG_KEY}")
+    if not os.path.lexists(folder / "config.json"):  # a well-formed model we cannot map: whose config is not said
         raise Unsupported(contents.path, "no config.json beside the model and none recorded in its metadata; "
-                                         "modelport needs the Hugging Face config to read ONNX back") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadInput(contents.path, f"its config (metadata {CONFIG_KEY} or config.json) is not valid JSON: "
-                                      f"{e}") from None
+                                         "modelport needs the Hugging Face config to read ONNX back")
+    return jsonfile.load(folder / "config.json", folder)
 
 
 def from_onnx(contents: OnnxContents, path: Path) -> Model:
@@ -345,7 +343,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     if not isinstance(cfg, dict):
         raise BadInput(contents.path, "its config is not a JSON object")
     arch = archs.for_hf(cfg.get("model_type", ""), path)
-    norm = arch.normalize(cfg)
+    norm = dims.normalized(arch, cfg, path)
     graph = _Graph.of(contents)
     hf_names = set(arch.name_map(norm["num_hidden_layers"], norm))
     own = CONFIG_KEY in contents.metadata
@@ -360,8 +358,8 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     config_file = [] if own or not (folder / "config.json").is_file() else [folder / "config.json"]
     gen = folder / "generation_config.json"
     return Model(arch=arch.name, config=cfg, tensors=tensors,
-                 tokenizer={n: (folder / n).read_bytes() for n in TOKENIZER_FILES if (folder / n).is_file()},
-                 generation_config=json.loads(gen.read_text(encoding="utf-8")) if gen.is_file() else None,
+                 tokenizer=inputs.side_files(folder, TOKENIZER_FILES),
+                 generation_config=jsonfile.load(gen, folder) if os.path.lexists(gen) else None,
                  metadata={"format": "onnx", "source_files": contents.files + config_file,
                            "dtype": first.result_dtype if first is not None and first.result_dtype in FLOATS
                            else None})
