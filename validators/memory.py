@@ -10,7 +10,6 @@ from modelport.formats.errors import BadInput
 FP32_BYTES = 4
 OVERHEAD = 1.4  # loading transients and activations over the weights held (1B bench: 1.37x)
 STREAM_COPIES = 3  # streamed reference: the largest tensor as stored, cast to fp32, and the module's output
-STREAM_BASE = 1 << 30  # torch, transformers and the tokenizer loaded
 LOGIT_COPIES = 3  # one text's logits: the runtime's own, ours in float32, the reference's read back from its file
 
 
@@ -31,7 +30,7 @@ def in_memory(parameters: int) -> int:
 
 def streamed(largest_tensor_elements: int) -> int:
     """A reference whose weights are read from the checkpoint module by module."""
-    return STREAM_BASE + largest_tensor_elements * FP32_BYTES * STREAM_COPIES
+    return largest_tensor_elements * FP32_BYTES * STREAM_COPIES
 
 
 def stored(nbytes: int) -> int:

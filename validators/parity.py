@@ -241,12 +241,13 @@ def _run_candidate(saved: "reference.Saved", cand: Path, cand_side: Side, provid
     if progress:
         progress(f"{label}: loading {cand_side.path}")
     cand_ids = {name: c.load(n_ctx).tokenize(t)[:MAX_TOKENS] for name, t in texts.items()}
+    vocab, cand_vocab = saved.vocab, c.load(n_ctx).logits([0]).shape[-1]  # before ids it may not have
+    if vocab != cand_vocab:
+        raise BadInput(cand, f"vocabulary sizes differ: reference {vocab}, candidate {cand_vocab} (a reference "
+                             "from another tokenizer)")
     rows, per_pos, all_pos = [], {}, []
     for name, v, cl in _timed(progress, label, ids, lambda name, v: c.load(n_ctx).logits(v)):
         rl = saved.logits(name)
-        if rl.shape[-1] != cl.shape[-1]:
-            raise BadInput(cand, f"vocabulary sizes differ: reference {rl.shape[-1]}, candidate {cl.shape[-1]} "
-                                 "(a reference from another tokenizer)")
         pos = metrics.per_position(rl, cl, v)
         del rl, cl
         all_pos.append(pos)

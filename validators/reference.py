@@ -89,6 +89,8 @@ class Saved:
                             for n, t in meta["texts"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadInput(self.path, f"reference.json lacks or mistypes {e}") from None
+        if not self.entries or len({e[3] for e in self.entries.values()}) != 1:
+            raise BadInput(self.path, "reference.json names no texts, or texts of different vocabularies")
 
     @property
     def texts(self) -> dict[str, str]:
@@ -97,6 +99,10 @@ class Saved:
     @property
     def ids(self) -> dict[str, list[int]]:
         return {n: e[1] for n, e in self.entries.items()}
+
+    @property
+    def vocab(self) -> int:
+        return next(iter(self.entries.values()))[3]
 
     def check_texts(self, texts: dict[str, str] | None) -> dict[str, str]:
         """The texts to run: the saved ones, or the given ones when they are the same; other texts are refused."""
