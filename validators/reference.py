@@ -59,6 +59,8 @@ def writing(dst: Path, force: bool = False, atomic: bool = True) -> Iterator[Wri
         with open_zip(dst) as zf:
             yield Writer(zf)
         return
+    if not is_saved(dst):
+        raise BadInput(dst, f"a saved reference's name ends in {SUFFIX} (that is how validate knows it)")
     with atomic_output(Path(dst), force) as partial, open_zip(partial) as zf:
         yield Writer(zf)
 
