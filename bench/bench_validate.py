@@ -28,6 +28,7 @@ def validate(name: str, args: list[str], ok=(0, 1, 2)) -> dict:
     subprocess.run(["sync"], check=True)
     wall, peak, code = run(cmd, ok=ok, stdout=report)  # 1: a gate failed, still a finished run
     rep = json.loads(report.read_text()) if code in (0, 1) else None
+    log(f"  {name}: {wall:.1f} s, {peak / 1e9:.2f} GB peak RSS, exit {code}")
     return {"wall_s": round(wall, 2), "peak_rss_gb": round(peak / 1e9, 2), "exit": code, "report": rep}
 
 
