@@ -126,6 +126,7 @@ def _timed(progress, label: str, items: dict[str, list[int]], run):
             progress(f"{label}: text {k}/{len(items)} {name}, {len(ids)} tokens in {dt:.1f} s "
                      f"({len(ids) / max(dt, 1e-9):.0f} tokens/s)")
         yield name, ids, out
+        del out  # before the next text's logits exist: one text's at a time
 
 
 def _need(ref, ref_side, ref_native, cand_native, texts, stream: bool | None, available: int | None):
