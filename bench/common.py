@@ -34,15 +34,15 @@ def machine() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
-def ensure_model(path: Path = MODELS / "l32-1b") -> Path:
+def ensure_model(path: Path = MODELS / "l32-1b", shape: str = SHAPE) -> Path:
     if (path / "config.json").exists() and any(path.glob("*.safetensors")):
         return path
     if not MAKER.exists():
         sys.exit(f"bench: {MAKER} not found")
     tmp = path.with_name(path.name + ".partial-make")
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"making {path} with {MAKER.name} --shape {SHAPE} (a minute or two)")
-    subprocess.run([sys.executable, str(MAKER), "--shape", SHAPE, "--out", str(tmp)], check=True)
+    log(f"making {path} with {MAKER.name} --shape {shape} (a minute or two per GB)")
+    subprocess.run([sys.executable, str(MAKER), "--shape", shape, "--out", str(tmp)], check=True)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path

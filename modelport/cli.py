@@ -21,7 +21,7 @@ from modelport import api
 from modelport.convert import archs, support
 from modelport.convert import codec as codecs
 from modelport.convert.gguf.codec import QUANT_TYPES
-from modelport.formats.errors import ModelportError
+from modelport.formats.errors import BadInput, ModelportError
 from modelport.inspect import inspect as inspect_model
 
 err = Console(stderr=True)
@@ -33,11 +33,6 @@ def _emit(obj, as_json: bool, human) -> None:
         click.echo(json.dumps(obj, indent=2, default=str))
     else:
         human(obj)
-
-
-def _spinner(text: str, as_json: bool):
-    """A spinner on stderr for work without a byte count, for people at a terminal only."""
-    return err.status(text, spinner="dots") if not as_json and err.is_terminal else nullcontext()
 
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): not 1, which means "validation failed"
@@ -280,9 +275,35 @@ def _print_validate(rep: dict) -> None:
     out.print("[green]PASS[/]" if rep["passed"] else f"[red]FAIL[/]: {', '.join(rep['failed_gates'])}")
 
 
+class _Progress:
+    """Long work on stderr: a status line (loading a side) and a line per finished text with its tokens per
+    second."""
+
+    def __init__(self):
+        self.status = err.status("validating", spinner="dots")
+
+    def __enter__(self):
+        self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.status.__exit__(*exc)
+
+    def __call__(self, line: str) -> None:
+        if ": text " in line:
+            err.print(line, highlight=False, markup=False)
+        else:
+            self.status.update(line)
+
+
+def _progress(as_json: bool):
+    """Progress for people at a terminal only; JSON runs and pipes get none."""
+    return _Progress() if not as_json and err.is_terminal else nullcontext(None)
+
+
 @main.command("validate")
 @click.argument("ref", type=click.Path(path_type=Path))
-@click.argument("cand", type=click.Path(path_type=Path))
+@click.argument("cand", type=click.Path(path_type=Path), required=False)
 @click.option("--text-file", type=click.Path(path_type=Path), help="Validate on this UTF-8 text instead of the "
               "built-in texts.")
 @click.option("--max-kl", type=float, help="Gate: most mean KL(ref || cand) allowed, nats (default: by type).")
@@ -290,25 +311,41 @@ def _print_validate(rep: dict) -> None:
 @click.option("--max-ppl-ratio", type=float, help="Gate: most perplexity(cand)/perplexity(ref) allowed.")
 @click.option("--report", "html_report", type=click.Path(path_type=Path), help="Write an HTML report with plots.")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per gate).")
+@click.option("--save-reference", type=click.Path(path_type=Path), help="Save REF's token ids and logits to this "
+              ".mpref file; `validate FILE.mpref CAND` then checks candidates without REF.")
+@click.option("--stream/--no-stream", default=None, help="Run a safetensors REF module by module from its checkpoint "
+              "(default: when holding it in fp32 would not fit in memory). Same figures.")
+@click.option("--force", is_flag=True, help="Overwrite the --save-reference file.")
 @click.option("--provider", default="CPUExecutionProvider", show_default=True,
               help="onnxruntime execution provider for an ONNX side (CUDAExecutionProvider, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def validate_cmd(ref: Path, cand: Path, text_file, max_kl, min_top1, max_ppl_ratio, html_report, junit, provider,
-                 as_json) -> None:
-    """Run REF (the reference) and CAND on their own runtimes over the same token ids and gate the difference:
-    exit 0 pass, 1 a gate failed, 2 bad input, 3 unsupported, 4 runtime missing."""
+def validate_cmd(ref: Path, cand: Path | None, text_file, max_kl, min_top1, max_ppl_ratio, html_report, junit,
+                 save_reference, stream, force, provider, as_json) -> None:
+    """Run REF (the reference, or a saved .mpref) and then CAND on their own runtimes over the same token ids and
+    gate the difference: exit 0 pass, 1 a gate failed, 2 bad input, 3 unsupported, 4 runtime missing. Without CAND,
+    only --save-reference's file is written."""
     from modelport.validators import report as reports
     from modelport.validators import texts
 
+    chosen = texts.from_file(text_file) if text_file else None
+    if cand is None:
+        if not save_reference:
+            raise BadInput(None, "give CAND, or --save-reference FILE.mpref to save REF's logits alone")
+        with _progress(as_json) as progress:
+            dst = api.save_reference(ref, save_reference, chosen, force, stream, progress)
+        _emit({"reference": str(dst), "source": str(ref)}, as_json, lambda r: out.print(f"wrote {r['reference']}"))
+        return
     if html_report:
         reports.pyplot()  # fail before minutes of work, not after
-    with _spinner("validating", as_json):
-        rep = api.validate(ref, cand, texts=texts.from_file(text_file) if text_file else None, max_kl=max_kl,
-                           min_top1=min_top1, max_ppl_ratio=max_ppl_ratio, provider=provider)
+    with _progress(as_json) as progress:
+        rep = api.validate(ref, cand, texts=chosen, max_kl=max_kl, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio,
+                           provider=provider, save_reference=save_reference, force=force, stream=stream,
+                           progress=progress)
     if html_report:
         from modelport.validators.diff import diff
-        reports.write_html(rep, html_report, diff(ref, cand))
+        from modelport.validators.reference import is_saved
+        reports.write_html(rep, html_report, None if is_saved(ref) else diff(ref, cand))
     if junit:
         reports.write_junit(rep, junit)
     _emit(rep.to_json(), as_json, _print_validate)

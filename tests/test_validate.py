@@ -197,7 +197,7 @@ def test_gate_flags_override_defaults(tiny_llama, clean):
 
 
 def test_default_gates_get_tighter_with_precision():
-    order = ["f32", "f16", "q8", "q6", "q5", "q4", "q3", "q2"]
+    order = ["f32", "f16", "q8", "q6", "q5", "q4", "q4_0", "q3", "q2"]
     for a, b in zip(order, order[1:]):
         la, lb = gates.TIERS[a], gates.TIERS[b]
         assert la.max_kl < lb.max_kl and la.min_top1 > lb.min_top1 and la.max_ppl_ratio < lb.max_ppl_ratio
@@ -218,10 +218,12 @@ def test_bad_inputs_exit_codes(tiny_llama, clean, tmp_path):
 
 
 def test_memory_refusal_is_early_and_clear():
+    needs = {"reference held in fp32 (4 bytes per parameter)": memory.in_memory(8_000_000_000),
+             "candidate as stored": memory.stored(5 << 30)}
     with pytest.raises(Exception) as e:
-        memory.check(ref_params=8_000_000_000, cand_bytes=5 << 30, available=16 << 30)
+        memory.check(needs, available=16 << 30)
     assert e.value.exit_code == 2 and "GiB" in str(e.value) and "fp32" in str(e.value)
-    memory.check(ref_params=1_000_000, cand_bytes=1 << 20, available=16 << 30)
+    memory.check({"candidate as stored": memory.stored(5 << 30)}, available=16 << 30)  # the sides run in turn
     assert memory.available_bytes() is None or memory.available_bytes() > 0
 
 

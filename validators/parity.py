@@ -2,17 +2,21 @@
 tokenizer), compare logits per position, check each side's tokenizer, and gate the result."""
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from modelport.convert import archs
 from modelport.convert import codec as codecs
+from modelport.convert.pivot import load as load_pivot
 from modelport.formats.errors import BadInput, Unsupported
+from modelport.formats.hashing import SourceHashes
 
-from . import gates, memory, metrics, runtimes, texts as builtin_texts
+from . import gates, memory, metrics, reference, runtimes, texts as builtin_texts
 
 SCHEMA = "modelport.validate/1"
 MAX_TOKENS = 2048  # longer texts are cut here (the runtimes hold logits for every position)
@@ -74,22 +78,29 @@ def _stored_bytes(native) -> int:
     return sum(r.stored.nbytes for r in native.tensors.values())
 
 
-class _Runner:
-    """One side on its runtime: tokenizes with its own tokenizer, gives logits for given ids."""
+def _vocab(native) -> int:
+    """The vocabulary, as the most rows of any matrix (the embedding's or the output's): for the logits' size."""
+    return max((r.shape[0] for r in native.tensors.values() if len(r.shape) == 2), default=0)
 
-    def __init__(self, side: Side, provider: str = DEFAULT_PROVIDER):
-        self.runtime = runtimes.for_codec(codecs.get(side.format))
+
+class _Runner:
+    """One side on its runtime: tokenizes with its own tokenizer, gives logits for given ids. `streamed`: the
+    runtime's way of running a model without holding it (the safetensors reference)."""
+
+    def __init__(self, side: Side, provider: str = DEFAULT_PROVIDER, streamed: bool = False):
+        runtime = runtimes.for_codec(codecs.get(side.format))
+        self.open, self.sized = (runtime.streamed if streamed else runtime.open), runtime.sized
         self.side, self.provider, self.rt, self.n_ctx = side, provider, None, 0
 
     def tokenizer(self):
         if self.rt is None:
-            self.rt = self.runtime.open(self.side.path, provider=self.provider, n_ctx=64, tokenizer_only=True)
+            self.rt = self.open(self.side.path, provider=self.provider, n_ctx=64, tokenizer_only=True)
         return self.rt
 
     def load(self, n_ctx: int):
-        if self.runtime.sized and self.n_ctx < n_ctx:  # a runtime whose context is fixed when it loads
+        if self.sized and self.n_ctx < n_ctx:  # a runtime whose context is fixed when it loads
             self.close()
-            self.rt, self.n_ctx = self.runtime.open(self.side.path, provider=self.provider, n_ctx=n_ctx), n_ctx
+            self.rt, self.n_ctx = self.open(self.side.path, provider=self.provider, n_ctx=n_ctx), n_ctx
         return self.tokenizer()
 
     def close(self):
@@ -105,34 +116,139 @@ def _mismatch(a: list[int], b: list[int]) -> dict | None:
     return {"position": i, "ref_id": a[i] if i < len(a) else None, "cand_id": b[i] if i < len(b) else None}
 
 
-def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
-             min_top1: float | None = None, max_ppl_ratio: float | None = None, check_memory: bool = True,
-             provider: str = DEFAULT_PROVIDER) -> Report:
-    """Reference vs candidate over `texts` (default: the built-in ones), gated by the candidate type's limits
-    with any given overrides; an ONNX side runs in onnxruntime on `provider`."""
-    t0 = time.perf_counter()
-    ref, cand = Path(ref), Path(cand)
-    ref_side, _ = describe(ref, provider)
-    cand_side, cand_native = describe(cand, provider)
-    if check_memory:
-        memory.check(ref_side.parameters, _stored_bytes(cand_native), memory.available_bytes())
-    lim, tier = gates.limits(cand_side.type, {"max_kl": max_kl, "min_top1": min_top1, "max_ppl_ratio": max_ppl_ratio})
-    texts = texts or builtin_texts.builtin()
+def _timed(progress, label: str, items: dict[str, list[int]], run):
+    """run(name, ids) for each text, telling `progress` the side, the text and tokens per second."""
+    for k, (name, ids) in enumerate(items.items(), 1):
+        t0 = time.perf_counter()
+        out = run(name, ids)
+        dt = time.perf_counter() - t0
+        if progress:
+            progress(f"{label}: text {k}/{len(items)} {name}, {len(ids)} tokens in {dt:.1f} s "
+                     f"({len(ids) / max(dt, 1e-9):.0f} tokens/s)")
+        yield name, ids, out
+        del out  # before the next text's logits exist: one text's at a time
 
-    r, c = _Runner(ref_side, provider), _Runner(cand_side, provider)
+
+def _need(ref, ref_side, ref_native, cand_native, texts, stream: bool | None, available: int | None):
+    """Bytes each side needs (the reference held or streamed, the candidate as stored), and whether the reference
+    streams: when asked to, or (None) when holding it would not fit."""
+    tokens = min(MAX_TOKENS, max(len(t.encode("utf-8")) for t in texts.values()) + 2)  # a token is >= 1 byte
+    needs = {}
+    if cand_native is not None:
+        needs["candidate as stored"] = memory.stored(_stored_bytes(cand_native)) + \
+            memory.logits(tokens, _vocab(cand_native))
+    if ref_native is None:  # a saved reference: its logits only
+        return needs, False
+    can_stream = runtimes.for_codec(codecs.get(ref_side.format)).streamed is not None
+    held = memory.in_memory(ref_side.parameters) + memory.logits(tokens, _vocab(ref_native))
+    if stream is None:
+        stream = can_stream and available is not None and held > available
+    if stream and not can_stream:
+        raise Unsupported(ref, f"{ref_side.runtime} cannot stream a reference; it runs held in memory")
+    if stream:
+        largest = max(r.n_elements for r in ref_native.tensors.values())
+        needs["reference streamed from its checkpoint"] = memory.streamed(largest) + \
+            memory.logits(tokens, _vocab(ref_native))
+    else:
+        needs["reference held in fp32 (4 bytes per parameter)"] = held
+    return needs, stream
+
+
+def _run_reference(ref_side: Side, texts: dict[str, str], dst: Path, saving: bool, force: bool, provider: str,
+                   streamed: bool, progress) -> None:
+    """The reference over `texts` with its own tokenizer, each text's ids and logits written to `dst` (atomically
+    and with the source's sha256s when `saving`, else a temporary file), then freed."""
+    hashes = SourceHashes(load_pivot(ref_side.path).metadata["source_files"]) if saving else None  # in the background
+    with reference.writing(dst, force, atomic=saving) as w:
+        _reference_logits(ref_side, texts, w, provider, streamed, progress)
+        w.finish(asdict(ref_side), dict(i.split(":", 1) for i in hashes.text().split(",")) if hashes else {})
+
+
+def _reference_logits(ref_side: Side, texts: dict[str, str], writer, provider: str, streamed: bool, progress):
+    r = _Runner(ref_side, provider, streamed)
+    label = f"reference ({ref_side.runtime}{', streamed' if streamed else ''})"
+    if progress:
+        progress(f"{label}: loading {ref_side.path}")
     ids = {name: r.tokenizer().tokenize(t)[:MAX_TOKENS] for name, t in texts.items()}
     if any(len(v) < 2 for v in ids.values()):
         raise BadInput(None, "every text needs at least two tokens")
     n_ctx = max(map(len, ids.values())) + 16
-    ref_logits = {name: r.load(n_ctx).logits(v) for name, v in ids.items()}  # then free the reference
+    for name, v, logits in _timed(progress, label, ids, lambda name, v: r.load(n_ctx).logits(v)):
+        writer.add(name, texts[name], v, logits)
+        del logits
     r.close()
+
+
+def save_reference(ref: str | Path, dst: str | Path, texts: dict[str, str] | None = None, force: bool = False,
+                   provider: str = DEFAULT_PROVIDER, stream: bool | None = None, check_memory: bool = True,
+                   progress: Callable[[str], None] | None = None) -> Path:
+    """Run REF once over `texts` (default: the built-in ones) and save its ids and logits to `dst` (.mpref)."""
+    ref, dst = Path(ref), Path(dst)
+    if reference.is_saved(ref):
+        raise BadInput(ref, "is already a saved reference")
+    ref_side, ref_native = describe(ref, provider)
+    texts = texts or builtin_texts.builtin()
+    available = memory.available_bytes() if check_memory else None
+    needs, streamed = _need(ref, ref_side, ref_native, None, texts, stream, available)
+    memory.check(needs, available)
+    _run_reference(ref_side, texts, dst, True, force, provider, streamed, progress)
+    return dst
+
+
+def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
+             min_top1: float | None = None, max_ppl_ratio: float | None = None, check_memory: bool = True,
+             provider: str = DEFAULT_PROVIDER, save_reference: str | Path | None = None, force: bool = False,
+             stream: bool | None = None, progress: Callable[[str], None] | None = None) -> Report:
+    """Reference vs candidate over `texts` (default: the built-in ones, or a saved reference's own), gated by the
+    candidate type's limits with any given overrides; an ONNX side runs in onnxruntime on `provider`.
+
+    The sides run in turn: the reference's ids and logits go to a file (`save_reference`, else a temporary one)
+    and the reference is freed before the candidate loads. REF may be a saved reference (.mpref): then only the
+    candidate runs. `stream` (None: when holding the reference would not fit) runs a safetensors reference module
+    by module from its checkpoint; the figures are the same either way."""
+    t0 = time.perf_counter()
+    ref, cand = Path(ref), Path(cand)
+    saved = reference.Saved(ref) if reference.is_saved(ref) else None
+    ref_side, ref_native = (Side(**saved.side), None) if saved else describe(ref, provider)
+    cand_side, cand_native = describe(cand, provider)
+    texts = saved.check_texts(texts) if saved else texts or builtin_texts.builtin()
+    available = memory.available_bytes() if check_memory else None
+    needs, streamed = _need(ref, ref_side, ref_native, cand_native, texts, stream, available)
+    memory.check(needs, available)
+    lim, tier = gates.limits(cand_side.type, {"max_kl": max_kl, "min_top1": min_top1, "max_ppl_ratio": max_ppl_ratio})
+
+    with tempfile.TemporaryDirectory(prefix="modelport-reference-") as tmp:
+        if saved is None:
+            target = Path(save_reference) if save_reference else Path(tmp) / f"reference{reference.SUFFIX}"
+            _run_reference(ref_side, texts, target, bool(save_reference), force, provider, streamed, progress)
+            saved = reference.Saved(target)
+        try:
+            rows, per_pos, all_pos = _run_candidate(saved, cand, cand_side, provider, progress)
+        finally:
+            saved.close()
+    overall = metrics.summarize({k: np.concatenate([p[k] for p in all_pos]) for k in all_pos[0]})
+    results = gates.evaluate(overall, [t["name"] for t in rows if not t["tokenizer"]["match"]], lim)
+    failed = [g for g, v in results.items() if not v["passed"]]
+    return Report(SCHEMA, not failed, failed, ref_side, cand_side, tier, results, overall, rows,
+                  round(time.perf_counter() - t0, 3), per_pos)
+
+
+def _run_candidate(saved: "reference.Saved", cand: Path, cand_side: Side, provider: str, progress):
+    """The candidate over the saved reference's ids, one text's logits on each side at a time."""
+    c = _Runner(cand_side, provider)
+    ids, texts = saved.ids, saved.texts
+    n_ctx = max(map(len, ids.values())) + 16
+    label = f"candidate ({cand_side.runtime})"
+    if progress:
+        progress(f"{label}: loading {cand_side.path}")
     cand_ids = {name: c.load(n_ctx).tokenize(t)[:MAX_TOKENS] for name, t in texts.items()}
+    vocab, cand_vocab = saved.vocab, c.load(n_ctx).logits([0]).shape[-1]  # before ids it may not have
+    if vocab != cand_vocab:
+        raise BadInput(cand, f"vocabulary sizes differ: reference {vocab}, candidate {cand_vocab} (a reference "
+                             "from another tokenizer)")
     rows, per_pos, all_pos = [], {}, []
-    for name, v in ids.items():
-        cl = c.load(n_ctx).logits(v)
-        rl = ref_logits.pop(name)
-        if rl.shape[-1] != cl.shape[-1]:
-            raise BadInput(cand, f"vocabulary sizes differ: reference {rl.shape[-1]}, candidate {cl.shape[-1]}")
+    for name, v, cl in _timed(progress, label, ids, lambda name, v: c.load(n_ctx).logits(v)):
+        rl = saved.logits(name)
         pos = metrics.per_position(rl, cl, v)
         del rl, cl
         all_pos.append(pos)
@@ -141,8 +257,4 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
                      "tokenizer": {"match": cand_ids[name] == v, "ref_tokens": len(v),
                                    "cand_tokens": len(cand_ids[name]), "first_mismatch": _mismatch(v, cand_ids[name])}})
     c.close()
-    overall = metrics.summarize({k: np.concatenate([p[k] for p in all_pos]) for k in all_pos[0]})
-    results = gates.evaluate(overall, [t["name"] for t in rows if not t["tokenizer"]["match"]], lim)
-    failed = [g for g, v in results.items() if not v["passed"]]
-    return Report(SCHEMA, not failed, failed, ref_side, cand_side, tier, results, overall, rows,
-                  round(time.perf_counter() - t0, 3), per_pos)
+    return rows, per_pos, all_pos

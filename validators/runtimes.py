@@ -14,6 +14,7 @@ import numpy as np
 
 from modelport.formats.errors import BadInput, RuntimeMissing, Unsupported
 from modelport.formats.onnx import model_file
+from modelport.formats.safetensors import shard_files
 
 
 @cache
@@ -71,27 +72,34 @@ class LlamaCpp:
         self.llm.close()
 
 
+def _torch():
+    """torch and transformers, quiet unless MODELPORT_VERBOSE is set."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise RuntimeMissing(None, "transformers runtime missing: pip install 'modelport[torch]'") from None
+    if not os.environ.get("MODELPORT_VERBOSE"):
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors
+        transformers.utils.logging.set_verbosity_error()  # 4.57.3+ warns of a Mistral regex on folders it saved
+    return torch, transformers
+
+
+def _attention(config) -> str | None:
+    """eager attention for a model that soft-caps attention scores (gemma2): the sdpa path leaves the cap out."""
+    return "eager" if getattr(config, "attn_logit_softcapping", None) else None
+
+
 class Transformers:
     """An HF folder in transformers, fp32 on the CPU: the reference implementation."""
 
     def __init__(self, path: str | Path):
-        try:
-            import torch
-            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-        except ImportError:
-            raise RuntimeMissing(None, "transformers runtime missing: pip install 'modelport[torch]'") from None
-        if not os.environ.get("MODELPORT_VERBOSE"):
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors on stderr
-            hf_logging.set_verbosity_error()  # 4.57.3+ warns of a Mistral regex on any folder it saved itself
+        torch, transformers = _torch()
         self.torch = torch
-        config = AutoConfig.from_pretrained(path)
-        # eager attention for a model that soft-caps attention scores (gemma2): the sdpa path leaves the cap out
-        attn = "eager" if getattr(config, "attn_logit_softcapping", None) else None
-        self.model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
-                                                          attn_implementation=attn).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        config = transformers.AutoConfig.from_pretrained(path)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=torch.float32, attn_implementation=_attention(config)).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special).input_ids
@@ -100,6 +108,50 @@ class Transformers:
         with self.torch.no_grad():
             out = self.model(self.torch.tensor([ids]))
         return out.logits[0].float().numpy()
+
+
+class TransformersStreamed(Transformers):
+    """An HF folder in transformers, fp32 on the CPU, with the weights left in the checkpoint: the model is built on
+    the meta device (accelerate's init_empty_weights) and accelerate's cpu_offload hooks read each module's weights
+    from the safetensors shards just before its forward, cast to fp32, and drop them after. Memory is bounded by the
+    largest tensor (the embedding) and the activations, not the model; the forward is transformers' own, so the
+    logits are bit-identical to the in-memory model's. Written here: only the index from parameter names to shard
+    and tensor name (tied parameters point at the tensor the checkpoint stores)."""
+
+    def __init__(self, path: str | Path):
+        torch, transformers = _torch()
+        try:
+            from accelerate import cpu_offload, init_empty_weights
+            from accelerate.utils import OffloadedWeightsLoader, set_module_tensor_to_device
+            from safetensors import safe_open
+        except ImportError:
+            raise RuntimeMissing(None, "a streamed reference needs accelerate: pip install 'modelport[torch]'") \
+                from None
+        self.torch = torch
+        config = transformers.AutoConfig.from_pretrained(path)
+        with init_empty_weights():  # parameters on the meta device; buffers (rope frequencies) computed as usual
+            self.model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                                                       attn_implementation=_attention(config)).eval()
+        self.model.tie_weights()
+        stored = {}
+        for shard in shard_files(Path(path)):
+            with safe_open(shard, framework="pt") as f:
+                stored.update({name: str(shard) for name in f.keys()})
+        names_of: dict[int, list[str]] = {}
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            names_of.setdefault(id(p), []).append(name)
+        index = {}
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            source = next((n for n in names_of[id(p)] if n in stored), None)
+            if source is None:
+                raise BadInput(Path(path), f"the checkpoint has no tensor for {name}")
+            index[name] = {"safetensors_file": stored[source], "weight_name": source, "dtype": "float32"}
+        for name, _ in self.model.named_buffers():  # persistent buffers the checkpoint stores, as from_pretrained
+            if name in stored:
+                with safe_open(stored[name], framework="pt") as f:
+                    set_module_tensor_to_device(self.model, name, "cpu", value=f.get_tensor(name).float())
+        cpu_offload(self.model, execution_device=torch.device("cpu"), state_dict=OffloadedWeightsLoader(index=index))
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
 
 
 class LlamaCppEmbeddings:
@@ -254,6 +306,7 @@ class Runtime:
     name: str
     open: Callable[..., Any]
     sized: bool = False  # its context length is fixed when it loads: reopened for longer texts
+    streamed: Callable[..., Any] | None = None  # `open` for a model that runs without being held in memory
     check: Callable[[str], Any] = lambda provider: None  # raises RuntimeMissing before any work
     describe: Callable[[str], str] | None = None  # the runtime as reports name it, given the provider
 
@@ -264,7 +317,8 @@ class Runtime:
 RUNTIMES = {r.name: r for r in (
     Runtime("llama.cpp", lambda path, provider=None, n_ctx=64, tokenizer_only=False:
             LlamaCpp(path, n_ctx=n_ctx, vocab_only=tokenizer_only), sized=True),
-    Runtime("transformers", lambda path, provider=None, n_ctx=None, tokenizer_only=False: Transformers(path)),
+    Runtime("transformers", lambda path, provider=None, n_ctx=None, tokenizer_only=False: Transformers(path),
+            streamed=lambda path, provider=None, n_ctx=None, tokenizer_only=False: TransformersStreamed(path)),
     Runtime("onnxruntime", lambda path, provider="CPUExecutionProvider", n_ctx=None, tokenizer_only=False:
             OnnxRuntime(path, provider), check=require_provider, describe=lambda provider: f"onnxruntime {provider}"),
     Runtime("mlx-lm", lambda path, provider=None, n_ctx=None, tokenizer_only=False: MlxLm(path), check=require_mlx_lm),
