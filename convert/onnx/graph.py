@@ -136,9 +136,9 @@ class _Decoder:
         quantization), a float weight quantized when `quant` asks; None keeps the float Gemm."""
         ref = self.model.tensors[name]
         if ref.result_dtype not in FLOATS:
-            nbits = nbits.from_gguf(ref, self.compute)
-            if nbits is not None:
-                return nbits
+            kept = nbits.from_gguf(ref, self.compute)  # not named nbits: that would shadow the module in this function
+            if kept is not None:
+                return kept
             self.notes.append({"name": name, "fallback": f"{ref.result_dtype} has no MatMulNBits grid with "
                                                          f"{self.compute} scales: dequantized"
                                                          + (f" and quantized to {self.quant}" if self.quant else "")})
