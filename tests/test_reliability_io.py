@@ -22,7 +22,7 @@ from modelport.formats.atomic import atomic_output
 from modelport.formats.errors import OutputExists
 
 import malicious
-from helpers import run_cli
+from support.cli import run_cli
 
 WIDE = {**malicious.CONFIG, "hidden_size": 256, "intermediate_size": 512, "vocab_size": 16384,
         "num_attention_heads": 4, "num_key_value_heads": 4}

@@ -14,7 +14,7 @@ from modelport.formats.model import MemorySlice
 from modelport.validators import diff as diffs
 from modelport.validators import memory, metrics, runtimes
 
-from helpers import run_cli
+from support.cli import run_cli
 
 TEXTS = {"code": "def mean(xs):\n    return sum(xs) / len(xs)  # 平均 🙂\n",
          "prose": "Streaming a reference keeps one layer in memory at a time, so large models fit. " * 6}
