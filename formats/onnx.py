@@ -16,13 +16,14 @@ import numpy as np
 from .atomic import WriteBehind, atomic_output
 from .errors import BadInput, OutputExists, RuntimeMissing
 from .hashing import Late
-from .model import NUMPY_DTYPES, FileSlice, MemorySlice, TensorRef
+from .model import FileSlice, MemorySlice, TensorRef
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = MODEL_FILE + ".data"
 
 # ONNX TensorProto.DataType -> our dtype names (numpy has no bfloat16: it travels as uint16 bits)
-ONNX_DTYPES = {1: "F32", 2: "U8", 3: "I8", 5: "I16", 6: "I32", 7: "I64", 9: "BOOL", 10: "F16", 11: "F64", 16: "BF16"}
+ONNX_DTYPES = {1: "F32", 2: "U8", 3: "I8", 5: "I16", 6: "I32", 7: "I64", 9: "BOOL", 10: "F16", 11: "F64", 16: "BF16",
+               21: "U4", 22: "I4"}
 DTYPES_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
 
 
@@ -83,7 +84,7 @@ def _ref(path: Path, tensor) -> TensorRef:
         raise BadInput(path, f"initializer {tensor.name!r}: element type {tensor.data_type} is not one modelport "
                              "reads")
     dtype, shape = ONNX_DTYPES[tensor.data_type], tuple(int(d) for d in tensor.dims)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    nbytes = TensorRef.on_disk(MemorySlice(b""), shape, dtype).nbytes  # what its shape and type take
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return TensorRef.on_disk(_external(path, tensor, nbytes), shape, dtype)
     if tensor.raw_data:
@@ -91,6 +92,9 @@ def _ref(path: Path, tensor) -> TensorRef:
             raise BadInput(path, f"initializer {tensor.name!r}: {len(tensor.raw_data)} bytes for shape {list(shape)}")
         return TensorRef.on_disk(MemorySlice(bytes(tensor.raw_data)), shape, dtype)
     arr = onnx.numpy_helper.to_array(tensor)  # typed fields (float_data ...): small tensors only
+    if dtype in ("I4", "U4"):  # one value per element: packed two to a byte, as raw data holds them
+        values = np.append(arr.reshape(-1).astype(np.int8).view(np.uint8) & np.uint8(0x0F), np.zeros(arr.size % 2, np.uint8))
+        return TensorRef.on_disk(MemorySlice((values[0::2] | (values[1::2] << np.uint8(4))).tobytes()), shape, dtype)
     if dtype == "BF16":
         arr = arr.view(np.uint16)
     return TensorRef.on_disk(MemorySlice(np.ascontiguousarray(arr).tobytes()), shape, dtype)

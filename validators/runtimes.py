@@ -1,4 +1,4 @@
-"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime. Each
+"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime, OpenVINO. Each
 gives logits for given token ids and tokenizes with the model's own tokenizer. A codec names its runtime
 (`Codec.runtime`); `for_codec` finds it here or among the `modelport.runtimes` entry points of other packages."""
 from __future__ import annotations
@@ -155,6 +155,7 @@ class TransformersEmbeddings:
         return out.numpy()
 
 
+QDQ_ACCURACY = "session.qdq_matmulnbits_accuracy_level"  # onnxruntime's session option for fused QDQ MatMuls
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -180,11 +181,19 @@ class OnnxRuntime:
         self.path = model_file(Path(path))
         options = ort.SessionOptions()
         options.log_severity_level = 3  # unused-initializer and shape notes are not the user's business
+        # A QDQ graph computes what its DequantizeLinear nodes say: onnxruntime's CPU fuses DequantizeLinear -> MatMul
+        # into MatMulNBits with accuracy level 4 by default, which also quantizes the activations to int8 (measured
+        # on the tiny llama, Q4_0 via --ops qdq: mean KL 1.5e-3 against llama.cpp on the dequantized GGUF; level 0:
+        # 2.3e-6, as OpenVINO and our MatMulNBits export give). Graphs without DequantizeLinear are unaffected.
+        options.add_session_config_entry(QDQ_ACCURACY, "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.inputs = {i.name: (i.shape, ONNX_TYPES.get(i.type)) for i in self.session.get_inputs()}
         self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._tokenizer = None
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(None, feed)))
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         if self._tokenizer is None:
@@ -200,19 +209,53 @@ class OnnxRuntime:
         if past is None:
             past = {}
             for name in self.past:
-                shape = self.inputs[name].shape
-                past[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=ONNX_TYPES[self.inputs[name].type])
+                shape, dtype = self.inputs[name]
+                past[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=dtype)
         elif self.past:
             start = next(iter(past.values())).shape[2]
         feed = {"input_ids": np.array([ids], dtype=np.int64),
                 "attention_mask": np.ones((1, start + len(ids)), dtype=np.int64),
                 "position_ids": np.arange(start, start + len(ids), dtype=np.int64)[None], **past}
-        results = dict(zip(self.outputs, self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})))
+        results = self.run({k: v for k, v in feed.items() if k in self.inputs})
         present = {name: results[name.replace("past_key_values.", "present.")] for name in self.past}
         return results["logits"][0].astype(np.float32), present
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.forward(ids)[0]
+
+
+def require_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise RuntimeMissing(None, "OpenVINO missing: pip install 'modelport[openvino]'") from None
+    return openvino
+
+
+OPENVINO_TYPES = {"f32": np.float32, "f16": np.float16}
+
+
+class OpenVino(OnnxRuntime):
+    """The same decoder in OpenVINO's own runtime on its CPU device: OpenVINO reads the ONNX model itself (its ONNX
+    frontend, external data included), so this checks what OpenVINO makes of the graph, not onnxruntime."""
+
+    def __init__(self, path: str | Path, device: str = "CPU"):
+        ov = require_openvino()
+        self.path = model_file(Path(path))
+        core = ov.Core()
+        model = core.read_model(str(self.path))
+        # f32 inference: OpenVINO's CPU default may compute in bf16 on CPUs that have it, which no parity gate takes
+        self.compiled = core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"})
+        self.inputs = {p.get_any_name(): ([d.get_length() if d.is_static else None for d in p.get_partial_shape()],
+                                          OPENVINO_TYPES.get(p.get_element_type().get_type_name()))
+                       for p in self.compiled.inputs}
+        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self._tokenizer = None
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.compiled(feed)
+        return {o.get_any_name(): results[o] for o in self.compiled.outputs}
 
 
 @dataclass(frozen=True)
@@ -236,6 +279,8 @@ RUNTIMES = {r.name: r for r in (
     Runtime("transformers", lambda path, provider=None, n_ctx=None, tokenizer_only=False: Transformers(path)),
     Runtime("onnxruntime", lambda path, provider="CPUExecutionProvider", n_ctx=None, tokenizer_only=False:
             OnnxRuntime(path, provider), check=require_provider, describe=lambda provider: f"onnxruntime {provider}"),
+    Runtime("openvino", lambda path, provider=None, n_ctx=None, tokenizer_only=False: OpenVino(path),
+            check=lambda provider: require_openvino(), describe=lambda provider: "openvino CPU"),
 )}
 
 
