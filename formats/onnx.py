@@ -93,7 +93,8 @@ def _ref(path: Path, tensor) -> TensorRef:
         return TensorRef.on_disk(MemorySlice(bytes(tensor.raw_data)), shape, dtype)
     arr = onnx.numpy_helper.to_array(tensor)  # typed fields (float_data ...): small tensors only
     if dtype in ("I4", "U4"):  # one value per element: packed two to a byte, as raw data holds them
-        values = np.append(arr.reshape(-1).astype(np.int8).view(np.uint8) & np.uint8(0x0F), np.zeros(arr.size % 2, np.uint8))
+        values = arr.reshape(-1).astype(np.int8).view(np.uint8) & np.uint8(0x0F)
+        values = np.append(values, np.zeros(values.size % 2, np.uint8))
         return TensorRef.on_disk(MemorySlice((values[0::2] | (values[1::2] << np.uint8(4))).tobytes()), shape, dtype)
     if dtype == "BF16":
         arr = arr.view(np.uint16)

@@ -77,10 +77,10 @@ def quantize(src: str | Path, dst: str | Path, quant: str, to: str | None = None
 
 def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
              min_top1: float | None = None, max_ppl_ratio: float | None = None,
-             provider: str = "CPUExecutionProvider"):
+             provider: str = "CPUExecutionProvider", runtime: str | None = None):
     """REF (reference, fp32) vs CAND on their own runtimes over the same token ids -> validators.parity.Report
     (the fields of `modelport validate --json`); `texts` name -> text, default the built-in ones; an ONNX side
-    runs in onnxruntime on the execution provider `provider`."""
+    runs in onnxruntime on the execution provider `provider`, or CAND in `runtime` (ONNX: openvino)."""
     from modelport.validators.parity import validate as run
 
-    return run(ref, cand, texts, max_kl, min_top1, max_ppl_ratio, provider=provider)
+    return run(ref, cand, texts, max_kl, min_top1, max_ppl_ratio, provider=provider, runtime=runtime)

@@ -57,13 +57,13 @@ def _refuse_encoders(path: Path, families: list[archs.Arch]) -> None:
                                 "of causal language models")
 
 
-def describe(path: Path, provider: str = DEFAULT_PROVIDER) -> tuple[Side, object]:
+def describe(path: Path, provider: str = DEFAULT_PROVIDER, runtime_name: str | None = None) -> tuple[Side, object]:
     """What `path` is, its storage type and parameter count, and its native view; headers only. The codec says
-    all of it; the runtime is the one it names."""
+    all of it; the runtime is the one it names (or `runtime_name`, one of the others it lists)."""
     codec = codecs.detect(path)
     native = codec.open(path)
     _refuse_encoders(path, codec.families(native))
-    runtime = runtimes.for_codec(codec)
+    runtime = runtimes.for_codec(codec, runtime_name)
     runtime.check(provider)  # before minutes of reference logits, not after
     codec.runnable(native, path)
     return Side(str(path), codec.name, runtime.label(provider), codec.storage_type(native),
@@ -77,8 +77,8 @@ def _stored_bytes(native) -> int:
 class _Runner:
     """One side on its runtime: tokenizes with its own tokenizer, gives logits for given ids."""
 
-    def __init__(self, side: Side, provider: str = DEFAULT_PROVIDER):
-        self.runtime = runtimes.for_codec(codecs.get(side.format))
+    def __init__(self, side: Side, provider: str = DEFAULT_PROVIDER, runtime_name: str | None = None):
+        self.runtime = runtimes.for_codec(codecs.get(side.format), runtime_name)
         self.side, self.provider, self.rt, self.n_ctx = side, provider, None, 0
 
     def tokenizer(self):
@@ -107,19 +107,20 @@ def _mismatch(a: list[int], b: list[int]) -> dict | None:
 
 def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
              min_top1: float | None = None, max_ppl_ratio: float | None = None, check_memory: bool = True,
-             provider: str = DEFAULT_PROVIDER) -> Report:
+             provider: str = DEFAULT_PROVIDER, runtime: str | None = None) -> Report:
     """Reference vs candidate over `texts` (default: the built-in ones), gated by the candidate type's limits
-    with any given overrides; an ONNX side runs in onnxruntime on `provider`."""
+    with any given overrides; an ONNX side runs in onnxruntime on `provider`; the candidate in `runtime` when
+    given (one its format lists: ONNX in openvino)."""
     t0 = time.perf_counter()
     ref, cand = Path(ref), Path(cand)
     ref_side, _ = describe(ref, provider)
-    cand_side, cand_native = describe(cand, provider)
+    cand_side, cand_native = describe(cand, provider, runtime)
     if check_memory:
         memory.check(ref_side.parameters, _stored_bytes(cand_native), memory.available_bytes())
     lim, tier = gates.limits(cand_side.type, {"max_kl": max_kl, "min_top1": min_top1, "max_ppl_ratio": max_ppl_ratio})
     texts = texts or builtin_texts.builtin()
 
-    r, c = _Runner(ref_side, provider), _Runner(cand_side, provider)
+    r, c = _Runner(ref_side, provider), _Runner(cand_side, provider, runtime)
     ids = {name: r.tokenizer().tokenize(t)[:MAX_TOKENS] for name, t in texts.items()}
     if any(len(v) < 2 for v in ids.values()):
         raise BadInput(None, "every text needs at least two tokens")

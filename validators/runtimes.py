@@ -1,5 +1,5 @@
-"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime, OpenVINO. Each
-gives logits for given token ids and tokenizes with the model's own tokenizer. A codec names its runtime
+"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime and
+OpenVINO. Each gives logits for given token ids and tokenizes with the model's own tokenizer. A codec names its runtime
 (`Codec.runtime`); `for_codec` finds it here or among the `modelport.runtimes` entry points of other packages."""
 from __future__ import annotations
 
@@ -289,11 +289,15 @@ def _plugins() -> dict[str, Runtime]:
     return {ep.name: ep.load() for ep in entry_points(group="modelport.runtimes")}
 
 
-def for_codec(codec) -> Runtime:
-    """The runtime a codec names; a format without one cannot be validated (exit 3)."""
-    runtime = RUNTIMES.get(codec.runtime) or _plugins().get(codec.runtime) if codec.runtime else None
+def for_codec(codec, name: str | None = None) -> Runtime:
+    """The runtime a codec names, or `name` among the others it lists (`Codec.other_runtimes`); a format without one
+    cannot be validated, nor one in a runtime it does not list (exit 3)."""
+    name = name or codec.runtime
+    if name and name != codec.runtime and name not in codec.other_runtimes:
+        raise Unsupported(None, f"{codec.name} runs in {', '.join((codec.runtime,) + codec.other_runtimes)}, "
+                                f"not {name}")
+    runtime = RUNTIMES.get(name) or _plugins().get(name) if name else None
     if runtime is None:
         raise Unsupported(None, f"{codec.name} has no runtime modelport validates in"
-                                + (f" ({codec.runtime} is not installed as a modelport runtime)" if codec.runtime
-                                   else ""))
+                                + (f" ({name} is not installed as a modelport runtime)" if name else ""))
     return runtime

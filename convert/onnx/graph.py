@@ -169,7 +169,11 @@ class _Decoder:
                                                          + (f" and quantized to {self.quant}" if self.quant else "")})
         if not self.quant:
             return None
-        return nbits_codec.from_float(ref, QUANT_BITS[self.quant], self.block_size, self.compute, self.symmetric)
+        block = qdq_codec.whole_block(ref.shape[1], self.block_size) if self.ops == "qdq" else self.block_size
+        if block != self.block_size:
+            self.notes.append({"name": name, "fallback": f"{ref.shape[1]} inputs are no whole number of blocks of "
+                                                         f"{self.block_size}: blocks of {block}"})
+        return nbits_codec.from_float(ref, QUANT_BITS[self.quant], block, self.compute, self.symmetric)
 
     def c(self, value, dtype=None) -> str:
         return self.n.const(value, dtype or self.np_compute)

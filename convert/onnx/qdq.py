@@ -43,6 +43,19 @@ class QDQ:
     zero_points: TensorRef | None  # the quantized type, [ceil(K / block), N]
 
 
+MIN_BLOCK = 16  # the smallest block onnxruntime's MatMulNBits kernels take
+
+
+def whole_block(k: int, block: int) -> int:
+    """The block size for a weight of K inputs: `block`, or the largest power of two from MIN_BLOCK up that divides
+    K, since OpenVINO refuses a partial last block (2026.4: "dimension of X at axis 0 (192) cannot be divided by
+    block_size (128)"); `block` when none divides K."""
+    b = block
+    while b > MIN_BLOCK and k % b:
+        b //= 2
+    return b if k % b == 0 else block
+
+
 def unpack(packed: np.ndarray, bits: int) -> np.ndarray:
     """uint8 bytes (..., m) -> values (..., m * 8 / bits), low bits first (MatMulNBits' and ONNX INT4's order)."""
     if bits == 8:
@@ -154,6 +167,17 @@ def from_nbits(nb: NBits) -> QDQ | None:
         _Small(repack.zero_points, -(-blocks * nb.N * nb.bits // 8)), (blocks, nb.N), dtype)
     return QDQ(nb.K, nb.N, nb.bits, nb.block_size, TensorRef.on_disk(_QuantizedSlice(repack), (nb.K, nb.N), dtype),
                scales, zero_points)
+
+
+def int_values(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A quantized initializer's integers (int16) in its logical shape: 4-bit ones unpacked, signed ones
+    sign-extended."""
+    if dtype in ("I8", "U8"):
+        return data.astype(np.int16).reshape(shape)
+    values = unpack(np.ascontiguousarray(data).view(np.uint8).reshape(-1), 4)[:int(np.prod(shape))].astype(np.int16)
+    if dtype == "I4":
+        values = np.where(values >= 8, values - 16, values)
+    return values.reshape(shape)
 
 
 def dequantize(values: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, axis: int,

@@ -68,8 +68,8 @@ TARGETS = {t.name: t for t in (
            source="https://onnxruntime.ai/docs/execution-providers/QNN-ExecutionProvider.html (HTP backend: QDQ "
                   "models, fp16 precision for float ones)"),
     Target("webgpu", "WebGpuExecutionProvider", ("ort", "portable"), {"ort": ("int4",)}, "f16",
-           source="https://github.com/microsoft/onnxruntime/releases/tag/plugin-ep-webgpu%2Fv0.1.0 (GroupQueryAttention, "
-                  "MatMulNBits kernels on WebGPU)"),
+           source="https://github.com/microsoft/onnxruntime/releases/tag/plugin-ep-webgpu%2Fv0.1.0 "
+                  "(GroupQueryAttention, MatMulNBits kernels on WebGPU)"),
 )}
 
 
