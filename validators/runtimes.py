@@ -187,8 +187,9 @@ class OnnxRuntime:
         # 2.3e-6, as OpenVINO and our MatMulNBits export give). Graphs without DequantizeLinear are unaffected.
         options.add_session_config_entry(QDQ_ACCURACY, "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
-        self.inputs = {i.name: (i.shape, ONNX_TYPES.get(i.type)) for i in self.session.get_inputs()}
-        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past = {n: (i.shape, ONNX_TYPES[i.type]) for n, i in self.inputs.items()
+                     if n.startswith("past_key_values.")}  # name -> (shape, dtype)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._tokenizer = None
 
@@ -209,7 +210,7 @@ class OnnxRuntime:
         if past is None:
             past = {}
             for name in self.past:
-                shape, dtype = self.inputs[name]
+                shape, dtype = self.past[name]
                 past[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=dtype)
         elif self.past:
             start = next(iter(past.values())).shape[2]
@@ -246,10 +247,10 @@ class OpenVino(OnnxRuntime):
         model = core.read_model(str(self.path))
         # f32 inference: OpenVINO's CPU default may compute in bf16 on CPUs that have it, which no parity gate takes
         self.compiled = core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"})
-        self.inputs = {p.get_any_name(): ([d.get_length() if d.is_static else None for d in p.get_partial_shape()],
-                                          OPENVINO_TYPES.get(p.get_element_type().get_type_name()))
-                       for p in self.compiled.inputs}
-        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.inputs = {p.get_any_name(): p for p in self.compiled.inputs}
+        self.past = {n: ([d.get_length() if d.is_static else None for d in p.get_partial_shape()],
+                         OPENVINO_TYPES[p.get_element_type().get_type_name()])
+                     for n, p in self.inputs.items() if n.startswith("past_key_values.")}
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
         self._tokenizer = None
 
