@@ -190,3 +190,16 @@ def test_targets_refuse_what_they_cannot_run(checkpoints, tmp_path):
     assert all(row["source"] and row["checked"] for row in rows.values())
     assert rows["openvino"]["ops"] == ["qdq", "portable"] and rows["openvino"]["checked"].startswith("run here")
     assert rows["cuda"]["checked"].startswith("from docs")
+
+
+def test_openvino_target_float_graph_runs_as_transformers(checkpoints, hf_reference, tmp_path):
+    """--target openvino without --quant: the portable set at opset 21 (ReduceMean's axes as an input), float
+    weights, in OpenVINO's own runtime against transformers fp32."""
+    from modelport.validators.runtimes import OpenVino
+
+    out = tmp_path / "ov"
+    result = api.convert(checkpoints("llama"), out, to="onnx", target="openvino")
+    assert result.fallbacks == [{"name": "ov", "fallback": "--target openvino: --ops qdq"}]
+    ids, want = hf_reference("llama")
+    got = OpenVino(out).logits(ids)
+    assert np.abs(got - want).max() <= 1e-4
