@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Benchmark: HF safetensors -> ONNX on a Llama-3.2-1B-shaped checkpoint (2.47 GB bf16), f16 and int4 (`ort` ops).
+"""Benchmark: HF safetensors -> ONNX on a Llama-3.2-1B-shaped checkpoint (2.47 GB bf16), f16 and int4 (`ort` ops),
+and int4 as standard-operator QDQ (`qdq` ops, against `ort` int4 in the same run).
 
 In the same run and on the same input, times and measures the peak RSS (os.wait4 on the child) of:
-- `modelport convert SRC DIR --to onnx --dtype f16 --ops ort` and `... --quant int4 --ops ort`;
+- `modelport convert SRC DIR --to onnx --dtype f16 --ops ort`, `... --quant int4 --ops ort` and `--ops qdq`;
 - the references (skip with --no-reference): onnxruntime-genai's builder (`-p int4 -e cpu` and `-p fp16 -e cpu`)
   and optimum's exporter (`optimum-cli export onnx --task text-generation-with-past`, fp32).
 
@@ -36,6 +37,8 @@ def jobs(src, a) -> list[tuple[str, list[str], bool]]:
                                                    "--dtype", "f16", "--ops", "ort", "--force"], True),
         ("modelport int4 (ort)", modelport_cmd() + ["convert", str(src), str(OUT / "mp-int4"), "--to", "onnx",
                                                     "--quant", "int4", "--ops", "ort", "--force"], True),
+        ("modelport int4 (qdq)", modelport_cmd() + ["convert", str(src), str(OUT / "mp-qdq"), "--to", "onnx",
+                                                    "--quant", "int4", "--ops", "qdq", "--force"], True),
     ]
     if a.no_reference:
         return ours
@@ -97,7 +100,8 @@ def main() -> None:
         print(f"  {r['label']:34} {r['wall_s']:7.1f}s {r['peak_rss_bytes'] / 1e9:8.2f}GB "
               f"{r['output_bytes'] / 1e9:7.2f}GB{verdict}{failed}")
     by = {r["label"]: r for r in rows}
-    for ours, theirs in (("modelport int4 (ort)", "onnxruntime-genai builder int4"),
+    for ours, theirs in (("modelport int4 (qdq)", "modelport int4 (ort)"),
+                         ("modelport int4 (ort)", "onnxruntime-genai builder int4"),
                          ("modelport f16 (ort)", "onnxruntime-genai builder fp16")):
         if theirs in by and not by[theirs]["exit_code"]:
             print(f"  {ours} / {theirs}: wall {by[ours]['wall_s'] / by[theirs]['wall_s']:.2f}x, "

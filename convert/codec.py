@@ -79,6 +79,7 @@ class Codec:
     folder_output: ClassVar[bool] = False  # the codec for a destination without an extension (the HF folder)
     options: ClassVar[tuple[Option, ...]] = ()
     runtime: ClassVar[str | None] = None  # the validators runtime that runs this format ("llama.cpp", ...)
+    other_runtimes: ClassVar[tuple[str, ...]] = ()  # runtimes validate --runtime may pick instead
     loggers: ClassVar[tuple[str, ...]] = ()  # library loggers whose notes the CLI keeps from its users
 
     def detect(self, path: Path) -> int:
@@ -137,6 +138,11 @@ class Codec:
         """About how many bytes `save` writes for `model` with these (resolved) options, from headers only: a build
         pipeline's disk estimate. A codec that knows its storage types says so exactly."""
         return sum(r.nbytes for r in model.tensors.values())
+
+    def targets(self) -> list[dict]:
+        """The devices or execution providers `--target` picks among, with what each runs and where that fact comes
+        from (`modelport targets`); [] for a format without targets."""
+        return []
 
     def quantize_file(self, src: Path, dst: Path, quant: str, options: dict[str, Any], force: bool):
         """A format whose own quantizer works on a whole file (ONNX: onnxruntime's) overrides this; others are

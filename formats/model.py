@@ -21,6 +21,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F8_E4M3": np.uint8,
                 "I64": np.int64, "I32": np.int32, "U32": np.uint32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
                 "BOOL": np.bool_}
+# 4-bit integers (ONNX INT4 / UINT4) are stored packed, two to a byte in row-major order, low nibble first: the
+# bytes travel as uint8, half as many as elements (rounded up)
+PACKED_DTYPES = {"I4": 2, "U4": 2}  # dtype -> elements per byte
 
 CHUNK_BYTES = 4 << 20  # row blocks of about 4 MiB: cache-friendly, and few page faults per block
 NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
@@ -154,6 +157,8 @@ class TensorRef:
         """Bytes of the result: elements x item size for plain dtypes, the stored blocks for quantized ones."""
         if self.result_dtype in NUMPY_DTYPES:
             return self.n_elements * np.dtype(NUMPY_DTYPES[self.result_dtype]).itemsize
+        if self.result_dtype in PACKED_DTYPES:
+            return -(-self.n_elements // PACKED_DTYPES[self.result_dtype])
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType[self.result_dtype]]
         return self.n_elements // block * size
 
@@ -166,7 +171,7 @@ class TensorRef:
             return np.frombuffer(raw, dtype=NUMPY_DTYPES[self.dtype]).reshape(())
         if self.dtype in NUMPY_DTYPES:
             return np.frombuffer(raw, dtype=NUMPY_DTYPES[self.dtype]).reshape((rows,) + self.stored_shape[1:])
-        return np.frombuffer(raw, dtype=np.uint8).reshape(rows, -1)  # quantized blocks, one row per row
+        return np.frombuffer(raw, dtype=np.uint8).reshape(rows, -1)  # quantized blocks or packed 4-bit, by rows
 
     def _apply(self, arr: np.ndarray, only_rowwise_allowed: bool) -> np.ndarray:
         for fn, rowwise in self.transforms:

@@ -18,13 +18,14 @@ from . import inputs
 from .atomic import WriteBehind, atomic_output
 from .errors import BadInput, OutputExists, RuntimeMissing
 from .hashing import Late
-from .model import NUMPY_DTYPES, FileSlice, MemorySlice, TensorRef
+from .model import FileSlice, MemorySlice, TensorRef
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = MODEL_FILE + ".data"
 
 # ONNX TensorProto.DataType -> our dtype names (numpy has no bfloat16: it travels as uint16 bits)
-ONNX_DTYPES = {1: "F32", 2: "U8", 3: "I8", 5: "I16", 6: "I32", 7: "I64", 9: "BOOL", 10: "F16", 11: "F64", 16: "BF16"}
+ONNX_DTYPES = {1: "F32", 2: "U8", 3: "I8", 5: "I16", 6: "I32", 7: "I64", 9: "BOOL", 10: "F16", 11: "F64", 16: "BF16",
+               21: "U4", 22: "I4"}
 DTYPES_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
 
 
@@ -90,7 +91,9 @@ def _ref(path: Path, tensor) -> TensorRef:
     dtype, shape = ONNX_DTYPES[tensor.data_type], tuple(int(d) for d in tensor.dims)
     if any(d < 0 for d in shape):
         raise BadInput(path, f"initializer {tensor.name!r}: negative dimension in {list(shape)}")
-    nbytes = math.prod(shape) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    if math.prod(shape) * 8 >= 1 << 63:  # before numpy multiplies them, which wraps silently
+        raise BadInput(path, f"initializer {tensor.name!r}: shape {list(shape)} overflows a 64-bit size")
+    nbytes = TensorRef.on_disk(MemorySlice(b""), shape, dtype).nbytes  # what its shape and type take (4-bit packed)
     if nbytes >= 1 << 63:
         raise BadInput(path, f"initializer {tensor.name!r}: shape {list(shape)} overflows a 64-bit size")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -103,6 +106,10 @@ def _ref(path: Path, tensor) -> TensorRef:
         arr = onnx.numpy_helper.to_array(tensor)  # typed fields (float_data ...): small tensors only
     except ValueError as e:  # a count of values that disagrees with the dims
         raise BadInput(path, f"initializer {tensor.name!r}: {e}"[:300]) from None
+    if dtype in ("I4", "U4"):  # one value per element: packed two to a byte, as raw data holds them
+        values = arr.reshape(-1).astype(np.int8).view(np.uint8) & np.uint8(0x0F)
+        values = np.append(values, np.zeros(values.size % 2, np.uint8))
+        return TensorRef.on_disk(MemorySlice((values[0::2] | (values[1::2] << np.uint8(4))).tobytes()), shape, dtype)
     if dtype == "BF16":
         arr = arr.view(np.uint16)
     return TensorRef.on_disk(MemorySlice(np.ascontiguousarray(arr).tobytes()), shape, dtype)

@@ -84,16 +84,17 @@ def quantize(src: str | Path, dst: str | Path, quant: str, to: str | None = None
 def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
              min_top1: float | None = None, max_ppl_ratio: float | None = None,
              provider: str = "CPUExecutionProvider", save_reference: str | Path | None = None, force: bool = False,
-             stream: bool | None = None, progress: Callable[[str], None] | None = None):
+             stream: bool | None = None, progress: Callable[[str], None] | None = None, runtime: str | None = None):
     """REF (reference, fp32) vs CAND on their own runtimes over the same token ids -> validators.parity.Report
     (the fields of `modelport validate --json`); `texts` name -> text, default the built-in ones; an ONNX side
     runs in onnxruntime on the execution provider `provider`. The sides run in turn; REF may be a saved reference
     (.mpref), and `save_reference` saves this one; `stream` runs a safetensors reference from its checkpoint module
-    by module (None: when holding it would not fit); `progress` gets a line per side and text."""
+    by module (None: when holding it would not fit); `progress` gets a line per side and text; `runtime` runs CAND
+    in another runtime its format lists (ONNX: openvino)."""
     from modelport.validators.parity import validate as run
 
     return run(hub.local(ref), hub.local(cand) if cand is not None else None, texts, max_kl, min_top1, max_ppl_ratio, provider=provider, save_reference=save_reference,
-               force=force, stream=stream, progress=progress)
+               force=force, stream=stream, progress=progress, runtime=runtime)
 
 
 def save_reference(ref: str | Path, dst: str | Path, texts: dict[str, str] | None = None, force: bool = False,

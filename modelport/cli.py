@@ -192,6 +192,27 @@ def formats_cmd(as_json: bool) -> None:
     _emit(rows, as_json, human)
 
 
+def _print_targets(rows: list[dict]) -> None:
+    table = Table("target", "format", "provider", "ops (quant)", "dtype", "checked", title="targets (`--json` has "
+                  "each row's sources)")
+    for r in rows:
+        ops = ", ".join(o + (f" ({'/'.join(r['quant'][o])}{', symmetric' if r['symmetric'] else ''})"
+                             if r["quant"].get(o) else "") for o in r["ops"])
+        table.add_row(r["target"], r["format"], r["provider"], ops, r["dtype"] or "source's",
+                      "run here" if r["checked"].startswith("run here") else "docs only")
+    out.print(table)
+
+
+@main.command("targets")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def targets_cmd(as_json: bool) -> None:
+    """List the `--target`s (execution providers) each format writes for: the op sets and quantizations each runs,
+    its default dtype, and whether that was run here or taken from the provider's documentation."""
+    rows = [{"format": c.name, **t} for c in codecs.registry().values() for t in c.targets()]
+    _emit(rows, as_json, _print_targets)
+
+
 def _support(s: dict | None) -> str:
     """One format's cell: rw / r / w, who builds it, its quantization types (a long list counted, listed below)."""
     if not s or not (s["read"] or s["write"]):
@@ -317,11 +338,20 @@ def _progress(as_json: bool):
               "(default: when holding it in fp32 would not fit in memory). Same figures.")
 @click.option("--force", is_flag=True, help="Overwrite the --save-reference file.")
 @click.option("--provider", default="CPUExecutionProvider", show_default=True,
-              help="onnxruntime execution provider for an ONNX side (CUDAExecutionProvider, ...).")
+              help="onnxruntime execution provider for an ONNX side (CUDAExecutionProvider, "
+              "OpenVINOExecutionProvider where onnxruntime-openvino is installed, ...).")
+@click.option("--runtime", "runtime", type=click.Choice(sorted({r for c in codecs.registry().values()
+                                                                for r in c.other_runtimes})),
+              help="Run CAND in this runtime instead of its format's own (ONNX: openvino, OpenVINO's own runtime "
+                   "on its CPU).")
+@click.option("--runtime", "runtime", type=click.Choice(sorted({r for c in codecs.registry().values()
+                                                                for r in c.other_runtimes})),
+              help="Run CAND in this runtime instead of its format's own (ONNX: openvino, OpenVINO's own runtime "
+                   "on its CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
 def validate_cmd(ref: Path, cand: Path | None, text_file, max_kl, min_top1, max_ppl_ratio, html_report, junit,
-                 save_reference, stream, force, provider, as_json) -> None:
+                 save_reference, stream, force, provider, runtime, as_json) -> None:
     """Run REF (the reference, or a saved .mpref) and then CAND on their own runtimes over the same token ids and
     gate the difference: exit 0 pass, 1 a gate failed, 2 bad input, 3 unsupported, 4 runtime missing. Without CAND,
     only --save-reference's file is written."""
@@ -341,7 +371,7 @@ def validate_cmd(ref: Path, cand: Path | None, text_file, max_kl, min_top1, max_
     with _progress(as_json) as progress:
         rep = api.validate(ref, cand, texts=chosen, max_kl=max_kl, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio,
                            provider=provider, save_reference=save_reference, force=force, stream=stream,
-                           progress=progress)
+                           progress=progress, runtime=runtime)
     if html_report:
         from modelport.validators.diff import diff
         from modelport.validators.reference import is_saved

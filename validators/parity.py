@@ -61,13 +61,13 @@ def _refuse_encoders(path: Path, families: list[archs.Arch]) -> None:
                                 "of causal language models")
 
 
-def describe(path: Path, provider: str = DEFAULT_PROVIDER) -> tuple[Side, object]:
+def describe(path: Path, provider: str = DEFAULT_PROVIDER, runtime_name: str | None = None) -> tuple[Side, object]:
     """What `path` is, its storage type and parameter count, and its native view; headers only. The codec says
-    all of it; the runtime is the one it names."""
+    all of it; the runtime is the one it names (or `runtime_name`, one of the others it lists)."""
     codec = codecs.detect(path)
     native = codec.open(path)
     _refuse_encoders(path, codec.families(native))
-    runtime = runtimes.for_codec(codec)
+    runtime = runtimes.for_codec(codec, runtime_name)
     runtime.check(provider)  # before minutes of reference logits, not after
     codec.runnable(native, path)
     return Side(str(path), codec.name, runtime.label(provider), codec.storage_type(native),
@@ -87,8 +87,9 @@ class _Runner:
     """One side on its runtime: tokenizes with its own tokenizer, gives logits for given ids. `streamed`: the
     runtime's way of running a model without holding it (the safetensors reference)."""
 
-    def __init__(self, side: Side, provider: str = DEFAULT_PROVIDER, streamed: bool = False):
-        runtime = runtimes.for_codec(codecs.get(side.format))
+    def __init__(self, side: Side, provider: str = DEFAULT_PROVIDER, streamed: bool = False,
+                 runtime_name: str | None = None):
+        runtime = runtimes.for_codec(codecs.get(side.format), runtime_name)
         self.open, self.sized = (runtime.streamed if streamed else runtime.open), runtime.sized
         self.side, self.provider, self.rt, self.n_ctx = side, provider, None, 0
 
@@ -198,9 +199,11 @@ def save_reference(ref: str | Path, dst: str | Path, texts: dict[str, str] | Non
 def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = None, max_kl: float | None = None,
              min_top1: float | None = None, max_ppl_ratio: float | None = None, check_memory: bool = True,
              provider: str = DEFAULT_PROVIDER, save_reference: str | Path | None = None, force: bool = False,
-             stream: bool | None = None, progress: Callable[[str], None] | None = None) -> Report:
+             stream: bool | None = None, progress: Callable[[str], None] | None = None,
+             runtime: str | None = None) -> Report:
     """Reference vs candidate over `texts` (default: the built-in ones, or a saved reference's own), gated by the
-    candidate type's limits with any given overrides; an ONNX side runs in onnxruntime on `provider`.
+    candidate type's limits with any given overrides; an ONNX side runs in onnxruntime on `provider`, the
+    candidate in `runtime` when given (one its format lists: ONNX in openvino).
 
     The sides run in turn: the reference's ids and logits go to a file (`save_reference`, else a temporary one)
     and the reference is freed before the candidate loads. REF may be a saved reference (.mpref): then only the
@@ -210,7 +213,7 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
     ref, cand = Path(ref), Path(cand)
     saved = reference.Saved(ref) if reference.is_saved(ref) else None
     ref_side, ref_native = (Side(**saved.side), None) if saved else describe(ref, provider)
-    cand_side, cand_native = describe(cand, provider)
+    cand_side, cand_native = describe(cand, provider, runtime)
     texts = saved.check_texts(texts) if saved else texts or builtin_texts.builtin()
     available = memory.available_bytes() if check_memory else None
     needs, streamed = _need(ref, ref_side, ref_native, cand_native, texts, stream, available)
@@ -223,7 +226,7 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
             _run_reference(ref_side, texts, target, bool(save_reference), force, provider, streamed, progress)
             saved = reference.Saved(target)
         try:
-            rows, per_pos, all_pos = _run_candidate(saved, cand, cand_side, provider, progress)
+            rows, per_pos, all_pos = _run_candidate(saved, cand, cand_side, provider, progress, runtime)
         finally:
             saved.close()
     overall = metrics.summarize({k: np.concatenate([p[k] for p in all_pos]) for k in all_pos[0]})
@@ -233,9 +236,10 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
                   round(time.perf_counter() - t0, 3), per_pos)
 
 
-def _run_candidate(saved: "reference.Saved", cand: Path, cand_side: Side, provider: str, progress):
+def _run_candidate(saved: "reference.Saved", cand: Path, cand_side: Side, provider: str, progress,
+                   runtime: str | None = None):
     """The candidate over the saved reference's ids, one text's logits on each side at a time."""
-    c = _Runner(cand_side, provider)
+    c = _Runner(cand_side, provider, runtime_name=runtime)
     ids, texts = saved.ids, saved.texts
     n_ctx = max(map(len, ids.values())) + 16
     label = f"candidate ({cand_side.runtime})"

@@ -1,5 +1,5 @@
-"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime, mlx-lm. Each
-gives logits for given token ids and tokenizes with the model's own tokenizer. A codec names its runtime
+"""The runtimes formats run on: llama.cpp (llama-cpp-python), transformers (torch, CPU, fp32), onnxruntime, OpenVINO and
+mlx-lm. Each gives logits for given token ids and tokenizes with the model's own tokenizer. A codec names its runtime
 (`Codec.runtime`); `for_codec` finds it here or among the `modelport.runtimes` entry points of other packages."""
 from __future__ import annotations
 
@@ -213,6 +213,7 @@ class TransformersEmbeddings:
         return out.numpy()
 
 
+QDQ_ACCURACY = "session.qdq_matmulnbits_accuracy_level"  # onnxruntime's session option for fused QDQ MatMuls
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -238,11 +239,20 @@ class OnnxRuntime:
         self.path = model_file(Path(path))
         options = ort.SessionOptions()
         options.log_severity_level = 3  # unused-initializer and shape notes are not the user's business
+        # A QDQ graph computes what its DequantizeLinear nodes say: onnxruntime's CPU fuses DequantizeLinear -> MatMul
+        # into MatMulNBits with accuracy level 4 by default, which also quantizes the activations to int8 (measured
+        # on the tiny llama, Q4_0 via --ops qdq: mean KL 1.5e-3 against llama.cpp on the dequantized GGUF; level 0:
+        # 2.3e-6, as OpenVINO and our MatMulNBits export give). Graphs without DequantizeLinear are unaffected.
+        options.add_session_config_entry(QDQ_ACCURACY, "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
         self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.past = {n: (i.shape, ONNX_TYPES[i.type]) for n, i in self.inputs.items()
+                     if n.startswith("past_key_values.")}  # name -> (shape, dtype)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._tokenizer = None
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(None, feed)))
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         if self._tokenizer is None:
@@ -258,14 +268,14 @@ class OnnxRuntime:
         if past is None:
             past = {}
             for name in self.past:
-                shape = self.inputs[name].shape
-                past[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=ONNX_TYPES[self.inputs[name].type])
+                shape, dtype = self.past[name]
+                past[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=dtype)
         elif self.past:
             start = next(iter(past.values())).shape[2]
         feed = {"input_ids": np.array([ids], dtype=np.int64),
                 "attention_mask": np.ones((1, start + len(ids)), dtype=np.int64),
                 "position_ids": np.arange(start, start + len(ids), dtype=np.int64)[None], **past}
-        results = dict(zip(self.outputs, self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})))
+        results = self.run({k: v for k, v in feed.items() if k in self.inputs})
         present = {name: results[name.replace("past_key_values.", "present.")] for name in self.past}
         return results["logits"][0].astype(np.float32), present
 
@@ -298,6 +308,40 @@ class MlxLm:
         return np.array(out)
 
 
+def require_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise RuntimeMissing(None, "OpenVINO missing: pip install 'modelport[openvino]'") from None
+    return openvino
+
+
+OPENVINO_TYPES = {"f32": np.float32, "f16": np.float16}
+
+
+class OpenVino(OnnxRuntime):
+    """The same decoder in OpenVINO's own runtime on its CPU device: OpenVINO reads the ONNX model itself (its ONNX
+    frontend, external data included), so this checks what OpenVINO makes of the graph, not onnxruntime."""
+
+    def __init__(self, path: str | Path, device: str = "CPU"):
+        ov = require_openvino()
+        self.path = model_file(Path(path))
+        core = ov.Core()
+        model = core.read_model(str(self.path))
+        # f32 inference: OpenVINO's CPU default may compute in bf16 on CPUs that have it, which no parity gate takes
+        self.compiled = core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"})
+        self.inputs = {p.get_any_name(): p for p in self.compiled.inputs}
+        self.past = {n: ([d.get_length() if d.is_static else None for d in p.get_partial_shape()],
+                         OPENVINO_TYPES[p.get_element_type().get_type_name()])
+                     for n, p in self.inputs.items() if n.startswith("past_key_values.")}
+        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self._tokenizer = None
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.compiled(feed)
+        return {o.get_any_name(): results[o] for o in self.compiled.outputs}
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How validate runs one format: `open(path, provider=, n_ctx=, tokenizer_only=)` gives an object with
@@ -322,6 +366,8 @@ RUNTIMES = {r.name: r for r in (
     Runtime("onnxruntime", lambda path, provider="CPUExecutionProvider", n_ctx=None, tokenizer_only=False:
             OnnxRuntime(path, provider), check=require_provider, describe=lambda provider: f"onnxruntime {provider}"),
     Runtime("mlx-lm", lambda path, provider=None, n_ctx=None, tokenizer_only=False: MlxLm(path), check=require_mlx_lm),
+    Runtime("openvino", lambda path, provider=None, n_ctx=None, tokenizer_only=False: OpenVino(path),
+            check=lambda provider: require_openvino(), describe=lambda provider: "openvino CPU"),
 )}
 
 
@@ -330,11 +376,15 @@ def _plugins() -> dict[str, Runtime]:
     return {ep.name: ep.load() for ep in entry_points(group="modelport.runtimes")}
 
 
-def for_codec(codec) -> Runtime:
-    """The runtime a codec names; a format without one cannot be validated (exit 3)."""
-    runtime = RUNTIMES.get(codec.runtime) or _plugins().get(codec.runtime) if codec.runtime else None
+def for_codec(codec, name: str | None = None) -> Runtime:
+    """The runtime a codec names, or `name` among the others it lists (`Codec.other_runtimes`); a format without one
+    cannot be validated, nor one in a runtime it does not list (exit 3)."""
+    name = name or codec.runtime
+    if name and name != codec.runtime and name not in codec.other_runtimes:
+        raise Unsupported(None, f"{codec.name} runs in {', '.join((codec.runtime,) + codec.other_runtimes)}, "
+                                f"not {name}")
+    runtime = RUNTIMES.get(name) or _plugins().get(name) if name else None
     if runtime is None:
         raise Unsupported(None, f"{codec.name} has no runtime modelport validates in"
-                                + (f" ({codec.runtime} is not installed as a modelport runtime)" if codec.runtime
-                                   else ""))
+                                + (f" ({name} is not installed as a modelport runtime)" if name else ""))
     return runtime

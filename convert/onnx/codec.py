@@ -8,25 +8,33 @@ from pathlib import Path
 
 from modelport.convert import archs, dtypes, inspect_view, provenance
 from modelport.convert.codec import Codec, Option, SaveContext, Written
-from modelport.convert.onnx import genai, graph, optimum, quantize
+from modelport.convert.onnx import genai, graph, optimum, quantize, targets
 from modelport.convert.onnx import reader as onnx_reader
 from modelport.formats import onnx as onnx_format
 from modelport.formats.errors import BadInput, ModelportError, Unsupported
 from modelport.formats.hashing import Late, SourceHashes
 
 DTYPE = Option("dtype", "Float precision (default: the source's).", ("f32", "f16", "bf16"))
-OPS = Option("ops", "ONNX operator set: portable (standard ONNX operators, any runtime) or ort (onnxruntime contrib "
-             "ops, faster; --quant int4/int8 implies it).", tuple(graph.OPS))
-QUANT = Option("quant", "ONNX weight quantization: int4 or int8 (MatMulNBits).", tuple(graph.QUANT_BITS))
+OPS = Option("ops", "ONNX operator set: portable (standard ONNX operators, any runtime), ort (onnxruntime contrib "
+             "ops, faster; --quant int4/int8 implies it) or qdq (portable at opset 21, quantized weights as "
+             "DequantizeLinear -> MatMul, for the execution providers without contrib ops).", tuple(graph.OPS))
+QUANT = Option("quant", "ONNX weight quantization: int4 or int8 (MatMulNBits, or DequantizeLinear with --ops qdq).",
+               tuple(graph.QUANT_BITS))
 BLOCK_SIZE = Option("block_size", "ONNX --quant: weights per scale block (default 32).", ("32", "64", "128"), int)
+TARGET = Option("target", "ONNX: the execution provider to run on; picks the op set, dtype and quantization form it "
+                "runs well and refuses what it cannot run (`modelport targets` lists them).", tuple(targets.TARGETS))
+
+
+QDQ_BITS = {"I4": 4, "U4": 4, "I8": 8, "U8": 8}  # DequantizeLinear weight types -> bits
 
 
 class OnnxCodec(Codec):
     name = "onnx"
     description = "ONNX (+ external data) for ONNX Runtime and onnxruntime-genai"
     extensions = (".onnx",)
-    options = (DTYPE, OPS, QUANT, BLOCK_SIZE)
+    options = (DTYPE, OPS, QUANT, BLOCK_SIZE, TARGET)
     runtime = "onnxruntime"
+    other_runtimes = ("openvino",)
 
     def detect(self, path: Path) -> int:
         return 10 if onnx_format.sniff(path) else 0
@@ -38,16 +46,19 @@ class OnnxCodec(Codec):
         return onnx_reader.from_onnx(native, path)
 
     def resolve(self, options: dict, dst: Path) -> dict:
-        out = dict(options)
+        out, notes = (targets.apply(options["target"], options, dst) if options.get("target")
+                      else (dict(options), []))
         if "dtype" in out:
             out["dtype"] = dtypes.parse(out["dtype"])
         out.setdefault("block_size", 32)
-        notes = []
-        if out.get("quant") and "ops" not in out:  # the one operator set that holds int4/int8 weights
+        if out.get("quant") and "ops" not in out:  # the default operator set that holds int4/int8 weights
             out["ops"] = "ort"
             notes.append({"name": dst.name, "fallback": f"--quant {out['quant']} implies --ops ort (MatMulNBits, "
                                                         "an onnxruntime contrib op)"})
         out.setdefault("ops", "portable")
+        if out.get("quant") and out["ops"] not in graph.QUANTIZED_OPS:
+            raise Unsupported(dst, f"--quant {out['quant']} with --ops {out['ops']}: quantized weights need --ops "
+                                   + " or --ops ".join(graph.QUANTIZED_OPS))
         out["notes"] = notes
         return out
 
@@ -57,7 +68,8 @@ class OnnxCodec(Codec):
         notes, quant = options.get("notes", []), options.get("quant")
         if not archs.for_hf(model.arch, ctx.dst).onnx.builder:
             return self._save_optimum(model, options, ctx)
-        g = graph.build(model, options.get("dtype"), options["ops"], quant, options["block_size"])
+        g = graph.build(model, options.get("dtype"), options["ops"], quant, options["block_size"],
+                        options.get("symmetric", False))
         meta = {provenance.ARCH: model.arch, provenance.CONFIG: json.dumps(model.config, sort_keys=True),
                 **ctx.provenance}
         onnx_format.place(ctx.dst, ctx.force,
@@ -138,10 +150,16 @@ class OnnxCodec(Codec):
         """INT4 / INT8 for MatMulNBits weights (their bits), else the float type most 2-D initializers have."""
         bits = [a.i for n in native.proto.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
                 if a.name == "bits"]
+        bits += [QDQ_BITS[native.tensors[n.input[0]].dtype] for n in native.proto.graph.node
+                 if n.op_type == "DequantizeLinear" and native.tensors.get(n.input[0]) is not None
+                 and native.tensors[n.input[0]].dtype in QDQ_BITS]
         if bits:
             return f"INT{Counter(bits).most_common(1)[0][0]}"
         kinds = Counter(r.dtype for r in native.tensors.values() if len(r.shape) > 1)
         return kinds.most_common(1)[0][0] if kinds else "F32"
+
+    def targets(self) -> list[dict]:
+        return targets.rows()
 
     def family_support(self, arch: archs.Arch) -> dict:
         """Our builder (int4/int8 in one pass), or optimum's exporter with the limits it is known to get wrong, or

@@ -6,13 +6,15 @@ HF -> ONNX -> HF is bit-identical: linear weights stay [out, in] and are used by
 activation [batch * sequence, hidden] (the residual stream is kept 2-D throughout), and a tied embedding is one
 initializer that both the Gather and the lm_head Gemm read.
 
-Two operator sets (`ops`):
+Three operator sets (`ops`):
 - portable: standard ONNX operators (opset 17) only. RMS norms, rotary embedding, causal + padding mask, GQA head
   repetition and softmax attention are spelled out as transformers computes them. In float16, norms and softmax run
   in float32 between Casts, as transformers upcasts them (an fp16 mean of squares overflows on real activations).
 - ort: onnxruntime contrib ops: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization (residual adds
   fused, float32 statistics inside), GroupQueryAttention with its rotary embedding (cos/sin caches computed by a
   constant subgraph that onnxruntime folds at load), MatMulNBits for quantized weights.
+- qdq: the portable set at opset 21, quantized weights as DequantizeLinear (INT4 / UINT4 / INT8 / UINT8, blocked)
+  feeding MatMul (convert/onnx/qdq.py): standard operators only, for execution providers without the contrib ops.
 
 Compute types by storage dtype: F32 -> float32; F16 -> float16 (inputs, KV cache and logits float16; on the CPU EP
 onnxruntime 1.32 has no float16 Gemm/MatMul/Mul/Neg kernels and inserts Casts around them itself, measured: the
@@ -32,12 +34,17 @@ from modelport.formats.onnx import require_onnx
 
 from modelport.convert import archs
 from modelport.convert.onnx import nbits as nbits_codec
+from modelport.convert.onnx import qdq as qdq_codec
 from modelport.convert.onnx import rope as onnx_rope
 from modelport.convert.dtypes import FLOATS, cast
 
 OPSET = 17
 MS = "com.microsoft"
-OPS = ("portable", "ort")
+OPS = ("portable", "ort", "qdq")
+OPSETS = {"portable": OPSET, "ort": OPSET, "qdq": qdq_codec.OPSET}  # the qdq set needs DequantizeLinear-21
+IR_VERSIONS = {OPSET: 8, qdq_codec.OPSET: 10}  # the IR version each opset (and INT4) came with
+QUANTIZED_OPS = {"ort": "MatMulNBits", "qdq": "DequantizeLinear"}  # op set -> what holds its quantized weights
+REDUCE_AXES_INPUT = 18  # from this opset ReduceMean takes its axes as an input, not an attribute
 COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> its default compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
@@ -87,8 +94,9 @@ def _elem(dtype: str) -> int:
 
 
 class _Decoder:
-    def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int):
-        self.model, self.ops, self.quant, self.block_size = model, ops, quant, block_size
+    def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int,
+                 symmetric: bool = False):
+        self.model, self.ops, self.quant, self.block_size, self.symmetric = model, ops, quant, block_size, symmetric
         self.cfg = archs.for_hf(model.arch).normalize(model.config)
         self.storage, self.compute = dtype, compute
         self.n = _Nodes()
@@ -118,32 +126,54 @@ class _Decoder:
         return name in self.model.tensors
 
     def linear(self, x: str, prefix: str) -> str:
-        """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1), or MatMulNBits when quantized."""
+        """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1), or when quantized MatMulNBits
+        (ort) or DequantizeLinear -> MatMul (qdq)."""
         bias = self.weight(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
-        nbits = self.nbits(f"{prefix}.weight") if self.ops == "ort" else None
+        nbits = self.nbits(f"{prefix}.weight") if self.ops in QUANTIZED_OPS else None
         if nbits is None:
             return self.n("Gemm", x, self.weight(f"{prefix}.weight"), *([bias] if bias else []), transB=1)
-        parts = [(f"{prefix}.weight.{part}", getattr(nbits, part)) for part in ("qweight", "scales", "zero_points")
-                 if getattr(nbits, part) is not None]
-        self.weights.update(parts)
-        y = self.n("MatMulNBits", x, *(name for name, _ in parts), domain=MS, K=nbits.K, N=nbits.N, bits=nbits.bits,
-                   block_size=nbits.block_size)
+        y = self.dequantized_matmul(x, f"{prefix}.weight", nbits) if self.ops == "qdq" else \
+            self.matmul_nbits(x, f"{prefix}.weight", nbits)
         return self.n("Add", y, bias) if bias else y
 
+    def matmul_nbits(self, x: str, name: str, nbits: nbits_codec.NBits) -> str:
+        parts = [(f"{name}.{part}", getattr(nbits, part)) for part in ("qweight", "scales", "zero_points")
+                 if getattr(nbits, part) is not None]
+        self.weights.update(parts)
+        return self.n("MatMulNBits", x, *(n for n, _ in parts), domain=MS, K=nbits.K, N=nbits.N, bits=nbits.bits,
+                      block_size=nbits.block_size)
+
+    def dequantized_matmul(self, x: str, name: str, nbits: nbits_codec.NBits) -> str:
+        """x @ DequantizeLinear(W [K, N]): the same values as `nbits`, repacked (contract: `X.weight.quantized`,
+        `.scales`, `.zero_points`)."""
+        q = qdq_codec.from_nbits(nbits)
+        parts = [(f"{name}.{part}", getattr(q, part)) for part in ("quantized", "scales", "zero_points")
+                 if getattr(q, part) is not None]
+        self.weights.update(parts)
+        w = self.n("DequantizeLinear", *(n for n, _ in parts), axis=0, block_size=q.block_size)
+        return self.n("MatMul", x, w)
+
     def nbits(self, name: str) -> nbits_codec.NBits | None:
-        """MatMulNBits operands: a GGUF-quantized weight transcoded as it is where its grid fits (no second
-        quantization), a float weight quantized when `quant` asks; None keeps the float Gemm."""
+        """The quantized weight's operands (MatMulNBits' layout; qdq repacks them): a GGUF-quantized weight
+        transcoded as it is where its grid fits the op set (no second quantization), a float weight quantized when
+        `quant` asks; None keeps the float Gemm."""
         ref = self.model.tensors[name]
         if ref.result_dtype not in FLOATS:
             blocks = nbits_codec.from_gguf(ref, self.compute)
-            if blocks is not None:
+            if blocks is not None and (self.ops != "qdq" or qdq_codec.from_nbits(blocks) is not None):
                 return blocks
-            self.notes.append({"name": name, "fallback": f"{ref.result_dtype} has no MatMulNBits grid with "
-                                                         f"{self.compute} scales: dequantized"
+            self.notes.append({"name": name, "fallback": f"{ref.result_dtype} has no {QUANTIZED_OPS[self.ops]} "
+                                                         f"form with {self.compute} scales"
+                                                         + (" and integer zero points" if self.ops == "qdq" else "")
+                                                         + ": dequantized"
                                                          + (f" and quantized to {self.quant}" if self.quant else "")})
         if not self.quant:
             return None
-        return nbits_codec.from_float(ref, QUANT_BITS[self.quant], self.block_size, self.compute)
+        block = qdq_codec.whole_block(ref.shape[1], self.block_size) if self.ops == "qdq" else self.block_size
+        if block != self.block_size:
+            self.notes.append({"name": name, "fallback": f"{ref.shape[1]} inputs are no whole number of blocks of "
+                                                         f"{self.block_size}: blocks of {block}"})
+        return nbits_codec.from_float(ref, QUANT_BITS[self.quant], block, self.compute, self.symmetric)
 
     def c(self, value, dtype=None) -> str:
         return self.n.const(value, dtype or self.np_compute)
@@ -158,12 +188,18 @@ class _Decoder:
         if self.ops == "ort":
             return self.n("SimplifiedLayerNormalization", x, w, axis=-1, epsilon=self.eps, stash_type=1)
         x32 = self.n("Cast", x, to=_elem("F32")) if self.compute != "F32" else x
-        var = self.n("ReduceMean", self.n("Mul", x32, x32), axes=[-1], keepdims=1)
+        var = self.reduce_mean(self.n("Mul", x32, x32))
         inv = self.n("Reciprocal", self.n("Sqrt", self.n("Add", var, self.n.const(self.eps, np.float32))))
         y = self.n("Mul", x32, inv)
         if self.compute != "F32":
             y = self.n("Cast", y, to=_elem(self.compute))
         return self.n("Mul", y, w)
+
+    def reduce_mean(self, x: str) -> str:
+        """The mean over the last axis, kept: `axes` an attribute before opset 18, an input from it on."""
+        if OPSETS[self.ops] >= REDUCE_AXES_INPUT:
+            return self.n("ReduceMean", x, self.i64([-1]), keepdims=1)
+        return self.n("ReduceMean", x, axes=[-1], keepdims=1)
 
     def add_norm(self, x: str, residual: str, weight: str) -> tuple[str, str]:
         """(norm(x + residual), x + residual): one fused node with the ort set."""
@@ -329,8 +365,9 @@ class _Decoder:
                 outputs.append(h.make_tensor_value_info(f"present.{i}.{t}", io,
                                                         ["batch_size", kv[0], "total_sequence_length", kv[1]]))
         graph = h.make_graph(self.n.nodes, self.model.arch, inputs, outputs)
-        opsets = [h.make_opsetid("", OPSET)] + ([h.make_opsetid(MS, 1)] if self.ops == "ort" else [])
-        model = h.make_model(graph, opset_imports=opsets, producer_name="modelport", ir_version=8)
+        opset = OPSETS[self.ops]
+        opsets = [h.make_opsetid("", opset)] + ([h.make_opsetid(MS, 1)] if self.ops == "ort" else [])
+        model = h.make_model(graph, opset_imports=opsets, producer_name="modelport", ir_version=IR_VERSIONS[opset])
         return model
 
 
@@ -345,22 +382,23 @@ def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
 
 
 def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,
-          block_size: int = 32) -> OnnxGraph:
+          block_size: int = 32, symmetric: bool = False) -> OnnxGraph:
     """The decoder graph of `model` in `ops`' operator set, weights stored as `dtype` (default: the source's
-    float precision)."""
+    float precision); `symmetric` quantizes float weights without zero points."""
     if ops not in OPS:
         raise Unsupported(None, f"unknown operator set {ops!r}; choose one of {', '.join(OPS)}")
     if quant and quant not in QUANT_BITS:
         raise Unsupported(None, f"ONNX --quant is one of {', '.join(QUANT_BITS)}, not {quant!r}")
-    if quant and ops != "ort":
-        raise Unsupported(None, f"--quant {quant} makes MatMulNBits weights, an onnxruntime contrib op: pass --ops ort")
-    # a GGUF-quantized source under ort, no --dtype: float leftovers stored F16 but computed in F32, whose scales
+    if quant and ops not in QUANTIZED_OPS:
+        raise Unsupported(None, f"--quant {quant} needs an operator set that holds quantized weights: --ops "
+                                + " or --ops ".join(f"{o} ({op})" for o, op in QUANTIZED_OPS.items()))
+    # a GGUF-quantized source, quantized ops, no --dtype: float leftovers stored F16 but computed in F32, whose scales
     # every GGUF grid transcodes to (K-quant scales are products that F16 would round)
-    compute = "F32" if dtype is None and ops == "ort" and _quantized(model) else None
+    compute = "F32" if dtype is None and ops in QUANTIZED_OPS and _quantized(model) else None
     dtype = dtype or _source_dtype(model)
     if dtype not in FLOATS:
         raise Unsupported(None, f"ONNX weights are stored as f32, f16 or bf16, not {dtype}")
-    return _Decoder(model, dtype, compute or COMPUTE[dtype], ops, quant, block_size).build()
+    return _Decoder(model, dtype, compute or COMPUTE[dtype], ops, quant, block_size, symmetric).build()
 
 
 def _quantized(model: Model) -> bool:

@@ -1,7 +1,8 @@
 """ONNX's native view -> the pivot, for our own graphs and for decoders exported by optimum / torch.onnx.
 
-Our graphs keep the HF tensor names and layouts (MatMulNBits weights `X.weight.qweight/.scales/.zero_points` are
-dequantized back to a float `X.weight`, lazily), and record the source config.json in `modelport.source.config`.
+Our graphs keep the HF tensor names and layouts (MatMulNBits weights `X.weight.qweight/.scales/.zero_points` and
+DequantizeLinear weights `X.weight.quantized/.scales/.zero_points` are dequantized back to a float `X.weight`, lazily:
+the values the graph computes with), and record the source config.json in `modelport.source.config`.
 
 Exported graphs rename their MatMul weights (`onnx::MatMul_123`), store them transposed ([K, N]) and share duplicates,
 so their HF names are recovered from the graph's structure, walking the data flow from `input_ids`: the embedding is
@@ -10,8 +11,9 @@ norm op's scale); the projections fed by that norm's output are q/k/v, told apar
 (scores MatMul operand 0 = q, operand 1 = k, context MatMul operand 1 = v, or a fused attention op's q/k/v inputs);
 o_proj is the next weighted MatMul after attention; the residual is the first Add of two computed tensors after it;
 in the MLP the projection that reaches an activation is gate, the other up, and down is the next weighted MatMul.
-A weight is a MatMul's B (transposed, or a Transpose of the HF-laid initializer), a Gemm's (transB says), or
-MatMulNBits blobs (an export quantized afterwards). Node names are never consulted: exporters rename nodes from
+A weight is a MatMul's B (transposed, or a Transpose of the HF-laid initializer), a Gemm's (transB says),
+MatMulNBits blobs (an export quantized afterwards) or the DequantizeLinear of an initializer in B's place (a QDQ
+export: onnxruntime's QDQ quantizer, ours). Node names are never consulted: exporters rename nodes from
 version to version. The walk knows the llama-like families (those whose ONNX section says read_back); onnx has no library for it.
 """
 from __future__ import annotations
@@ -33,14 +35,17 @@ from modelport.formats.safetensors import TOKENIZER_FILES
 from modelport.convert import archs
 from modelport.convert.archs import dims
 from modelport.convert.dtypes import FLOATS, cast
+from modelport.convert.onnx import qdq
 from modelport.convert.provenance import CONFIG as CONFIG_KEY
 
 # families whose block the walk knows: norm, attention (q, k, v, o), norm, gated MLP, with llama's tensor names
 QWEIGHT = ".qweight"  # contract: HF `X.weight` as MatMulNBits is `X.weight.qweight`, `.scales`, `.zero_points`
+QUANTIZED = ".quantized"  # contract: HF `X.weight` as DequantizeLinear [K, N] is `X.weight.quantized`, ...
 
 WEIGHTED = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1}  # op -> input slot of its weight
 # how a weight initializer is stored, relative to HF's [out, in]
 AS_HF, TRANSPOSED, NBITS = "hf", "transposed", "nbits"
+DEQUANTIZED = {"qdq-hf": AS_HF, "qdq-transposed": TRANSPOSED}  # a DequantizeLinear's weight, then laid out as named
 NORM_OPS = {"SimplifiedLayerNormalization": 1, "RMSNormalization": 1, "LayerNormalization": 1}  # op -> scale slot
 NORM_PATH = {"Cast", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Identity"}  # RMSNorm pieces
 FUSED_ATTENTION = {"Attention", "GroupQueryAttention", "MultiHeadAttention"}  # inputs 0, 1, 2 = q, k, v
@@ -91,7 +96,15 @@ class _Graph:
             for slot, name in enumerate(node.input):
                 consumers.setdefault(name, []).append((i, slot))
         constants = set(contents.tensors) | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+        constants |= {n.output[0] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in contents.tensors}
         return cls(nodes, contents.tensors, producer, consumers, constants)
+
+    def dequantized(self, name: str) -> str | None:
+        """The initializer a DequantizeLinear turns into `name`, if one does."""
+        node = self.nodes[self.producer[name]] if name in self.producer else None
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in self.inits:
+            return node.input[0]
+        return None
 
     def computed(self, name: str) -> bool:
         return bool(name) and name not in self.constants
@@ -132,9 +145,13 @@ class _Graph:
             return (b, NBITS) if b in self.inits else None
         if node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            if self.dequantized(b):
+                return self.dequantized(b), "qdq-hf" if trans_b else "qdq-transposed"
             return (b, AS_HF if trans_b else TRANSPOSED) if b in self.inits else None
         if b in self.inits:
             return b, TRANSPOSED
+        if self.dequantized(b):
+            return self.dequantized(b), "qdq-transposed"
         src = self.nodes[self.producer[b]] if b in self.producer else None
         if src is not None and src.op_type == "Transpose" and src.input[0] in self.inits:
             perm = next((list(a.ints) for a in src.attribute if a.name == "perm"), [1, 0])
@@ -275,7 +292,36 @@ def _hf_ref(graph: _Graph, name: str, layout: str, path: Path) -> TensorRef:
     ref = graph.inits[name]
     if layout == NBITS:
         return _nbits(graph, name, path)
+    if layout in DEQUANTIZED:
+        ref, layout = _dequantized(graph, name, path), DEQUANTIZED[layout]
     return ref.map(np.transpose, shape=ref.shape[::-1]) if layout == TRANSPOSED else ref
+
+
+def _dequantized(graph: _Graph, name: str, path: Path) -> TensorRef:
+    """The float32 values DequantizeLinear makes of initializer `name` (with its node's scales, zero points, axis
+    and block size), computed when read."""
+    x = graph.inits[name]
+    node = next((graph.nodes[i] for i, slot in graph.consumers.get(name, ())
+                 if graph.nodes[i].op_type == "DequantizeLinear" and slot == 0), None)
+    if node is None:
+        raise BadInput(path, f"initializer {name} feeds no DequantizeLinear node")
+    attrs = {a.name: a.i for a in node.attribute}
+    axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
+    scales = graph.inits.get(node.input[1])
+    zero_points = graph.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    want = tuple(-(-d // block) if i == axis % max(1, len(x.shape)) else d for i, d in enumerate(x.shape)) \
+        if block else None
+    if scales is None or x.dtype not in qdq.INT_TYPES.values() or (block and scales.shape != want) or \
+            (zero_points is not None and zero_points.shape != scales.shape):
+        raise BadInput(path, f"DequantizeLinear weight {name} {list(x.shape)} {x.dtype}: scales or zero points "
+                             f"missing or not of its blocks' shape {list(want or ())}")
+
+    def dequantize(raw: np.ndarray) -> np.ndarray:
+        zp = None if zero_points is None else qdq.int_values(zero_points.read(), zero_points.dtype,
+                                                             zero_points.shape)
+        return qdq.dequantize(qdq.int_values(raw, x.dtype, x.shape), cast(scales, "F32").read(), zp, axis, block)
+
+    return x.map(dequantize, dtype="F32")
 
 
 def _nbits(graph: _Graph, name: str, path: Path) -> TensorRef:
@@ -313,6 +359,8 @@ def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, Ten
     for name in graph.inits:
         if name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names:
             tensors.setdefault(name.removesuffix(QWEIGHT), _nbits(graph, name, path))
+        if name.endswith(QUANTIZED) and name.removesuffix(QUANTIZED) in hf_names:  # [K, N]: HF's transpose
+            tensors.setdefault(name.removesuffix(QUANTIZED), _hf_ref(graph, name, "qdq-transposed", path))
     return tensors
 
 
