@@ -7,11 +7,10 @@ and written by formats.safetensors; here the quantization section is checked aga
 is read. No architecture knowledge here."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import safetensors
+from . import jsonfile, safetensors
 from .errors import BadInput, Unsupported
 from .hashing import Late
 from .model import Model, TensorRef
@@ -36,9 +35,9 @@ class MlxContents:
 
 
 def _config(path: Path) -> dict | None:
-    try:
-        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    try:  # bounded and checked as every config is; a bad one is not MLX's to refuse, the HF folder's reader says why
+        cfg = jsonfile.loads((path / "config.json").read_bytes(), path / "config.json")
+    except (OSError, BadInput):
         return None
     return cfg if isinstance(cfg, dict) else None
 

@@ -3,12 +3,11 @@
 (formats.safetensors reads it, headers only); this module recognises the methods and gives their native view."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import safetensors
-from .errors import Unsupported
+from . import jsonfile, safetensors
+from .errors import BadInput, Unsupported
 from .model import Model
 
 COMPRESSED_TENSORS = "compressed-tensors"
@@ -38,9 +37,9 @@ def method(path: Path) -> str | None:
     cfg = path / "config.json"
     if not path.is_dir() or not cfg.is_file() or not safetensors.shard_files(path):
         return None
-    try:
-        q = json.loads(cfg.read_text(encoding="utf-8")).get("quantization_config")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    try:  # bounded and checked as every config is; a bad one is the HF folder reader's to refuse
+        q = jsonfile.loads(cfg.read_bytes(), cfg).get("quantization_config")
+    except (OSError, BadInput, AttributeError):
         return None
     return q.get("quant_method") if isinstance(q, dict) else None
 

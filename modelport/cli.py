@@ -214,12 +214,11 @@ def targets_cmd(as_json: bool) -> None:
 
 
 def _support(s: dict | None) -> str:
-    """One format's cell: rw / r / w, who builds it, its quantization types (a long list counted, listed below)."""
+    """One format's cell: rw / r / w and who builds it (the quantization types are listed under the table)."""
     if not s or not (s["read"] or s["write"]):
         return "-"
     rw = ("r" if s["read"] else "") + ("w" if s["write"] else "")
-    quant = s["quant"] if len(s["quant"]) <= 4 else []
-    return " ".join([rw] + ([s["via"]] if s["via"] else []) + quant)
+    return " ".join([rw] + ([s["via"]] if s["via"] else []))
 
 
 def _print_families(rows: list[dict]) -> None:
@@ -232,9 +231,9 @@ def _print_families(rows: list[dict]) -> None:
         table.add_row(r["name"], *(_support(r["formats"][n]) for n in names))
     out.print(table)
     for name in names:
-        quant = rows[0]["formats"][name]["quant"] if rows[0]["formats"][name] else []
-        if len(quant) > 4:
-            out.print(f"{name} quantization types: {' '.join(quant)}", highlight=False)
+        quant = {q: None for r in rows for q in (r["formats"][name] or {}).get("quant", [])}
+        if quant:
+            out.print(f"{name} quantization types (the families it writes): {' '.join(quant)}", highlight=False)
     for r in rows:
         for name, s in r["formats"].items():
             for refused in (s or {}).get("refused", []):
@@ -340,10 +339,6 @@ def _progress(as_json: bool):
 @click.option("--provider", default="CPUExecutionProvider", show_default=True,
               help="onnxruntime execution provider for an ONNX side (CUDAExecutionProvider, "
               "OpenVINOExecutionProvider where onnxruntime-openvino is installed, ...).")
-@click.option("--runtime", "runtime", type=click.Choice(sorted({r for c in codecs.registry().values()
-                                                                for r in c.other_runtimes})),
-              help="Run CAND in this runtime instead of its format's own (ONNX: openvino, OpenVINO's own runtime "
-                   "on its CPU).")
 @click.option("--runtime", "runtime", type=click.Choice(sorted({r for c in codecs.registry().values()
                                                                 for r in c.other_runtimes})),
               help="Run CAND in this runtime instead of its format's own (ONNX: openvino, OpenVINO's own runtime "
