@@ -33,6 +33,11 @@ class MlxContents:
     def files(self) -> list[Path]:
         return self.model.metadata["source_files"]
 
+    @property
+    def tensors(self) -> dict[str, TensorRef]:
+        """The tensors as stored, as every native view has them (validate sizes memory by them)."""
+        return self.model.tensors
+
 
 def _config(path: Path) -> dict | None:
     try:  # bounded and checked as every config is; a bad one is not MLX's to refuse, the HF folder's reader says why
