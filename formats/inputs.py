@@ -13,6 +13,15 @@ KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a cha
          stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
 
 
+def confinement(folder: Path) -> Path:
+    """Where a model folder's symlinks may lead: the folder itself, or for a snapshot in the Hugging Face hub cache
+    (`models--org--name/snapshots/REV`, whose files are links to `../../blobs/`) the repo's own cache folder."""
+    folder = Path(folder)
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent
+    return folder
+
+
 def check_file(path: Path, root: Path | None = None) -> os.stat_result:
     """The stat of `path`, a readable regular file (inside `root` once symlinks are followed); else BadInput."""
     try:
@@ -25,7 +34,7 @@ def check_file(path: Path, root: Path | None = None) -> os.stat_result:
     if kind:
         raise BadInput(path, f"is {kind}, not a regular file")
     if root is not None:
-        inside = Path(os.path.realpath(root))
+        inside = Path(os.path.realpath(confinement(root)))
         if inside not in Path(os.path.realpath(path)).parents:
             raise BadInput(path, f"is a symlink that leads out of the model folder {root}")
     if not os.access(path, os.R_OK):

@@ -133,8 +133,9 @@ def make(recipe: Recipe, sources: list[SourceState], threads: int, done: Callabl
                 job.disk_bytes = codec.planned_bytes(src.model, target.resolved)
                 job.memory_bytes = PROCESS_BYTES + CONVERT_TENSOR_COPIES * 4 * src.largest_tensor
                 if target.gate:
-                    job.memory_bytes = max(job.memory_bytes,
-                                           PROCESS_BYTES + memory.need_bytes(src.parameters, job.disk_bytes))
+                    # validate runs its sides in turn: the larger of the fp32 reference and the stored candidate
+                    side = max(memory.in_memory(src.parameters), memory.stored(job.disk_bytes))
+                    job.memory_bytes = max(job.memory_bytes, PROCESS_BYTES + side)
             jobs.append(job)
     return jobs
 
