@@ -98,7 +98,7 @@ class OnnxCodec(Codec):
     def planned_bytes(self, model, options: dict) -> int:
         """The graph builder's weights (MatMulNBits blobs sized by their bits and block) from headers alone; a family
         optimum exports is stored f32."""
-        if model.arch not in graph.FAMILIES:
+        if not archs.for_hf(model.arch).onnx.builder:
             return sum(r.n_elements for r in model.tensors.values()) * 4
         g = graph.build(model, options.get("dtype"), options["ops"], options.get("quant"), options["block_size"])
         return sum(r.nbytes for _, r in g.weights)
