@@ -113,8 +113,8 @@ def test_q4_k_m_back_to_hf_is_gguf_py_dequantization(checkpoints, tmp_path, mixe
         else:
             want = dequantize(want, GGMLQuantizationType[ref.dtype]).reshape(ref.shape)
             quantized += 1
-        if kind in arch.from_gguf:
-            want = arch.from_gguf[kind](want, cfg)
+        if kind in arch.hf_transforms:
+            want = arch.hf_transforms[kind](want, cfg)
         got = restored.tensors[hf_name]
         assert got.dtype == "F32"
         np.testing.assert_array_equal(got.read(), want, err_msg=hf_name)
