@@ -148,6 +148,14 @@ def _unpack(words: np.ndarray, bits: int, axis: int) -> np.ndarray:
     return vals.reshape(u.shape[0], -1).astype(np.int32)
 
 
+def _qweight_modules(native: ServingContents):
+    """(module, its qweight's name) for each GPTQ / AWQ packed module, its qzeros and scales checked present."""
+    for name in native.model.tensors:
+        if name.endswith(".qweight"):
+            module = name.removesuffix(".qweight")
+            _need(native.model, native.path, module, ("qzeros", "scales"))
+            yield module, name
+
 def _gptq(native: ServingContents) -> dict[str, Module]:
     """GPTQ (AutoGPTQ / GPTQModel): qweight [in*bits/32, out] packed along inputs, qzeros [groups, out*bits/32]
     packed along outputs, scales [groups, out], g_idx [in] (each input's group; act-order permutes it);
@@ -162,11 +170,7 @@ def _gptq(native: ServingContents) -> dict[str, Module]:
     if not isinstance(group, int) or (group != -1 and group <= 0):
         raise BadInput(path / "config.json", f"GPTQ group_size {group!r} is not a positive integer or -1")
     modules = {}
-    for name in native.model.tensors:
-        if not name.endswith(".qweight"):
-            continue
-        module = name.removesuffix(".qweight")
-        _need(native.model, path, module, ("qzeros", "scales"))
+    for module, name in _qweight_modules(native):
         rows, out = _shape(native.model, name)
         cols = rows * 32 // bits
         n_groups = 1 if group == -1 else math.ceil(cols / group)
@@ -211,11 +215,7 @@ def _awq(native: ServingContents) -> dict[str, Module]:
         raise BadInput(path / "config.json", f"AWQ group_size {group!r} is not a positive integer")
     order = np.array(AWQ_REVERSE_ORDER)
     modules = {}
-    for name in native.model.tensors:
-        if not name.endswith(".qweight"):
-            continue
-        module = name.removesuffix(".qweight")
-        _need(native.model, path, module, ("qzeros", "scales"))
+    for module, name in _qweight_modules(native):
         cols, words = _shape(native.model, name)
         out, n_groups = words * 8, math.ceil(cols / group)
         for part, want in (("scales", (n_groups, out)), ("qzeros", (n_groups, words))):
