@@ -52,9 +52,6 @@ _SCALARS = {GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.U
 _NUMPY = {t: np.dtype(f) for t, f in _SCALARS.items()}
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME = 64  # GGML_MAX_NAME: llama.cpp refuses a tensor name of 64 bytes or more
-# llama.cpp's gguf.cpp refuses arrays of arrays outright; gguf-py writes them, so a little nesting is read (bounded,
-# so a small file cannot recurse the parser to death)
-MAX_ARRAY_DEPTH = 2
 INT64_MAX = (1 << 63) - 1
 # keys llama.cpp reads with a typed getter that aborts on another type: the type each must have
 TYPED_KEYS = {"general.alignment": GGUFValueType.UINT32, "general.architecture": GGUFValueType.STRING,
@@ -101,25 +98,23 @@ class _Cursor:
         except ValueError:
             raise BadInput(self.path, f"{what} has unknown value type {code}") from None
 
-    def value(self, vtype: GGUFValueType, what: str, depth: int = 0):
+    def value(self, vtype: GGUFValueType, what: str):
         if vtype == GGUFValueType.STRING:
             return self.string(what)
         if vtype != GGUFValueType.ARRAY:
             return self.scalar(vtype, what)
-        if depth >= MAX_ARRAY_DEPTH:
-            raise BadInput(self.path, f"{what} nests arrays more than {MAX_ARRAY_DEPTH} deep")
         sub = self.vtype(what)
+        if sub == GGUFValueType.ARRAY:  # llama.cpp's gguf.cpp refuses arrays of arrays outright; so do we
+            raise BadInput(self.path, f"{what} nests arrays, which llama.cpp does not read")
         count = self.scalar(GGUFValueType.UINT64, what)
         if sub in _NUMPY:
             raw = self.take(count * _NUMPY[sub].itemsize, what)
             if sub == GGUFValueType.BOOL and raw.strip(b"\0\1"):
                 raise BadInput(self.path, f"{what} holds a bool that is neither 0 nor 1")
             return np.frombuffer(raw, dtype=_NUMPY[sub]).tolist()
-        if count * 8 > len(self.buf) - self.pos:  # every string or array element takes at least 8 bytes
+        if count * 8 > len(self.buf) - self.pos:  # every string takes at least its 8-byte length
             raise BadInput(self.path, f"{what} claims {count} elements, more than the file can hold")
-        if sub == GGUFValueType.STRING:
-            return self.strings(count, what)
-        return [self.value(sub, what, depth + 1) for _ in range(count)]
+        return self.strings(count, what)  # the only element type left
 
     def strings(self, count: int, what: str) -> list[str]:
         """A string array (a vocabulary, its merges) in one tight loop: 128k tokens in a fraction of a second."""

@@ -174,6 +174,7 @@ def cases() -> list[Case]:
         inspect("overlap.gguf", tiny_gguf(infos=[tensor_info("a", [8], 0), tensor_info("b", [8], 0)],
                                           data=b"\0" * 64), 2, "expected 32"),
         inspect("deep-array.gguf", tiny_gguf([nested_array(600)]), 2, "nests arrays"),
+        inspect("array-of-arrays.gguf", tiny_gguf([nested_array(1)]), 2, "nests arrays"),  # llama.cpp refuses even one
         inspect("arch-int.gguf", tiny_gguf(arch=kv_u32("general.architecture", 7)), 2, "must be STRING"),
         inspect("overflow.gguf", tiny_gguf(infos=[tensor_info("a", [1 << 32, 1 << 32, 16], 0)], data=b""), 2,
                 "overflow int64"),
