@@ -1,14 +1,29 @@
 """modelport: move open models between safetensors, GGUF and ONNX, and prove the result computes the same."""
+import types
 from importlib import import_module
 from importlib.metadata import version
+
+from modelport import convert as _convert_package
 
 __version__ = version("modelport")  # one source: pyproject.toml
 __all__ = ["convert", "load", "run", "save", "validate", "__version__"]
 
 
+class _ConvertPackage(types.ModuleType):
+    """`modelport.convert` is both the documented API function and the subpackage of that name, which the import
+    system binds here whenever anything imports it. Calling the package is therefore the API call."""
+
+    def __call__(self, *args, **kwargs):
+        return import_module("modelport.api").convert(*args, **kwargs)
+
+
+_convert_package.__class__ = _ConvertPackage
+convert = _convert_package
+
+
 def __getattr__(name: str):
     """The API is imported on first use, so `modelport.formats` and friends load without the whole stack."""
-    if name in ("convert", "load", "save", "validate"):
+    if name in ("load", "save", "validate"):
         return getattr(import_module("modelport.api"), name)
     if name == "run":  # a recipe -> pipeline.manifest.Manifest
         return import_module("modelport.pipeline").run

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
+import modelport
 from modelport import api
 from modelport.formats import gguf, safetensors
 
@@ -14,7 +15,8 @@ def _digest(path):
 def test_reruns_are_byte_identical(checkpoints, tmp_path):
     src = checkpoints("llama")
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
-    api.convert(src, a, dtype="f16")
+    # the README's Python API, with the modelport.convert subpackage already imported (it shares the name)
+    modelport.convert(src, a, dtype="f16")
     api.convert(src, b, dtype="f16")
     assert _digest(a) == _digest(b)
     ha, hb = tmp_path / "ha", tmp_path / "hb"
