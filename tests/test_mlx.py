@@ -57,6 +57,25 @@ def config(folder) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
+def test_each_family_names_the_mlx_lm_module_that_loads_it():
+    """Arch.mlx is the module mlx-lm itself picks for the family's model_type, and every such family is tested here."""
+    from mlx_lm.utils import _get_classes
+
+    from modelport.convert import archs
+    from modelport.samples import tiny
+
+    ours = {a.name: a.mlx for a in archs.registry().values() if a.mlx}
+    assert {name: _get_classes({"model_type": name})[0].__module__.rsplit(".", 1)[1] for name in ours} == ours
+    assert {tiny.SAMPLES[f].family for f in FAMILIES} == set(ours)
+
+
+def test_a_family_mlx_lm_does_not_run_is_refused_before_writing(checkpoints, tmp_path):
+    dst = tmp_path / "gpt2-mlx"
+    r = run_cli("convert", checkpoints("gpt2"), dst, "--to", "mlx")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+    assert "mlx-lm has no model for 'gpt2'" in r.stderr and not dst.exists()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hf_to_mlx_f32_runs_in_mlx_lm_as_in_transformers(family, checkpoints, tmp_path):
     src = checkpoints(family)

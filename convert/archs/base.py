@@ -91,6 +91,9 @@ class Arch:
     # family whose llama.cpp converter permutes Q/K rows (LlamaModel.permute) opts in; none inherits it
     qk_permute: bool = False
     onnx: OnnxSupport = OnnxSupport()  # the ONNX section; a family without one has no ONNX path
+    # the mlx-lm model module that runs it (mlx_lm/models/<module>.py; its MODEL_REMAPPING runs mistral as llama);
+    # None: mlx-lm has no module modelport's MLX names fit
+    mlx: str | None = None
 
     @property
     def gguf_transforms(self) -> dict[MODEL_TENSOR, Transform]:

@@ -78,5 +78,5 @@ LAYOUT = Arch(
     name="llama", hf_class="LlamaForCausalLM", gguf_arch=MODEL_ARCH.LLAMA, hparams=HPARAMS,
     tensors=TENSORS + QKV_BIASES, normalize=normalize, hf_defaults={"hidden_act": "silu"},
 )
-ARCH = replace(LAYOUT, qk_permute=True, extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
+ARCH = replace(LAYOUT, mlx="llama", qk_permute=True, extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
                onnx=OnnxSupport(builder=True, genai_type="llama", read_back=True))

@@ -87,6 +87,6 @@ def rope_factors(config: dict) -> dict[str, np.ndarray]:
     return out
 
 
-ARCH = replace(LAYOUT, name="phi3", hf_class="Phi3ForCausalLM", gguf_arch=MODEL_ARCH.PHI3, hparams=HPARAMS,
+ARCH = replace(LAYOUT, name="phi3", mlx="phi3", hf_class="Phi3ForCausalLM", gguf_arch=MODEL_ARCH.PHI3, hparams=HPARAMS,
                tensors=TENSORS, extra_tensors=rope_factors, extra_kv=extra_kv,
                derived=FACTOR_NAMES, hf_from_gguf=hf_from_gguf, onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))

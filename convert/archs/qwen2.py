@@ -6,5 +6,5 @@ from gguf import MODEL_ARCH
 from .base import OnnxSupport
 from .llama import LAYOUT
 
-ARCH = replace(LAYOUT, name="qwen2", hf_class="Qwen2ForCausalLM", gguf_arch=MODEL_ARCH.QWEN2,
+ARCH = replace(LAYOUT, name="qwen2", mlx="qwen2", hf_class="Qwen2ForCausalLM", gguf_arch=MODEL_ARCH.QWEN2,
                onnx=OnnxSupport(builder=True, genai_type="qwen2", read_back=True))

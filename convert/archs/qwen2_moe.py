@@ -28,7 +28,7 @@ def _gate_row(w, cfg):
 _gate_row.shape = lambda shape: (1, shape[-1])
 
 ARCH = replace(
-    QWEN2, name="qwen2_moe", hf_class="Qwen2MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN2MOE,
+    QWEN2, name="qwen2_moe", mlx="qwen2_moe", hf_class="Qwen2MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN2MOE,
     hparams=HPARAMS + EXPERT_HPARAMS + (
         HParam(Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH, "shared_expert_intermediate_size"),),
     tensors=ATTENTION + QKV_BIASES + (f"{MLP}.gate.weight", f"{MLP}.shared_expert_gate.weight") + tuple(

@@ -10,7 +10,7 @@ from .qwen2_moe import ATTENTION, EXPERT_HPARAMS, EXPERTS, MLP
 from .qwen3 import ARCH as QWEN3
 
 ARCH = replace(
-    QWEN3, name="qwen3_moe", hf_class="Qwen3MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN3MOE,
+    QWEN3, name="qwen3_moe", mlx="qwen3_moe", hf_class="Qwen3MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN3MOE,
     hparams=HPARAMS + EXPERT_HPARAMS, tensors=ATTENTION + QK_NORMS + (f"{MLP}.gate.weight",),
     experts=EXPERTS, hf_defaults={**QWEN3.hf_defaults, "norm_topk_prob": True},
     onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)),

@@ -11,7 +11,7 @@ from modelport.formats import mlx
 from modelport.formats.atomic import atomic_output
 
 from . import map as mlx_map
-from . import names, plan
+from . import plan
 
 DTYPE = Option("dtype", "Float precision (default: the source's).", ("f32", "f16", "bf16"))
 QUANT = Option("quant", "MLX affine quantization: Nbit or an mlx-lm mixed recipe.", plan.QUANTS)
@@ -64,7 +64,7 @@ class MlxCodec(Codec):
         return kinds.most_common(1)[0][0] if kinds else "F32"
 
     def family_support(self, arch: archs.Arch) -> dict | None:
-        if arch.name not in names.FAMILIES:
+        if arch.mlx is None:
             return None
         return {"read": True, "write": True, "via": None, "quant": list(plan.QUANTS), "refused": []}
 

@@ -17,10 +17,11 @@ WEIGHT = ".weight"
 
 
 def _family(model: Model, path: Path | None) -> archs.Arch:
-    if model.arch not in names.FAMILIES:
+    arch = archs.for_hf(model.arch, path)
+    if arch.mlx is None:
         raise Unsupported(path, f"mlx-lm has no model for {model.arch!r} here; MLX output takes "
-                                f"{', '.join(sorted(names.FAMILIES))}")
-    return archs.for_hf(model.arch, path)
+                                f"{', '.join(names.families())}")
+    return arch
 
 
 def _modules(tensors: dict[str, TensorRef]) -> dict[str, int]:

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 from modelport.convert import archs
 
-# HF model_type -> the mlx-lm model module that runs it (mlx_lm.utils MODEL_REMAPPING: mistral runs as llama)
-FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mixtral": "mixtral",
-            "qwen2_moe": "qwen2_moe", "qwen3_moe": "qwen3_moe", "gemma": "gemma", "gemma2": "gemma2",
-            "gemma3_text": "gemma3_text", "phi3": "phi3", "starcoder2": "starcoder2", "granite": "granite"}
-
 # the stacked HF name's part (convert.experts, gguf-py's names) -> mlx-lm's switch_mlp part
 SWITCH = {".block_sparse_moe.experts.w1.": ".block_sparse_moe.switch_mlp.gate_proj.",
           ".block_sparse_moe.experts.w2.": ".block_sparse_moe.switch_mlp.down_proj.",
@@ -33,6 +28,11 @@ def to_mlx(name: str) -> str:
 def from_mlx(name: str) -> str:
     """An MLX name (scales and biases too) as the stacked or plain HF name."""
     return _replace(name, {b: a for a, b in SWITCH.items()})
+
+
+def families() -> list[str]:
+    """The families mlx-lm runs (their `Arch.mlx`), sorted."""
+    return sorted(a.name for a in archs.registry().values() if a.mlx)
 
 
 def tied(config: dict) -> bool:
