@@ -44,7 +44,15 @@ def save(model: Model, dst: str | Path, to: str | None = None, force: bool = Fal
     refused (exit 2) naming the ones it does."""
     dst = Path(dst)
     codec = codecs.for_output(dst, to)
-    opts = codecs.check_options(codec, options, dst)
+    return _write(model, codec, dst, codecs.parse_options(codec, options, dst), force, provenance_keys, hashes,
+                  progress)
+
+
+def _write(model: Model, codec: codecs.Codec, dst: Path, given: dict[str, Any], force: bool,
+           provenance_keys: dict[str, str] | None, hashes: SourceHashes | None,
+           progress: Callable[[int], None] | None) -> Result:
+    """The write itself, from options already parsed: the codec resolves them, then saves."""
+    opts = codec.resolve(given, dst)
     prov = {provenance.VERSION_KEY: VERSION, **(provenance_keys or {})}
     late = Late(provenance.HASHES, hashes.placeholder, hashes.text) if hashes else None
     done = codec.save(model, opts, codecs.SaveContext(dst, force, prov, late, progress))
@@ -57,12 +65,13 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, force: bool
     """SRC -> DST through the pivot, streaming, with provenance (tool version, source format and sha256s, options).
     Options are checked before the source is read."""
     dst = Path(dst)
-    given = codecs.parse_options(codecs.for_output(dst, to), options, dst)  # bad options fail before any reading
+    codec = codecs.for_output(dst, to)
+    given = codecs.parse_options(codec, options, dst)  # bad options fail before any reading
     model = load(src)
     prov = provenance.record(model.metadata["format"], {"to": to, **given})
     with protecting([src, *model.metadata["source_files"]]):  # --force never replaces what is being read
-        result = save(model, dst, to, force, prov, SourceHashes(model.metadata["source_files"]), progress,
-                      **options)
+        result = _write(model, codec, dst, given, force, prov, SourceHashes(model.metadata["source_files"]),
+                        progress)
     result.src = str(src)
     return result
 
