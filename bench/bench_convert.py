@@ -12,7 +12,6 @@ Targets: convert wall <= 1.5x cp wall; peak RSS <= 0.3x the input size.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -21,17 +20,15 @@ import subprocess
 import time
 
 from common import (MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd,
-                    run)
+                    parser, run)
 
 WALL_TARGET = 1.5  # convert wall / cp wall
 RSS_TARGET = 0.3  # peak RSS / input bytes
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, keep=True)
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions of each of cp and convert (default 3)")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    ap.add_argument("--keep", action="store_true", help="keep bench/out/ (the .gguf) afterwards")
     a = ap.parse_args()
 
     src = ensure_model(MODELS / "l32-1b")

@@ -10,7 +10,6 @@ Targets (issue 11): modelport's wall <= 1.0x mlx_lm.convert's, peak RSS <= 0.3x 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd, run
+from common import MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd, parser, run
 
 WALL_RATIO_TARGET = 1.0
 RSS_INPUT_TARGET = 0.3
@@ -39,9 +38,7 @@ def same_tensors(a: Path, b: Path) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    ap.add_argument("--keep", action="store_true", help="keep bench/out/ afterwards")
+    ap = parser(__doc__, keep=True)
     a = ap.parse_args()
 
     src = ensure_model(MODELS / "l32-1b")

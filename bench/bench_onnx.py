@@ -14,7 +14,6 @@ Targets (issue 5): each modelport conversion <= 20 s wall and <= 1.5 GB peak RSS
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 from common import (MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd,
-                    run)
+                    parser, run)
 
 REF_PYTHON = Path(__file__).resolve().parent / ".venv-ref" / "bin" / "python"
 WALL_TARGET_S = 20.0
@@ -56,11 +55,9 @@ def jobs(src, a) -> list[tuple[str, list[str], bool]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap = parser(__doc__, keep=True)
     ap.add_argument("--no-reference", action="store_true", help="time modelport only")
     ap.add_argument("--no-optimum", action="store_true", help="skip optimum's exporter (about 2 minutes, 12 GB)")
-    ap.add_argument("--keep", action="store_true", help="keep bench/out/ afterwards")
     ap.add_argument("--ref-python", type=Path, default=REF_PYTHON if REF_PYTHON.exists() else Path(sys.executable),
                     help="python with onnxruntime-genai and the transformers its builder imports (default: "
                          "bench/.venv-ref if present; see bench/README.md)")

@@ -14,20 +14,18 @@ Target: a rerun with everything up to date in under 2 s.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
 import sys
 
-from common import OUT, REPO, load_average, log, machine, modelport_cmd, run
+from common import OUT, REPO, load_average, log, machine, modelport_cmd, parser, run
 
 RERUN_TARGET_S = 2.0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap = parser(__doc__)
     ap.add_argument("--reps", type=int, default=5, help="reruns timed (the median is reported)")
     a = ap.parse_args()
 

@@ -12,7 +12,6 @@ Targets: wall <= 0.6x llama.cpp's two steps; peak RSS <= 0.4x the input size; by
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from common import OUT, dir_bytes, ensure_model, log, modelport_cmd, run
+from common import OUT, dir_bytes, ensure_model, log, modelport_cmd, parser, run
 
 WALL_TARGET, RSS_TARGET = 0.6, 0.4
 QUANTIZE = """
@@ -66,8 +65,7 @@ def compare(ours: Path, theirs: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true")
+    ap = parser(__doc__)
     ap.add_argument("--quant", default="Q4_K_M")
     a = ap.parse_args()
     src = ensure_model()

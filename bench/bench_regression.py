@@ -16,7 +16,6 @@ modelport differs between the two sides).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -25,7 +24,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from common import BENCH, OUT, REPO, ensure_model, load_average, log, machine, run
+from common import BENCH, OUT, REPO, ensure_model, load_average, log, machine, parser, run
 
 REV_VENV = BENCH / ".venv-rev"
 TINY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2", "starcoder2", "falcon", "mpt",
@@ -109,13 +108,11 @@ def compare(src: Path, name: str, rev: Path, reps: int, jobs) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, keep=True)
     ap.add_argument("--rev", default="3a09c30", help="the revision to compare against (default 3a09c30)")
     ap.add_argument("--big", action="store_true", help="also the Llama-3.2-1B-shaped bench checkpoint (2.5 GB)")
     ap.add_argument("--no-tiny", action="store_true", help="skip the tiny sample families")
     ap.add_argument("--reps", type=int, default=1, help="timed repetitions per side and job (best is reported)")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--keep", action="store_true", help="keep bench/out/ afterwards")
     a = ap.parse_args()
     load_average(warn=True)
     rev = rev_python(a.rev)

@@ -14,20 +14,17 @@ Target: peak RSS <= 0.3x the input size.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 
-from common import MODELS, OUT, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd, run
+from common import MODELS, OUT, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd, parser, run
 
 RSS_TARGET = 0.3  # peak RSS / input bytes
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    ap.add_argument("--keep", action="store_true", help="keep bench/out/ (the folder) afterwards")
+    ap = parser(__doc__, keep=True)
     a = ap.parse_args()
 
     src = ensure_model(MODELS / "l32-1b")

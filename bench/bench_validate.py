@@ -12,11 +12,10 @@ fit (validate refuses it up front: exit 2).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 
-from common import MODELS, OUT, ensure_model, load_average, log, machine, modelport_cmd, run
+from common import MODELS, OUT, ensure_model, load_average, log, machine, modelport_cmd, parser, run
 
 SHAPES = {"1b": ("l32-1b", "llama3.2-1b"), "8b": ("l31-8b", "llama3.1-8b")}
 
@@ -40,10 +39,9 @@ def same_figures(a: dict | None, b: dict | None) -> bool | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     ap.add_argument("--quant", default="Q4_K_M")
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     folder, shape = SHAPES[a.shape]
     hf = ensure_model(MODELS / folder, shape)

@@ -2,6 +2,7 @@
 running a command as a child with its wall time and peak RSS, and the modelport command line."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -20,6 +21,15 @@ SHAPE = "llama3.2-1b"
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def parser(doc: str, keep: bool = False) -> argparse.ArgumentParser:
+    """Every benchmark's command line: its docstring as help, --json, and --keep where it leaves outputs."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    if keep:
+        ap.add_argument("--keep", action="store_true", help="keep bench/out/ afterwards")
+    return ap
 
 
 def load_average(warn: bool = False) -> float:
