@@ -20,7 +20,6 @@ from xml.etree import ElementTree as ET
 import pytest
 
 import modelport
-from modelport import api  # modelport.convert is also the modelport.convert package once anything imported it
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 MODELPORT = Path(sys.executable).with_name("modelport")
@@ -242,7 +241,7 @@ def test_hub_ids_convert_from_the_cache_offline(checkpoints, tmp_path):
     commit = hub_cache(home, "tiny-org/tiny-llama", checkpoints("llama"))
     env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     local = tmp_path / "local.gguf"
-    api.convert(checkpoints("llama"), local, quant="Q8_0")
+    modelport.convert(checkpoints("llama"), local, quant="Q8_0")
     for i, ref in enumerate(("tiny-org/tiny-llama", f"tiny-org/tiny-llama@{commit}")):
         r = cli("convert", ref, tmp_path / f"{i}.gguf", "--quant", "Q8_0", env=env)
         assert r.returncode == 0, r.stderr
