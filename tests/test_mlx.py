@@ -40,6 +40,12 @@ def mlx_logits(folder, ids=IDS) -> np.ndarray:
     return np.array(model(mx.array([ids]))[0].astype(mx.float32), dtype=np.float64)
 
 
+def llama_cpp_logits(path, ids=IDS) -> np.ndarray:
+    from modelport.validators.runtimes import LlamaCpp
+
+    return LlamaCpp(path, n_ctx=64).logits(ids).astype(np.float64)
+
+
 def hf_logits(folder, ids=IDS) -> np.ndarray:
     from modelport.validators.runtimes import Transformers
 
@@ -137,7 +143,7 @@ def test_reading_gives_what_mx_dequantize_gives(bits, dtype, tmp_path):
 def test_gguf_blocks_transcode_exactly(qtype, checkpoints, tmp_path):
     gguf_path, dst = tmp_path / "m.gguf", tmp_path / "mlx"
     api.convert(checkpoints("llama"), gguf_path, quant=qtype)
-    api.convert(gguf_path, dst, to="mlx")
+    api.convert(gguf_path, dst, to="mlx", dtype="f32")  # the norms stay f32 as in the GGUF (mlx-lm's default: f16)
     pivot = api.load(gguf_path)
     cfg, stored = config(dst), mx.load(str(dst / "model.safetensors"))
     checked = 0
@@ -153,6 +159,26 @@ def test_gguf_blocks_transcode_exactly(qtype, checkpoints, tmp_path):
         assert np.array_equal(np.array(got), expected), name
         checked += 1
     assert checked >= 7  # every linear layer of both blocks at least
+    dequantized = tmp_path / "f32.gguf"  # the same values in f32: what llama.cpp computes with, unrounded
+    api.convert(gguf_path, dequantized, dtype="f32")
+    kl = kl_mean(llama_cpp_logits(dequantized), mlx_logits(dst))
+    assert kl <= 1e-5, f"{qtype}: mean KL {kl:.3g} between llama.cpp and mlx-lm"  # measured ~1e-12
+
+
+def test_onnx_to_mlx_and_mlx_in_diff_and_inspect(checkpoints, tmp_path):
+    onnx_dir, dst = tmp_path / "onnx", tmp_path / "mlx"
+    api.convert(checkpoints("llama"), onnx_dir, to="onnx", dtype="f32")
+    api.convert(onnx_dir, dst, to="mlx", dtype="f32")
+    kl = kl_mean(hf_logits(checkpoints("llama")), mlx_logits(dst))
+    assert kl <= 1e-5, f"mean KL {kl:.3g}"
+    r = run_cli("diff", checkpoints("llama"), dst, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)["summary"]
+    assert summary["bit_exact"] == summary["tensors"] > 0, summary  # f32 through ONNX to MLX: the same values
+    quantized = tmp_path / "mlx-4bit"  # a float MLX folder is an HF folder; a quantized one is told apart
+    api.convert(onnx_dir, quantized, to="mlx", quant="4bit")
+    r = run_cli("inspect", quantized, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["format"] == "mlx", r.stderr
 
 
 def test_mlx_lm_folder_to_hf_and_gguf(checkpoints, mlx_lm_made, tmp_path):
