@@ -114,8 +114,19 @@ def test_saved_reference_on_the_command_line(models, tmp_path):
     other.write_text("Some other text entirely.", encoding="utf-8")
     broken = tmp_path / "broken.mpref"
     broken.write_bytes(ref.read_bytes()[:1000])
+    flipped = tmp_path / "flipped.mpref"  # one bit of the logits flipped: the entry's CRC (checked as rows stream)
+    blob = bytearray(ref.read_bytes())
+    blob[len(blob) // 2] ^= 0x10
+    flipped.write_bytes(bytes(blob))
+    reshaped = tmp_path / "reshaped.mpref"  # logits of another vocabulary than the JSON says
+    with zipfile.ZipFile(ref) as z, zipfile.ZipFile(reshaped, "w") as out:
+        out.writestr("reference.json", z.read("reference.json"))
+        with out.open("logits/0.npy", "w") as f:
+            np.save(f, np.zeros((len(meta["texts"]["t"]["ids"]), meta["texts"]["t"]["vocab"] - 1), np.float32))
     for args, says in [((ref, q8, "--text-file", other), "saved for other texts"),
                        ((broken, q8), "not a saved reference"),
+                       ((flipped, q8), "logits/0.npy: BadZipFile"),
+                       ((reshaped, q8), "expected float32"),
                        ((hf, "--save-reference", ref, "--text-file", text), "exists"),
                        ((hf,), "--save-reference")]:
         r = run_cli("validate", *args)

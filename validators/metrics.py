@@ -1,6 +1,8 @@
 """Logit parity metrics between a reference and a candidate on the same token ids."""
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 
 
@@ -33,16 +35,22 @@ def _block(r: np.ndarray, c: np.ndarray, nxt: np.ndarray) -> tuple[np.ndarray, .
             -lp[rows, nxt], -lq[rows, nxt])
 
 
-def per_position(ref: np.ndarray, cand: np.ndarray, ids: list[int]) -> dict[str, np.ndarray]:
+def per_position(ref: np.ndarray | Iterable[np.ndarray], cand: np.ndarray, ids: list[int]) -> dict[str, np.ndarray]:
     """Per-position KL, top-1 agreement, max |logit diff|, and each side's NLL of the next token (the last position
-    has no next token: NaN), in row blocks so a long text and a large vocabulary do not blow up memory."""
+    has no next token: NaN), in row blocks so a long text and a large vocabulary do not blow up memory. `ref` is
+    the reference's logits, or its consecutive row blocks as a saved reference streams them."""
     keys = ("kl", "top1", "max_abs", "nll_ref", "nll_cand")
     n = len(ids)
     out = {k: np.empty(n, dtype=bool if k == "top1" else np.float64) for k in keys}
     nxt = np.array(list(ids[1:]) + [0])
-    for s in range(0, n, ROWS):
-        for k, v in zip(keys, _block(ref[s:s + ROWS], cand[s:s + ROWS], nxt[s:s + ROWS])):
-            out[k][s:s + ROWS] = v
+    blocks = (ref[s:s + ROWS] for s in range(0, n, ROWS)) if isinstance(ref, np.ndarray) else ref
+    s = 0
+    for r in blocks:
+        for k, v in zip(keys, _block(r, cand[s:s + len(r)], nxt[s:s + len(r)])):
+            out[k][s:s + len(r)] = v
+        s += len(r)
+    if s != n:
+        raise ValueError(f"reference logits cover {s} positions, not {n}")
     out["nll_ref"][-1] = out["nll_cand"][-1] = np.nan
     return out
 

@@ -252,9 +252,8 @@ def _run_candidate(saved: "reference.Saved", cand: Path, cand_side: Side, provid
                              "from another tokenizer)")
     rows, per_pos, all_pos = [], {}, []
     for name, v, cl in _timed(progress, label, ids, lambda name, v: c.load(n_ctx).logits(v)):
-        rl = saved.logits(name)
-        pos = metrics.per_position(rl, cl, v)
-        del rl, cl
+        pos = metrics.per_position(saved.logit_rows(name, metrics.ROWS), cl, v)
+        del cl
         all_pos.append(pos)
         per_pos[name] = pos["kl"].tolist()
         rows.append({"name": name, "tokens": len(v), **metrics.summarize(pos),

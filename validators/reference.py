@@ -25,6 +25,7 @@ SCHEMA = "modelport.reference/1"
 SUFFIX = ".mpref"
 META = "reference.json"
 MAX_META_BYTES = 256 << 20  # texts and ids of any sensible run fit many times over
+HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def is_saved(path: Path) -> bool:
@@ -113,16 +114,29 @@ class Saved:
                                       "or save a reference for these texts")
         return self.texts
 
-    def logits(self, name: str) -> np.ndarray:
+    def logit_rows(self, name: str, rows: int) -> Iterator[np.ndarray]:
+        """One text's logits, `rows` positions at a time, read straight from the file (one block in memory, not
+        the text's whole [positions, vocab] array); the dtype and shape are checked against the JSON first and the
+        entry's CRC once it has been read to its end."""
         text, ids, entry, vocab = self.entries[name]
         try:
             with self.zf.open(entry) as f:
-                arr = np.lib.format.read_array(f, allow_pickle=False)
+                header = HEADERS.get(np.lib.format.read_magic(f))
+                if header is None:
+                    raise BadInput(self.path, f"{entry}: not a .npy version numpy writes for logits")
+                shape, fortran, dtype = header(f)
+                if dtype != np.float32 or fortran or shape != (len(ids), vocab):
+                    raise BadInput(self.path, f"{entry}: {dtype} {shape}, expected float32 {(len(ids), vocab)}")
+                for s in range(0, len(ids), rows):
+                    n = min(rows, len(ids) - s)
+                    raw = f.read(n * vocab * 4)
+                    if len(raw) != n * vocab * 4:
+                        raise BadInput(self.path, f"{entry}: truncated")
+                    yield np.frombuffer(raw, dtype=np.float32).reshape(n, vocab)
+                if f.read(1):  # reading to the end checks the CRC too
+                    raise BadInput(self.path, f"{entry}: bytes after the logits")
         except (KeyError, zipfile.BadZipFile, ValueError, OSError) as e:
             raise BadInput(self.path, f"{entry}: {e.__class__.__name__}: {e}") from None
-        if arr.dtype != np.float32 or arr.shape != (len(ids), vocab):
-            raise BadInput(self.path, f"{entry}: {arr.dtype} {arr.shape}, expected float32 {(len(ids), vocab)}")
-        return arr
 
     def close(self) -> None:
         self.zf.close()
