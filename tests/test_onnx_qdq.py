@@ -109,7 +109,7 @@ def test_q4_0_gguf_to_qdq_is_exact_and_runs_in_onnxruntime_and_openvino(q4_0, tm
     for runtime in ("onnxruntime", "openvino"):
         report = api.validate(f32, out, texts={"mixed": tiny.mixed_text()}, max_kl=1e-4,
                               runtime=None if runtime == "onnxruntime" else runtime)
-        assert report.passed, report.failed_gates
+        assert report.passed, (report.failed_gates, report.overall)
         assert report.candidate.type == "INT4" and runtime in report.candidate.runtime
         kl[runtime] = report.overall["kl_mean"]
     print("mean KL vs llama.cpp on the f32-dequantized GGUF:", {k: f"{v:.3g}" for k, v in kl.items()})
