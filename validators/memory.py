@@ -10,8 +10,9 @@ from modelport.formats.errors import BadInput
 FP32_BYTES = 4
 OVERHEAD = 1.4  # loading transients and activations over the weights held (1B bench: 1.37x)
 STREAM_COPIES = 3  # streamed reference: the largest tensor as stored, cast to fp32, and the module's output
-LOGIT_COPIES = 5  # one text's logits: llama.cpp's output and compute buffers, llama-cpp-python's scores, our copy,
-# the reference's read back from its file (1B bench, candidate side: 5.77 GB measured, 4.3 GB with 3 copies)
+LOGIT_COPIES = 3  # one text's logits: llama-cpp-python's scores, llama.cpp's output and compute buffers (a 512-token
+# batch each at most) or the reference's output and its write; the saved logits stream in row blocks (1B bench,
+# candidate from a saved reference: 2.92 GB peak with the 0.8 GB model)
 
 
 def available_bytes(meminfo: str | Path = "/proc/meminfo") -> int | None:
