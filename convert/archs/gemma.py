@@ -28,7 +28,8 @@ ONE = np.float32(1.0)
 TO_GGUF = {k: (lambda w, cfg: w + ONE) for k in NORMS}
 FROM_GGUF = {k: (lambda w, cfg: w - ONE) for k in NORMS}
 
-ARCH = replace(LAYOUT, name="gemma", mlx="gemma", hf_class="GemmaForCausalLM", gguf_arch=MODEL_ARCH.GEMMA, tensors=TENSORS,
+ARCH = replace(LAYOUT, name="gemma", mlx="gemma",
+               hf_class="GemmaForCausalLM", gguf_arch=MODEL_ARCH.GEMMA, tensors=TENSORS,
                to_gguf=TO_GGUF, from_gguf=FROM_GGUF,
                hf_defaults={"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"},
                onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))

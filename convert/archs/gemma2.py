@@ -47,7 +47,8 @@ def checked_query_scalar(config: dict, layers_27b: int) -> dict:
 SOFTCAPPING = Limit(lambda cfg: cfg.get("attn_logit_softcapping") is not None, "attn_logit_softcapping",
                     "optimum loads the model with sdpa attention, which leaves the attention soft-capping out")
 
-ARCH = replace(GEMMA, name="gemma2", mlx="gemma2", hf_class="Gemma2ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA2, hparams=HPARAMS,
+ARCH = replace(GEMMA, name="gemma2", mlx="gemma2",
+               hf_class="Gemma2ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA2, hparams=HPARAMS,
                tensors=TENSORS + FFN_NORMS, normalize=lambda config: checked_query_scalar(config, LAYERS_27B),
                hf_from_gguf=lambda cfg, kv, tensors: {
                    "query_pre_attn_scalar": llama_cpp_query_scalar(GEMMA.normalize(cfg), LAYERS_27B)},

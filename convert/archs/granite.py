@@ -17,6 +17,7 @@ MULTIPLIERS = (
     HParam(Keys.LLM.LOGIT_SCALE, "logits_scaling", F32),
 )
 
-ARCH = replace(LAYOUT, name="granite", mlx="granite", hf_class="GraniteForCausalLM", gguf_arch=MODEL_ARCH.GRANITE, qk_permute=True,
+ARCH = replace(LAYOUT, name="granite", mlx="granite",
+               hf_class="GraniteForCausalLM", gguf_arch=MODEL_ARCH.GRANITE, qk_permute=True,
                hparams=LAYOUT.hparams + MULTIPLIERS, extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
                onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))

@@ -12,7 +12,8 @@ from .llama import HPARAMS, TENSORS
 MOE = "model.layers.{bid}.block_sparse_moe"
 
 ARCH = replace(
-    LAYOUT, name="mixtral", mlx="mixtral", hf_class="MixtralForCausalLM", qk_permute=True, extra_tensors=llama3_rope_freqs,
+    LAYOUT, name="mixtral", mlx="mixtral", hf_class="MixtralForCausalLM", qk_permute=True,
+    extra_tensors=llama3_rope_freqs,
     derived=(ROPE_FREQS,),
     hparams=HPARAMS + (HParam(Keys.LLM.EXPERT_COUNT, "num_local_experts"),
                        HParam(Keys.LLM.EXPERT_USED_COUNT, "num_experts_per_tok")),

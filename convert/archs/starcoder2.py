@@ -30,5 +30,6 @@ def normalize(config: dict) -> dict:
     return cfg
 
 
-ARCH = replace(LAYOUT, name="starcoder2", mlx="starcoder2", hf_class="Starcoder2ForCausalLM", gguf_arch=MODEL_ARCH.STARCODER2,
+ARCH = replace(LAYOUT, name="starcoder2", mlx="starcoder2",
+               hf_class="Starcoder2ForCausalLM", gguf_arch=MODEL_ARCH.STARCODER2,
                hparams=HPARAMS, tensors=TENSORS, normalize=normalize, hf_defaults={"hidden_act": "gelu_pytorch_tanh"})

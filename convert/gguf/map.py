@@ -117,20 +117,21 @@ def _agrees(expected: list[tuple[str, object, GGUFValueType]], values: dict) -> 
     return all(k in values and same.get(t, lambda a, b: a == b)(v, values[k]) for k, v, t in expected)
 
 
-def _stored_kv(arch: archs.Arch, stored: dict) -> list[tuple[str, object, GGUFValueType]]:
-    """The keys the stored config would give; none when it lacks or mistypes a field (a damaged copy): then the
+def _stored_kv(arch: archs.Arch, stored: dict) -> list[tuple[str, object, GGUFValueType]] | None:
+    """The keys the stored config would give; None when it lacks or mistypes a field (a damaged copy): then the
     GGUF's own keys, which the reader has checked, rebuild the config instead."""
     try:
         return arch.gguf_kv(stored)
     except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError):
-        return [("", object(), GGUFValueType.STRING)]  # agrees with nothing
+        return None
 
 
 def _config(arch: archs.Arch, contents: GGUFContents) -> dict:
     """The stored source config when the GGUF's own keys still agree with it, else one rebuilt from the keys."""
     values = {k: v for k, (v, _, _) in contents.kv.items()}
     stored = stored_config(contents)
-    if stored is not None and stored.get("model_type") == arch.name and _agrees(_stored_kv(arch, stored), values):
+    expected = _stored_kv(arch, stored) if stored is not None and stored.get("model_type") == arch.name else None
+    if expected is not None and _agrees(expected, values):
         return stored
     cfg = arch.hf_config(values)
     if "vocab_size" not in cfg and "token_embd.weight" in contents.tensors:  # llama.cpp's BertModel writes none

@@ -156,6 +156,7 @@ def _qweight_modules(native: ServingContents):
             _need(native.model, native.path, module, ("qzeros", "scales"))
             yield module, name
 
+
 def _gptq(native: ServingContents) -> dict[str, Module]:
     """GPTQ (AutoGPTQ / GPTQModel): qweight [in*bits/32, out] packed along inputs, qzeros [groups, out*bits/32]
     packed along outputs, scales [groups, out], g_idx [in] (each input's group; act-order permutes it);
