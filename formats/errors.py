@@ -14,6 +14,9 @@ class ModelportError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self):  # pickled as its two fields (Exception pickles args, the formatted line)
+        return type(self), (self.path, self.problem)
+
 
 class BadInput(ModelportError):
     """The input is malformed, truncated or inconsistent."""

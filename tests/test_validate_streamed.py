@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from modelport import api
+from modelport.formats.errors import BadInput
 from modelport.formats.model import MemorySlice
 from modelport.validators import diff as diffs
 from modelport.validators import memory, metrics, runtimes
@@ -88,6 +89,15 @@ def test_reference_streams_itself_when_holding_it_would_not_fit(models, monkeypa
     with pytest.raises(Exception) as e:
         api.validate(hf, q8, texts=TEXTS, progress=lines.append)
     assert e.value.exit_code == 2 and "GiB" in str(e.value) and lines == []
+
+
+def test_a_streamed_reference_refusing_comes_back_as_its_own_error(models, tmp_path):
+    """The streamed reference runs in a child process: its ModelportError reaches the caller whole (type, path,
+    exit code), and the reference file it was saving is not left behind."""
+    hf, q8 = models
+    with pytest.raises(BadInput) as e:
+        api.validate(hf, q8, texts={"short": ""}, stream=True, save_reference=tmp_path / "ref.mpref")
+    assert e.value.exit_code == 2 and "at least two tokens" in str(e.value) and not list(tmp_path.iterdir())
 
 
 def test_saved_reference_on_the_command_line(models, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,7 @@ from modelport.convert.pivot import load as load_pivot
 from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.hashing import SourceHashes
 
-from . import gates, memory, metrics, reference, runtimes, texts as builtin_texts
+from . import gates, isolated, memory, metrics, reference, runtimes, texts as builtin_texts
 
 SCHEMA = "modelport.validate/1"
 MAX_TOKENS = 2048  # longer texts are cut here (the runtimes hold logits for every position)
@@ -206,7 +207,7 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
     candidate in `runtime` when given (one its format lists: ONNX in openvino).
 
     The sides run in turn: the reference's ids and logits go to a file (`save_reference`, else a temporary one)
-    and the reference is freed before the candidate loads. REF may be a saved reference (.mpref): then only the
+    and the reference is freed before the candidate loads (a streamed one runs in a child process). REF may be a saved reference (.mpref): then only the
     candidate runs. `stream` (None: when holding the reference would not fit) runs a safetensors reference module
     by module from its checkpoint; the figures are the same either way."""
     t0 = time.perf_counter()
@@ -223,7 +224,9 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
     with tempfile.TemporaryDirectory(prefix="modelport-reference-") as tmp:
         if saved is None:
             target = Path(save_reference) if save_reference else Path(tmp) / f"reference{reference.SUFFIX}"
-            _run_reference(ref_side, texts, target, bool(save_reference), force, provider, streamed, progress)
+            # streamed (memory is tight): in a process of its own, which gives back all it held when it ends
+            run = partial(isolated.run, _run_reference) if streamed else _run_reference
+            run(ref_side, texts, target, bool(save_reference), force, provider, streamed, progress=progress)
             saved = reference.Saved(target)
         try:
             rows, per_pos, all_pos = _run_candidate(saved, cand, cand_side, provider, progress, runtime)
