@@ -59,6 +59,9 @@ class Decoder:
     norm_offset: float = 0.0  # RMS norms applied as (offset + w), in float32 (gemma's)
     # the norm before attention, after it (on its output, before the residual add), before and after the MLP
     block_norms: tuple[str | None, ...] = ("input_layernorm", None, "post_attention_layernorm", None)
+    # each layer's "sliding_attention" or "full_attention" where config.json says no `layer_types` (None: the config's
+    # sliding_window applies as sliding_window_everywhere says)
+    layer_types: Callable[[dict], list[str] | None] = lambda cfg: None
 
 
 @dataclass(frozen=True)

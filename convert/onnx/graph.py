@@ -437,9 +437,10 @@ class _Decoder:
 
 def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
     """Each layer's sliding attention window (None: full causal attention), as transformers reads the config:
-    `layer_types` where the config has them (qwen2, qwen3), else mistral's one `sliding_window` for every layer."""
+    `layer_types` where the config has them (qwen2, qwen3) or its config class fills them in (gemma2), else mistral's
+    one `sliding_window` for every layer."""
     n, window = cfg["num_hidden_layers"], cfg.get("sliding_window")
-    types = cfg.get("layer_types")
+    types = cfg.get("layer_types") or arch.onnx.decoder.layer_types(cfg)
     if types:
         return [window if t == "sliding_attention" else None for t in types]
     return [window if arch.onnx.sliding_window_everywhere else None] * n
