@@ -48,7 +48,6 @@ def checked_query_scalar(config: dict, layers_27b: int) -> dict:
     return cfg
 
 
-
 def layer_types(cfg: dict) -> list[str]:
     """Local layers first, then alternating, as Gemma2Config fills `layer_types` for a config that has none."""
     return [("sliding_attention", "full_attention")[i % 2] for i in range(cfg["num_hidden_layers"])]
@@ -67,4 +66,5 @@ ARCH = replace(GEMMA, name="gemma2", mlx="gemma2",
                tensors=TENSORS + FFN_NORMS, normalize=lambda config: checked_query_scalar(config, LAYERS_27B),
                hf_from_gguf=lambda cfg, kv, tensors: {
                    "query_pre_attn_scalar": llama_cpp_query_scalar(GEMMA.normalize(cfg), LAYERS_27B)},
-               hf_defaults={"hidden_activation": "gelu_pytorch_tanh"}, onnx=OnnxSupport(builder=True, genai_type="gemma2", decoder=DECODER))
+               hf_defaults={"hidden_activation": "gelu_pytorch_tanh"},
+               onnx=OnnxSupport(builder=True, genai_type="gemma2", decoder=DECODER))
