@@ -9,7 +9,7 @@ from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
 from support.cli import run_cli
-from support.families import FAMILIES
+from support.families import LLAMA_LIKE as FAMILIES
 
 # mean KL bounds per GGUF dtype against transformers fp32 (bf16 keeps 8 bits of mantissa: checked loose)
 BOUNDS = {"f32": (1e-5, 1.0), "f16": (1e-5, 1.0), "bf16": (1e-3, 0.9)}

@@ -264,6 +264,22 @@ def test_sliding_window_attention_matches_transformers(checkpoints, tmp_path):
         assert np.abs(logits - _stepwise(onnx, ids)).max() <= 1e-4, ops
 
 
+def test_activation_is_read_from_the_config(checkpoints, tmp_path):
+    """gemma with hidden_act "gelu" (erf) instead of its sample's gelu_pytorch_tanh: the builder spells out the one
+    the config names."""
+    src = tmp_path / "gemma-gelu"
+    shutil.copytree(checkpoints("gemma"), src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    ref = Transformers(src)
+    ids = ref.tokenize("The quick brown fox jumps over the lazy dog and runs far away")
+    logits = ref.logits(ids)
+    assert np.abs(logits - Transformers(checkpoints("gemma")).logits(ids)).max() > 1e-3, "the activation must matter"
+    for ops in OPS:
+        api.convert(src, tmp_path / ops, to="onnx", ops=ops)
+        assert np.abs(logits - OnnxRuntime(tmp_path / ops).logits(ids)).max() <= 1e-4, ops
+
+
 @pytest.mark.parametrize("family", ["qwen2", "qwen3"])
 def test_portable_graph_is_standard_onnx(family, exported):
     """Only default-domain operators that onnx itself knows: its full checker (with strict shape inference) passes;

@@ -13,7 +13,9 @@ import pytest
 from safetensors import safe_open
 
 from support.cli import run_cli
+from support.families import FAMILIES
 from modelport import api
+from modelport.convert import archs
 from modelport.convert.onnx import reader as onnx_reader
 from modelport.convert.onnx import optimum as onnx_optimum
 from modelport.formats.onnx import read as read_onnx
@@ -22,7 +24,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
-EXPORTED_FAMILIES = ("llama", "qwen2", "qwen3")  # tied + llama3 rope; QKV biases; Q/K norms
+# the families whose optimum exports the graph walk reads back, as their ONNX sections say (read_back)
+EXPORTED_FAMILIES = tuple(name for name, arch in sorted(archs.registry().items()) if arch.onnx.read_back)
 
 
 def _optimum_export(src, out):
@@ -124,23 +127,25 @@ def test_exported_walk_needs_no_node_names(exported):
 
 @pytest.fixture(scope="module")
 def ours(checkpoints, tmp_path_factory):
-    """options -> (HF folder, `modelport convert HF DIR --to onnx OPTIONS` of the tiny llama), made on first use."""
+    """options -> (HF folder, `modelport convert HF DIR --to onnx OPTIONS` of the tiny `family`), made on first use."""
     made = {}
 
-    def get(*options):
-        if options not in made:
-            src = checkpoints("llama")
+    def get(*options, family="llama"):
+        if (family, options) not in made:
+            src = checkpoints(family)
             out = tmp_path_factory.mktemp("ours") / "onnx"
             r = run_cli("convert", src, out, "--to", "onnx", *options)
             assert r.returncode == 0, r.stderr
-            made[options] = src, out
-        return made[options]
+            made[family, options] = src, out
+        return made[family, options]
 
     return get
 
 
-def test_our_fp32_onnx_to_safetensors_is_bit_identical(ours, tmp_path):
-    src, onnx_dir = ours()
+@pytest.mark.parametrize("ops", ["portable", "ort"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_our_fp32_onnx_to_safetensors_is_bit_identical(family, ops, ours, tmp_path):
+    src, onnx_dir = ours("--ops", ops, family=family)
     out = tmp_path / "hf"
     r = run_cli("convert", onnx_dir, out, "--to", "safetensors")
     assert r.returncode == 0, r.stderr
@@ -150,8 +155,13 @@ def test_our_fp32_onnx_to_safetensors_is_bit_identical(ours, tmp_path):
         assert back[name].dtype == arr.dtype and back[name].tobytes() == arr.tobytes(), name
 
 
-@pytest.mark.parametrize("made_by", ["modelport convert --quant int4", "optimum, then modelport quantize int4"])
-def test_int4_onnx_reads_back_as_onnxruntime_runs_it(ours, exported, tmp_path, mixed_text, made_by):
+# each builder family through our int4 graph, and llama through optimum's export quantized afterwards
+INT4_MADE = [(family, "modelport convert --quant int4") for family in FAMILIES] + [
+    ("llama", "optimum, then modelport quantize int4")]
+
+
+@pytest.mark.parametrize("family,made_by", INT4_MADE)
+def test_int4_onnx_reads_back_as_onnxruntime_runs_it(family, made_by, ours, exported, tmp_path, mixed_text):
     """int4 MatMulNBits -> float safetensors: transformers on the result computes what onnxruntime computes on the
     ONNX model, so the dequantized weights are the ones the graph uses (named as our contract says, or found by
     the walk in a quantized optimum export)."""
@@ -162,7 +172,7 @@ def test_int4_onnx_reads_back_as_onnxruntime_runs_it(ours, exported, tmp_path, m
         onnx_dir = tmp_path / "q"  # the folder's other files (config.json, tokenizer) come along
         api.quantize(exported("llama")[1], onnx_dir, "int4")
     else:
-        _, onnx_dir = ours("--ops", "ort", "--quant", "int4")
+        _, onnx_dir = ours("--ops", "ort", "--quant", "int4", family=family)
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
     assert sum(n.op_type == "MatMulNBits" for n in graph.node) >= 14
     out = tmp_path / "hf"

@@ -7,7 +7,7 @@ import pytest
 from modelport import api
 from modelport.validators.runtimes import Transformers
 
-from support.families import FAMILIES
+from support.families import LLAMA_LIKE as FAMILIES
 
 
 @pytest.mark.parametrize("torch_dtype,gguf_dtype", [("float32", "f32"), ("bfloat16", "bf16")])

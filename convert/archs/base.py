@@ -45,6 +45,26 @@ ROPE_BY_LENGTH = Limit(lambda cfg: _rope_type(cfg) in ("longrope", "dynamic"), "
 
 
 @dataclass(frozen=True)
+class Decoder:
+    """How a family's decoder computes differently from llama's, for the graph builder (convert/onnx/graph.py): each
+    value comes from the normalised config (None: that step is left out), so that a family is a row, not a branch."""
+
+    embedding_scale: Callable[[dict], float | None] = lambda cfg: None  # embeddings times it
+    residual_scale: Callable[[dict], float | None] = lambda cfg: None  # each block's branch times it, before the add
+    attention_scale: Callable[[dict], float] = lambda cfg: cfg["head_dim"] ** -0.5  # query . key times it
+    attention_softcap: Callable[[dict], float | None] = lambda cfg: None  # scores as tanh(s / cap) * cap
+    logit_divisor: Callable[[dict], float | None] = lambda cfg: None  # logits divided by it
+    logit_softcap: Callable[[dict], float | None] = lambda cfg: None  # logits as tanh(l / cap) * cap
+    activation: Callable[[dict], str] = lambda cfg: cfg.get("hidden_act", "silu")  # the gated MLP's, by HF name
+    norm_offset: float = 0.0  # RMS norms applied as (offset + w), in float32 (gemma's)
+    # the norm before attention, after it (on its output, before the residual add), before and after the MLP
+    block_norms: tuple[str | None, ...] = ("input_layernorm", None, "post_attention_layernorm", None)
+    # each layer's "sliding_attention" or "full_attention" where config.json says no `layer_types` (None: the config's
+    # sliding_window applies as sliding_window_everywhere says)
+    layer_types: Callable[[dict], list[str] | None] = lambda cfg: None
+
+
+@dataclass(frozen=True)
 class OnnxSupport:
     """What the ONNX codec knows of a family (convert/onnx/): who builds its graph and what reads it back."""
 
@@ -55,6 +75,7 @@ class OnnxSupport:
     # does not export the family (not in its TasksManager)
     optimum: tuple[Limit, ...] | None = None
     sliding_window_everywhere: bool = False  # the config's one sliding_window applies to every layer (mistral)
+    decoder: Decoder = Decoder()  # what the graph builder computes (builder families)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ convert_hf_to_gguf.py's GemmaModel.modify_tensors adds 1 on the way to GGUF; it 
 NeoX-style rope in llama.cpp too, so Q/K are not permuted. GemmaModel also writes add_space_prefix = false and fixed
 CodeGemma FIM/EOT token ids; here the prefix flag comes from the tokenizer.model itself (false for Gemma's own), and
 llama.cpp finds <end_of_turn> and the FIM tokens by their text, so the fixed ids are left out.
+
+The ONNX builder computes what GemmaModel does: embeddings times sqrt(hidden) rounded to the compute type (its
+`normalizer`), norms times (1 + w) in float32, the MLP's `hidden_act` (gelu_pytorch_tanh), the embedding as the head.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR
 
-from .base import OnnxSupport, ROPE_BY_LENGTH
+from .base import Decoder, OnnxSupport
 from .llama import LAYOUT
 from .llama import BLOCK
 
@@ -28,8 +31,11 @@ ONE = np.float32(1.0)
 TO_GGUF = {k: (lambda w, cfg: w + ONE) for k in NORMS}
 FROM_GGUF = {k: (lambda w, cfg: w - ONE) for k in NORMS}
 
+DECODER = Decoder(embedding_scale=lambda cfg: cfg["hidden_size"] ** 0.5, norm_offset=1.0,
+                  activation=lambda cfg: cfg.get("hidden_act", "gelu_pytorch_tanh"))
+
 ARCH = replace(LAYOUT, name="gemma", mlx="gemma",
                hf_class="GemmaForCausalLM", gguf_arch=MODEL_ARCH.GEMMA, tensors=TENSORS,
                to_gguf=TO_GGUF, from_gguf=FROM_GGUF,
                hf_defaults={"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"},
-               onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))
+               onnx=OnnxSupport(builder=True, genai_type="gemma", decoder=DECODER))

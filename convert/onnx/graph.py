@@ -1,4 +1,6 @@
-"""The decoder graph of the llama-like families (llama, mistral, qwen2, qwen3) from the pivot, with onnx.helper.
+"""The decoder graph of the llama-like families from the pivot, with onnx.helper. What a family computes differently
+(scales, soft-capping, norm offset, activation, extra norms) is its ONNX section's `Decoder` row
+(convert/archs/base.py), read here as data.
 
 The graph is small (a few hundred nodes); only the weights are big, and they stay lazy TensorRefs that the writer
 streams into the external-data file. Every float initializer keeps its HF name, layout and (cast) dtype, so
@@ -48,6 +50,8 @@ REDUCE_AXES_INPUT = 18  # from this opset ReduceMean takes its axes as an input,
 COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> its default compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
+# transformers' hidden activation names -> the _Decoder method that spells each out
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
 
 @dataclass
@@ -109,6 +113,15 @@ class _Decoder:
         self.np_compute = np.float16 if self.compute == "F16" else np.float32
         self.head_shapes: dict[int, str] = {}  # [B, S, n, D] per head count
         self.windows = sliding_windows(archs.for_hf(model.arch), self.cfg)
+        self.knobs = knobs = archs.for_hf(model.arch).onnx.decoder
+        self.embedding_scale, self.residual_scale = knobs.embedding_scale(c), knobs.residual_scale(c)
+        self.attention_scale, self.attention_softcap = knobs.attention_scale(c), knobs.attention_softcap(c)
+        self.logit_divisor, self.logit_softcap = knobs.logit_divisor(c), knobs.logit_softcap(c)
+        activation = knobs.activation(c)
+        if activation not in ACTIVATIONS:
+            raise Unsupported(None, f"{model.arch} with hidden activation {activation!r}: the ONNX builder knows "
+                                    f"{', '.join(ACTIVATIONS)}")
+        self.activation = getattr(self, ACTIVATIONS[activation])
 
     # --- weights -------------------------------------------------------------------------------------------------
     def weight(self, name: str) -> str:
@@ -183,17 +196,29 @@ class _Decoder:
 
     # --- norms ---------------------------------------------------------------------------------------------------
     def rms_norm(self, x: str, weight: str) -> str:
-        """transformers' RMSNorm: float32 statistics, normalised x back in the compute type, times the weight."""
-        w = self.weight(weight)
+        """transformers' RMSNorm: float32 statistics, normalised x back in the compute type, times the weight; with
+        a norm offset (gemma), times (offset + w) in float32 before going back, as GemmaRMSNorm does."""
         if self.ops == "ort":
-            return self.n("SimplifiedLayerNormalization", x, w, axis=-1, epsilon=self.eps, stash_type=1)
+            return self.n("SimplifiedLayerNormalization", x, self.norm_scale(weight), axis=-1, epsilon=self.eps,
+                          stash_type=1)
+        w = self.weight(weight)
         x32 = self.n("Cast", x, to=_elem("F32")) if self.compute != "F32" else x
         var = self.reduce_mean(self.n("Mul", x32, x32))
         inv = self.n("Reciprocal", self.n("Sqrt", self.n("Add", var, self.n.const(self.eps, np.float32))))
         y = self.n("Mul", x32, inv)
+        if self.knobs.norm_offset:
+            w32 = self.n("Cast", w, to=_elem("F32")) if self.compute != "F32" else w
+            return self.to_compute(self.n("Mul", y, self.n("Add", w32, self.n.const(self.knobs.norm_offset,
+                                                                                    np.float32))))
         if self.compute != "F32":
             y = self.n("Cast", y, to=_elem(self.compute))
         return self.n("Mul", y, w)
+
+    def norm_scale(self, weight: str) -> str:
+        """What the ort norm ops multiply by: the weight, or (offset + w) in the compute type (the HF tensor stays
+        the initializer)."""
+        w = self.weight(weight)
+        return self.n("Add", w, self.c(self.knobs.norm_offset)) if self.knobs.norm_offset else w
 
     def reduce_mean(self, x: str) -> str:
         """The mean over the last axis, kept: `axes` an attribute before opset 18, an input from it on."""
@@ -204,7 +229,7 @@ class _Decoder:
     def add_norm(self, x: str, residual: str, weight: str) -> tuple[str, str]:
         """(norm(x + residual), x + residual): one fused node with the ort set."""
         if self.ops == "ort":
-            out = self.n("SkipSimplifiedLayerNormalization", x, residual, self.weight(weight),
+            out = self.n("SkipSimplifiedLayerNormalization", x, residual, self.norm_scale(weight),
                          outputs=4, domain=MS, epsilon=self.eps)
             return out[0], out[3]
         total = self.n("Add", x, residual)
@@ -292,7 +317,9 @@ class _Decoder:
         key = self.n("Concat", f"past_key_values.{layer}.key", k, outputs=[f"present.{layer}.key"], axis=2)
         value = self.n("Concat", f"past_key_values.{layer}.value", v, outputs=[f"present.{layer}.value"], axis=2)
         scores = self.n("MatMul", q, self.n("Transpose", self.repeat_kv(key), perm=[0, 1, 3, 2]))
-        scores = self.n("Mul", scores, self.c(self.head_dim ** -0.5))
+        scores = self.n("Mul", scores, self.c(self.attention_scale))
+        if self.attention_softcap:
+            scores = self.softcap(scores, self.attention_softcap)
         if self.compute != "F32":
             scores = self.n("Cast", scores, to=_elem("F32"))
         probs = self.to_compute(self.n("Softmax", self.n("Add", scores, self.masks[self.windows[layer]]), axis=-1))
@@ -311,8 +338,8 @@ class _Decoder:
         out = self.n("GroupQueryAttention", q, k, v, f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
                      self.seqlens_k, self.total_len, self.cos_cache, self.sin_cache,
                      outputs=[f"/attn_{layer}/out", f"present.{layer}.key", f"present.{layer}.value"], domain=MS,
-                     num_heads=self.heads, kv_num_heads=self.kv_heads, scale=self.head_dim ** -0.5, do_rotary=1,
-                     rotary_interleaved=0, **self.gqa_window(layer))[0]
+                     num_heads=self.heads, kv_num_heads=self.kv_heads, scale=self.attention_scale, do_rotary=1,
+                     rotary_interleaved=0, **self.gqa_window(layer), **self.gqa_softcap())[0]
         return self.n("Reshape", out, self.i64([-1, self.heads * self.head_dim]))
 
     def gqa_window(self, layer: int) -> dict:
@@ -320,6 +347,29 @@ class _Decoder:
         window of 5 on 16 tokens matches to 1e-5 whole and step by step; window - 1 does not)."""
         window = self.windows[layer]
         return {"local_window_size": window} if window else {}
+
+    def gqa_softcap(self) -> dict:
+        """GroupQueryAttention caps the scaled scores as transformers does: softcap * tanh(scores / softcap)."""
+        return {"softcap": float(self.attention_softcap)} if self.attention_softcap else {}
+
+    def softcap(self, x: str, cap: float) -> str:
+        return self.n("Mul", self.n("Tanh", self.n("Div", x, self.c(cap))), self.c(cap))
+
+    # --- activations: ACTIVATIONS maps transformers' names to these ------------------------------------------------
+    def silu(self, x: str) -> str:
+        return self.n("Mul", x, self.n("Sigmoid", x))
+
+    def gelu_tanh(self, x: str) -> str:
+        """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), torch's gelu(approximate="tanh") (no Gelu op before
+        opset 20)."""
+        cube = self.n("Mul", self.n("Mul", x, x), x)
+        inner = self.n("Mul", self.n("Add", x, self.n("Mul", cube, self.c(0.044715))), self.c(np.sqrt(2 / np.pi)))
+        return self.n("Mul", self.n("Mul", x, self.c(0.5)), self.n("Add", self.n("Tanh", inner), self.c(1.0)))
+
+    def gelu(self, x: str) -> str:
+        """0.5 x (1 + erf(x / sqrt(2))), torch's exact gelu."""
+        erf = self.n("Erf", self.n("Div", x, self.c(np.sqrt(2.0))))
+        return self.n("Mul", self.n("Mul", x, self.c(0.5)), self.n("Add", erf, self.c(1.0)))
 
     def norm_name(self, prefix: str, which: str) -> str | None:
         name = f"{prefix}.self_attn.{which}_norm.weight"
@@ -331,24 +381,38 @@ class _Decoder:
         embed = "model.embed_tokens.weight"
         hidden = self.n("Reshape", self.n("Gather", self.weight(embed), "input_ids", axis=0),
                         self.i64([-1, self.cfg["hidden_size"]]))
+        if self.embedding_scale:  # in the compute type, as transformers scales them (gemma's normalizer too)
+            hidden = self.n("Mul", hidden, self.c(self.embedding_scale))
         attention = self.attention_ort if self.ops == "ort" else self.attention_portable
-        residual, x = hidden, self.rms_norm(hidden, "model.layers.0.input_layernorm.weight")
+        attn_in, attn_out, mlp_in, mlp_out = self.knobs.block_norms
+        residual, x = hidden, self.rms_norm(hidden, f"model.layers.0.{attn_in}.weight")
         for i in range(self.cfg["num_hidden_layers"]):
             p = f"model.layers.{i}"
             if i:
-                x, residual = self.add_norm(x, residual, f"{p}.input_layernorm.weight")
+                x, residual = self.add_norm(x, residual, f"{p}.{attn_in}.weight")
             q, k, v = (self.linear(x, f"{p}.self_attn.{w}_proj") for w in "qkv")
-            attn = self.linear(attention(q, k, v, i, p), f"{p}.self_attn.o_proj")
-            x, residual = self.add_norm(attn, residual, f"{p}.post_attention_layernorm.weight")
+            attn = self.branch(self.linear(attention(q, k, v, i, p), f"{p}.self_attn.o_proj"), p, attn_out)
+            x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
             gate, up = (self.linear(x, f"{p}.mlp.{w}_proj") for w in ("gate", "up"))
-            x = self.linear(self.n("Mul", self.n("Mul", gate, self.n("Sigmoid", gate)), up), f"{p}.mlp.down_proj")
+            x = self.branch(self.linear(self.n("Mul", self.activation(gate), up), f"{p}.mlp.down_proj"), p, mlp_out)
         x, _ = self.add_norm(x, residual, "model.norm.weight")
         if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings"):
             logits = self.linear(x, "lm_head")
         else:  # the embedding's one initializer serves the Gather and this Gemm
             logits = self.n("Gemm", x, self.weight(embed), transB=1)
+        if self.logit_divisor:
+            logits = self.n("Div", logits, self.c(self.logit_divisor))
+        if self.logit_softcap:
+            logits = self.softcap(logits, self.logit_softcap)
         self.n("Reshape", logits, self.rows_last, outputs=["logits"])
         return OnnxGraph(self.proto(), list(self.weights.items()), self.storage, self.compute, self.notes)
+
+    def branch(self, x: str, prefix: str, norm: str | None) -> str:
+        """A block's attention or MLP output as it joins the residual stream: normed (gemma2's post norms) and
+        scaled (granite's residual multiplier) where the family says."""
+        if norm:
+            x = self.rms_norm(x, f"{prefix}.{norm}.weight")
+        return self.n("Mul", x, self.c(self.residual_scale)) if self.residual_scale else x
 
     def proto(self):
         onnx = require_onnx()
@@ -373,9 +437,10 @@ class _Decoder:
 
 def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
     """Each layer's sliding attention window (None: full causal attention), as transformers reads the config:
-    `layer_types` where the config has them (qwen2, qwen3), else mistral's one `sliding_window` for every layer."""
+    `layer_types` where the config has them (qwen2, qwen3) or its config class fills them in (gemma2), else mistral's
+    one `sliding_window` for every layer."""
     n, window = cfg["num_hidden_layers"], cfg.get("sliding_window")
-    types = cfg.get("layer_types")
+    types = cfg.get("layer_types") or arch.onnx.decoder.layer_types(cfg)
     if types:
         return [window if t == "sliding_attention" else None for t in types]
     return [window if arch.onnx.sliding_window_everywhere else None] * n

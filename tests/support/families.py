@@ -4,16 +4,21 @@ here."""
 from __future__ import annotations
 
 from modelport.convert import archs
+from modelport.convert.archs.base import Decoder
 from modelport.samples import tiny
 
-# the families our ONNX graph builder builds (the llama-like decoders), as their ONNX sections say
+# the families our ONNX graph builder builds, as their ONNX sections say
 FAMILIES = tuple(name for name, arch in sorted(archs.registry().items()) if arch.onnx.builder)
+
+# the plain llama-like decoders among them (the builder's default Decoder: no scales, caps or norm offsets), through
+# GGUF in three dtypes and round trips kept bit-exact (test_gguf_parity.py, test_roundtrip.py)
+LLAMA_LIKE = tuple(name for name in FAMILIES if archs.registry()[name].onnx.decoder == Decoder())
 
 # the causal-LM samples of every other family (falcon40b and falcon2 beside falcon: other layouts), each through
 # every GGUF path in test_families.py; encoders have their own tests (bert: test_family_bert.py), and a sample that
 # only resizes another (mixtral8) serves the tests of the count-dependent rules it is made for
 MORE_FAMILIES = tuple(name for name, sample in tiny.SAMPLES.items()
-                      if sample.family not in FAMILIES and sample.auto_class == tiny.CAUSAL_LM
+                      if sample.family not in LLAMA_LIKE and sample.auto_class == tiny.CAUSAL_LM
                       and sample.resizes is None)
 
 # GGUF -> HF tolerance where a family's documented transform is not exact in f32: norms applied as (offset + w) go
