@@ -13,7 +13,7 @@ from modelport.convert.gguf import map as gguf_map
 from modelport.convert.archs.base import unpermute
 from modelport.formats import gguf
 from modelport.convert.gguf.codec import file_type_name
-from modelport.validators import gates, memory
+from modelport.validators import gates, memory, runtimes
 from modelport.validators.diff import diff
 from modelport.validators.parity import SCHEMA, Report
 
@@ -113,6 +113,16 @@ def clean(tiny_llama, tmp_path_factory):
     q8 = root / "q8.gguf"
     api.convert(tiny_llama, q8, quant="Q8_0")
     return {"f16": f16, "q8_0": q8}
+
+
+def test_llama_cpp_loads_without_extra_buffer_types(clean):
+    """Every model llama.cpp loads for us has ggml's extra buffer types off (AMX crashes on quantized models; repacked
+    weights are a second copy in memory): the parameters llama-cpp-python passed to llama.cpp say so."""
+    r = runtimes.LlamaCpp(clean["q8_0"], n_ctx=64)
+    try:
+        assert r.llm.model_params.use_extra_bufts is False
+    finally:
+        r.close()
 
 
 def test_clean_f16_passes(tiny_llama, clean, text_file, tmp_path):

@@ -21,19 +21,20 @@ from modelport.formats.safetensors import shard_files
 def llama_cpp():
     """llama-cpp-python, with ggml's extra buffer types (AMX / repacked weights) turned off for every model we
     load: on CPUs with AMX, llama.cpp's AMX path crashes on quantized models, and the plain CPU path computes the
-    same results."""
+    same results. Repacked weights are also a second, anonymous copy beside the mapped file (8B Q4_K_M: 3.5 GB)."""
     try:
         import llama_cpp as lc
     except ImportError:
         raise RuntimeMissing(None, "llama.cpp runtime missing: pip install 'modelport[llama]'") from None
-    defaults = lc.llama_model_default_params
+    bindings = lc.llama_cpp  # Llama() calls its defaults through this submodule, not the package's re-export
+    defaults = bindings.llama_model_default_params
     if not getattr(defaults, "_modelport", False):
         def params():
             p = defaults()
             p.use_extra_bufts = False
             return p
         params._modelport = True
-        lc.llama_model_default_params = params
+        bindings.llama_model_default_params = lc.llama_model_default_params = params
     return lc
 
 
