@@ -62,6 +62,9 @@ class Decoder:
     # each layer's "sliding_attention" or "full_attention" where config.json says no `layer_types` (None: the config's
     # sliding_window applies as sliding_window_everywhere says)
     layer_types: Callable[[dict], list[str] | None] = lambda cfg: None
+    # the rope base of the sliding-window layers, which rotate with default rope (gemma3's rope_local_base_freq); None:
+    # every layer rotates as the config's rope says
+    local_rope_theta: Callable[[dict], float | None] = lambda cfg: None
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,13 @@ class _Decoder:
             raise Unsupported(None, f"{model.arch} with hidden activation {activation!r}: the ONNX builder knows "
                                     f"{', '.join(ACTIVATIONS)}")
         self.activation = getattr(self, ACTIVATIONS[activation])
+        # each layer's rope, by name: the config's, or default rope at the local layers' own base (gemma3's)
+        local_theta = knobs.local_rope_theta(c)
+        self.ropes = {"global": model.config}
+        if local_theta:
+            self.ropes["local"] = {**model.config, "rope_theta": local_theta, "rope_scaling": None,
+                                   "rope_parameters": None}
+        self.layer_ropes = ["local" if local_theta and w else "global" for w in self.windows]
 
     # --- weights -------------------------------------------------------------------------------------------------
     def weight(self, name: str) -> str:
@@ -244,28 +251,28 @@ class _Decoder:
             self.seqlens_k = self.n("Cast", self.n("Sub", mask_sum, self.i64(1)), to=_elem("I32"))
             total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
             self.total_len = self.n("Cast", total, to=_elem("I32"))
-            self.cos_cache, self.sin_cache = self.rope_caches()
+            self.caches = {rope: self.rope_caches(rope) for rope in self.ropes}
         else:
             self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
-            self.cos, self.sin = self.rope_cos_sin()
+            self.cos_sin = {rope: self.rope_cos_sin(rope) for rope in self.ropes}
 
-    def rope_caches(self) -> tuple[str, str]:
+    def rope_caches(self, rope: str) -> tuple[str, str]:
         """[max_positions, head_dim / 2] cos and sin for GroupQueryAttention, from a subgraph onnxruntime folds."""
         positions = self.n("Cast", self.n("Range", self.i64(0), self.i64(self.cfg["max_position_embeddings"]),
                                           self.i64(1)), to=_elem("F32"))
-        freqs = self.n("Mul", self.n("Unsqueeze", positions, self.i64([1])), self.inv_freq())
+        freqs = self.n("Mul", self.n("Unsqueeze", positions, self.i64([1])), self.inv_freq(rope))
         return tuple(self.to_compute(self.n(fn, freqs)) for fn in ("Cos", "Sin"))
 
-    def inv_freq(self) -> str:
-        return self.n.const(onnx_rope.inv_freq(self.model.config, self.head_dim), np.float32)
+    def inv_freq(self, rope: str) -> str:
+        return self.n.const(onnx_rope.inv_freq(self.ropes[rope], self.head_dim), np.float32)
 
     def to_compute(self, x32: str) -> str:
         return x32 if self.compute == "F32" else self.n("Cast", x32, to=_elem(self.compute))
 
-    def rope_cos_sin(self) -> tuple[str, str]:
+    def rope_cos_sin(self, rope: str) -> tuple[str, str]:
         """cos and sin [B, 1, S, head_dim] of position_ids, as transformers' rotary embedding computes them."""
         pos = self.n("Unsqueeze", self.n("Cast", "position_ids", to=_elem("F32")), self.i64([-1]))
-        freqs = self.n("Mul", pos, self.inv_freq())  # [B, S, D/2]
+        freqs = self.n("Mul", pos, self.inv_freq(rope))  # [B, S, D/2]
         emb = self.n("Concat", freqs, freqs, axis=-1)
         return tuple(self.n("Unsqueeze", self.to_compute(self.n(fn, emb)), self.i64([1])) for fn in ("Cos", "Sin"))
 
@@ -296,12 +303,13 @@ class _Decoder:
             x = self.rms_norm(x, norm)
         return self.n("Transpose", x, perm=[0, 2, 1, 3])
 
-    def rotate(self, x: str) -> str:
+    def rotate(self, x: str, layer: int) -> str:
+        cos, sin = self.cos_sin[self.layer_ropes[layer]]
         half = self.head_dim // 2
         lo = self.n("Slice", x, self.i64([0]), self.i64([half]), self.i64([-1]))
         hi = self.n("Slice", x, self.i64([half]), self.i64([self.head_dim]), self.i64([-1]))
         rotated = self.n("Concat", self.n("Neg", hi), lo, axis=-1)
-        return self.n("Add", self.n("Mul", x, self.cos), self.n("Mul", rotated, self.sin))
+        return self.n("Add", self.n("Mul", x, cos), self.n("Mul", rotated, sin))
 
     def repeat_kv(self, x: str) -> str:
         rep = self.heads // self.kv_heads
@@ -311,8 +319,8 @@ class _Decoder:
         return self.n("Reshape", x, self.i64([0, self.heads, -1, self.head_dim]))
 
     def attention_portable(self, q: str, k: str, v: str, layer: int, p: str) -> str:
-        q = self.rotate(self.heads_view(q, self.heads, self.norm_name(p, "q")))
-        k = self.rotate(self.heads_view(k, self.kv_heads, self.norm_name(p, "k")))
+        q = self.rotate(self.heads_view(q, self.heads, self.norm_name(p, "q")), layer)
+        k = self.rotate(self.heads_view(k, self.kv_heads, self.norm_name(p, "k")), layer)
         v = self.heads_view(v, self.kv_heads, None)
         key = self.n("Concat", f"past_key_values.{layer}.key", k, outputs=[f"present.{layer}.key"], axis=2)
         value = self.n("Concat", f"past_key_values.{layer}.value", v, outputs=[f"present.{layer}.value"], axis=2)
@@ -336,7 +344,7 @@ class _Decoder:
                 q, k = (normed, k) if which == "q" else (q, normed)
         q, k, v = (self.n("Reshape", t, self.rows_last) for t in (q, k, v))
         out = self.n("GroupQueryAttention", q, k, v, f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
-                     self.seqlens_k, self.total_len, self.cos_cache, self.sin_cache,
+                     self.seqlens_k, self.total_len, *self.caches[self.layer_ropes[layer]],
                      outputs=[f"/attn_{layer}/out", f"present.{layer}.key", f"present.{layer}.value"], domain=MS,
                      num_heads=self.heads, kv_num_heads=self.kv_heads, scale=self.attention_scale, do_rotary=1,
                      rotary_interleaved=0, **self.gqa_window(layer), **self.gqa_softcap())[0]
