@@ -109,11 +109,12 @@ class _Decoder:
         self.notes: list[dict] = []
         c = self.cfg
         self.heads, self.kv_heads, self.head_dim = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
-        self.eps = float(c["rms_norm_eps"])
         self.np_compute = np.float16 if self.compute == "F16" else np.float32
         self.head_shapes: dict[int, str] = {}  # [B, S, n, D] per head count
         self.windows = sliding_windows(archs.for_hf(model.arch), self.cfg)
         self.knobs = knobs = archs.for_hf(model.arch).onnx.decoder
+        self.eps = float(knobs.norm_eps(c))
+        self.norm = self.layer_norm if knobs.layer_norm else self.rms_norm
         self.embedding_scale, self.residual_scale = knobs.embedding_scale(c), knobs.residual_scale(c)
         self.attention_scale, self.attention_softcap = knobs.attention_scale(c), knobs.attention_softcap(c)
         self.logit_divisor, self.logit_softcap = knobs.logit_divisor(c), knobs.logit_softcap(c)
@@ -221,6 +222,11 @@ class _Decoder:
             y = self.n("Cast", y, to=_elem(self.compute))
         return self.n("Mul", y, w)
 
+    def layer_norm(self, x: str, weight: str) -> str:
+        """nn.LayerNorm with its bias: LayerNormalization (standard from opset 17), float32 statistics."""
+        return self.n("LayerNormalization", x, self.weight(weight), self.weight(_bias(weight)), axis=-1,
+                      epsilon=self.eps, stash_type=1)
+
     def norm_scale(self, weight: str) -> str:
         """What the ort norm ops multiply by: the weight, or (offset + w) in the compute type (the HF tensor stays
         the initializer)."""
@@ -235,12 +241,16 @@ class _Decoder:
 
     def add_norm(self, x: str, residual: str, weight: str) -> tuple[str, str]:
         """(norm(x + residual), x + residual): one fused node with the ort set."""
+        if self.ops == "ort" and self.knobs.layer_norm:
+            out = self.n("SkipLayerNormalization", x, residual, self.weight(weight), self.weight(_bias(weight)),
+                         outputs=4, domain=MS, epsilon=self.eps)
+            return out[0], out[3]
         if self.ops == "ort":
             out = self.n("SkipSimplifiedLayerNormalization", x, residual, self.norm_scale(weight),
                          outputs=4, domain=MS, epsilon=self.eps)
             return out[0], out[3]
         total = self.n("Add", x, residual)
-        return self.rms_norm(total, weight), total
+        return self.norm(total, weight), total
 
     # --- shared subgraphs ----------------------------------------------------------------------------------------
     def inputs_info(self):
@@ -393,7 +403,7 @@ class _Decoder:
             hidden = self.n("Mul", hidden, self.c(self.embedding_scale))
         attention = self.attention_ort if self.ops == "ort" else self.attention_portable
         attn_in, attn_out, mlp_in, mlp_out = self.knobs.block_norms
-        residual, x = hidden, self.rms_norm(hidden, f"model.layers.0.{attn_in}.weight")
+        residual, x = hidden, self.norm(hidden, f"model.layers.0.{attn_in}.weight")
         for i in range(self.cfg["num_hidden_layers"]):
             p = f"model.layers.{i}"
             if i:
@@ -401,8 +411,7 @@ class _Decoder:
             q, k, v = (self.linear(x, f"{p}.self_attn.{w}_proj") for w in "qkv")
             attn = self.branch(self.linear(attention(q, k, v, i, p), f"{p}.self_attn.o_proj"), p, attn_out)
             x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
-            gate, up = (self.linear(x, f"{p}.mlp.{w}_proj") for w in ("gate", "up"))
-            x = self.branch(self.linear(self.n("Mul", self.activation(gate), up), f"{p}.mlp.down_proj"), p, mlp_out)
+            x = self.branch(self.mlp(x, p), p, mlp_out)
         x, _ = self.add_norm(x, residual, "model.norm.weight")
         if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings"):
             logits = self.linear(x, "lm_head")
@@ -415,11 +424,18 @@ class _Decoder:
         self.n("Reshape", logits, self.rows_last, outputs=["logits"])
         return OnnxGraph(self.proto(), list(self.weights.items()), self.storage, self.compute, self.notes)
 
+    def mlp(self, x: str, prefix: str) -> str:
+        """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
+        gate, up, down = (f"{prefix}.mlp.{w}" if w else None for w in self.knobs.mlp)
+        gate = self.linear(x, gate) if gate else None
+        up = self.linear(x, up)
+        return self.linear(self.n("Mul", self.activation(gate), up) if gate else self.activation(up), down)
+
     def branch(self, x: str, prefix: str, norm: str | None) -> str:
         """A block's attention or MLP output as it joins the residual stream: normed (gemma2's post norms) and
         scaled (granite's residual multiplier) where the family says."""
         if norm:
-            x = self.rms_norm(x, f"{prefix}.{norm}.weight")
+            x = self.norm(x, f"{prefix}.{norm}.weight")
         return self.n("Mul", x, self.c(self.residual_scale)) if self.residual_scale else x
 
     def proto(self):
@@ -441,6 +457,10 @@ class _Decoder:
         opsets = [h.make_opsetid("", opset)] + ([h.make_opsetid(MS, 1)] if self.ops == "ort" else [])
         model = h.make_model(graph, opset_imports=opsets, producer_name="modelport", ir_version=IR_VERSIONS[opset])
         return model
+
+
+def _bias(weight: str) -> str:
+    return weight.removesuffix("weight") + "bias"
 
 
 def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
