@@ -56,7 +56,10 @@ class Decoder:
     logit_divisor: Callable[[dict], float | None] = lambda cfg: None  # logits divided by it
     logit_softcap: Callable[[dict], float | None] = lambda cfg: None  # logits as tanh(l / cap) * cap
     activation: Callable[[dict], str] = lambda cfg: cfg.get("hidden_act", "silu")  # the MLP's, by HF name
-    # the MLP's projections under mlp.: gate (None: not gated, activation(up)), up, down
+    # the attention's input projections under self_attn. (the same name thrice: one fused q, k, v projection, phi3's)
+    qkv: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj")
+    # the MLP's projections under mlp.: gate (None: not gated, activation(up)), up, down (gate == up: one fused
+    # projection, gate half first, phi3's gate_up_proj)
     mlp: tuple[str | None, str, str] = ("gate_proj", "up_proj", "down_proj")
     norm_offset: float = 0.0  # RMS norms applied as (offset + w), in float32 (gemma's)
     layer_norm: bool = False  # the block and final norms are LayerNorms with a bias (starcoder2), not RMS norms

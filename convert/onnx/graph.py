@@ -49,6 +49,7 @@ QUANTIZED_OPS = {"ort": "MatMulNBits", "qdq": "DequantizeLinear"}  # op set -> w
 REDUCE_AXES_INPUT = 18  # from this opset ReduceMean takes its axes as an input, not an attribute
 COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> its default compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
+GQA_ROTARY_MULTIPLE = 16  # GroupQueryAttention's partial rotation: cos_cache width a multiple of 8 (onnxruntime 1.32)
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
 # transformers' hidden activation names -> the _Decoder method that spells each out
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -125,10 +126,10 @@ class _Decoder:
         self.activation = getattr(self, ACTIVATIONS[activation])
         # each layer's rope, by name: the config's, or default rope at the local layers' own base (gemma3's)
         local_theta = knobs.local_rope_theta(c)
-        self.ropes = {"global": model.config}
+        self.ropes = {"global": onnx_rope.of(model.config, self.head_dim)}
         if local_theta:
-            self.ropes["local"] = {**model.config, "rope_theta": local_theta, "rope_scaling": None,
-                                   "rope_parameters": None}
+            self.ropes["local"] = onnx_rope.of({**model.config, "rope_theta": local_theta, "rope_scaling": None,
+                                                "rope_parameters": None}, self.head_dim)
         self.layer_ropes = ["local" if local_theta and w else "global" for w in self.windows]
 
     # --- weights -------------------------------------------------------------------------------------------------
@@ -264,27 +265,63 @@ class _Decoder:
             self.caches = {rope: self.rope_caches(rope) for rope in self.ropes}
         else:
             self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
-            self.cos_sin = {rope: self.rope_cos_sin(rope) for rope in self.ropes}
+            self.rope_tables = {rope: self.rope_cos_sin(rope) for rope in self.ropes}
 
     def rope_caches(self, rope: str) -> tuple[str, str]:
-        """[max_positions, head_dim / 2] cos and sin for GroupQueryAttention, from a subgraph onnxruntime folds."""
+        """[max_positions, rotated dims / 2] cos and sin for GroupQueryAttention, from a subgraph onnxruntime folds;
+        LongRoPE's short and long pairs each folded, the switch taking the first total_sequence_length rows of one."""
+        dims = self.ropes[rope].dims
+        if dims < self.head_dim and dims % GQA_ROTARY_MULTIPLE:
+            raise Unsupported(None, f"{self.model.arch} rotating {dims} of {self.head_dim} dimensions per head with "
+                                    f"--ops ort: GroupQueryAttention rotates part of a head only in multiples of "
+                                    f"{GQA_ROTARY_MULTIPLE} dimensions; --ops portable or qdq computes it")
         positions = self.n("Cast", self.n("Range", self.i64(0), self.i64(self.cfg["max_position_embeddings"]),
                                           self.i64(1)), to=_elem("F32"))
-        freqs = self.n("Mul", self.n("Unsqueeze", positions, self.i64([1])), self.inv_freq(rope))
-        return tuple(self.to_compute(self.n(fn, freqs)) for fn in ("Cos", "Sin"))
+        tables = []
+        for inv in self.inv_freqs(rope):
+            freqs = self.n("Mul", self.n("Unsqueeze", positions, self.i64([1])), self.n.const(inv, np.float32))
+            tables.append(tuple(self.trig(fn, freqs, rope) for fn in ("Cos", "Sin")))
+        if len(tables) == 1:
+            return tables[0]
+        (cos, sin), (long_cos, long_sin) = tables
+        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64([1]), axis=0)
+        longer = self.longer_than(self.ropes[rope].switch)
 
-    def inv_freq(self, rope: str) -> str:
-        return self.n.const(onnx_rope.inv_freq(self.ropes[rope], self.head_dim), np.float32)
+        def rows(table: str) -> str:  # the first total_sequence_length rows: what GroupQueryAttention reads
+            return self.n("Slice", table, self.i64([0]), total, self.i64([0]))
+
+        return (self.n("Where", longer, rows(long_cos), rows(cos)), self.n("Where", longer, rows(long_sin), rows(sin)))
+
+    def inv_freqs(self, rope: str) -> list[np.ndarray]:
+        """The rope's inverse frequencies, and LongRoPE's long ones after them."""
+        r = self.ropes[rope]
+        return [inv for inv in (r.inv_freq, r.long_inv_freq) if inv is not None]
+
+    def longer_than(self, switch: int) -> str:
+        """Whether the total sequence length (attention_mask's) passes LongRoPE's switch: transformers'
+        max(position_ids) + 1 without left padding."""
+        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
+        return self.n("Greater", total, self.i64(switch))
+
+    def trig(self, fn: str, freqs: str, rope: str) -> str:
+        """Cos or Sin of the float32 angles, times LongRoPE's attention factor, in the compute type."""
+        scale = self.ropes[rope].scale
+        out = self.n(fn, freqs)
+        return self.to_compute(out if scale == 1.0 else self.n("Mul", out, self.n.const(scale, np.float32)))
 
     def to_compute(self, x32: str) -> str:
         return x32 if self.compute == "F32" else self.n("Cast", x32, to=_elem(self.compute))
 
     def rope_cos_sin(self, rope: str) -> tuple[str, str]:
-        """cos and sin [B, 1, S, head_dim] of position_ids, as transformers' rotary embedding computes them."""
+        """cos and sin [B, 1, S, rotated dims] of position_ids, as transformers' rotary embedding computes them
+        (LongRoPE: the short or long frequencies as the switch says)."""
         pos = self.n("Unsqueeze", self.n("Cast", "position_ids", to=_elem("F32")), self.i64([-1]))
-        freqs = self.n("Mul", pos, self.inv_freq(rope))  # [B, S, D/2]
+        invs = [self.n.const(inv, np.float32) for inv in self.inv_freqs(rope)]
+        inv = invs[0] if len(invs) == 1 else self.n("Where", self.longer_than(self.ropes[rope].switch), invs[1],
+                                                     invs[0])
+        freqs = self.n("Mul", pos, inv)  # [B, S, D/2]
         emb = self.n("Concat", freqs, freqs, axis=-1)
-        return tuple(self.n("Unsqueeze", self.to_compute(self.n(fn, emb)), self.i64([1])) for fn in ("Cos", "Sin"))
+        return tuple(self.n("Unsqueeze", self.trig(fn, emb, rope), self.i64([1])) for fn in ("Cos", "Sin"))
 
     def causal_mask(self, window: int | None) -> str:
         """[B, 1, S, T] float32: 0 where query i may attend key j (j <= past + i, attention_mask[j], and within the
@@ -314,12 +351,18 @@ class _Decoder:
         return self.n("Transpose", x, perm=[0, 2, 1, 3])
 
     def rotate(self, x: str, layer: int) -> str:
-        cos, sin = self.cos_sin[self.layer_ropes[layer]]
-        half = self.head_dim // 2
-        lo = self.n("Slice", x, self.i64([0]), self.i64([half]), self.i64([-1]))
-        hi = self.n("Slice", x, self.i64([half]), self.i64([self.head_dim]), self.i64([-1]))
+        """x * cos + rotate_half(x) * sin on the rotated dimensions; the rest of each head passes (partial rotary)."""
+        cos, sin = self.rope_tables[self.layer_ropes[layer]]
+        dims = self.ropes[self.layer_ropes[layer]].dims
+        part = self.n("Slice", x, self.i64([0]), self.i64([dims]), self.i64([-1])) if dims < self.head_dim else x
+        lo = self.n("Slice", part, self.i64([0]), self.i64([dims // 2]), self.i64([-1]))
+        hi = self.n("Slice", part, self.i64([dims // 2]), self.i64([dims]), self.i64([-1]))
         rotated = self.n("Concat", self.n("Neg", hi), lo, axis=-1)
-        return self.n("Add", self.n("Mul", x, cos), self.n("Mul", rotated, sin))
+        out = self.n("Add", self.n("Mul", part, cos), self.n("Mul", rotated, sin))
+        if dims == self.head_dim:
+            return out
+        rest = self.n("Slice", x, self.i64([dims]), self.i64([self.head_dim]), self.i64([-1]))
+        return self.n("Concat", out, rest, axis=-1)
 
     def repeat_kv(self, x: str) -> str:
         rep = self.heads // self.kv_heads
@@ -408,7 +451,8 @@ class _Decoder:
             p = f"model.layers.{i}"
             if i:
                 x, residual = self.add_norm(x, residual, f"{p}.{attn_in}.weight")
-            q, k, v = (self.linear(x, f"{p}.self_attn.{w}_proj") for w in "qkv")
+            q, k, v = self.projections(x, f"{p}.self_attn", self.knobs.qkv,
+                                       [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)])
             attn = self.branch(self.linear(attention(q, k, v, i, p), f"{p}.self_attn.o_proj"), p, attn_out)
             x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
             x = self.branch(self.mlp(x, p), p, mlp_out)
@@ -426,10 +470,19 @@ class _Decoder:
 
     def mlp(self, x: str, prefix: str) -> str:
         """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
-        gate, up, down = (f"{prefix}.mlp.{w}" if w else None for w in self.knobs.mlp)
-        gate = self.linear(x, gate) if gate else None
-        up = self.linear(x, up)
-        return self.linear(self.n("Mul", self.activation(gate), up) if gate else self.activation(up), down)
+        gate, up, down = self.knobs.mlp
+        if gate is None:
+            return self.linear(self.activation(self.linear(x, f"{prefix}.mlp.{up}")), f"{prefix}.mlp.{down}")
+        gate, up = self.projections(x, f"{prefix}.mlp", (gate, up), [self.cfg["intermediate_size"]] * 2)
+        return self.linear(self.n("Mul", self.activation(gate), up), f"{prefix}.mlp.{down}")
+
+    def projections(self, x: str, prefix: str, names: tuple[str, ...], sizes: list[int]) -> list[str]:
+        """x through each named projection; one name repeated is one fused projection (phi3's qkv_proj,
+        gate_up_proj) whose output splits into `sizes`, in order."""
+        if len(set(names)) < len(names):
+            return self.n("Split", self.linear(x, f"{prefix}.{names[0]}"), self.i64(sizes), axis=-1,
+                          outputs=len(names))
+        return [self.linear(x, f"{prefix}.{name}") for name in names]
 
     def branch(self, x: str, prefix: str, norm: str | None) -> str:
         """A block's attention or MLP output as it joins the residual stream: normed (gemma2's post norms) and
