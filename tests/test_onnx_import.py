@@ -13,7 +13,7 @@ import pytest
 from safetensors import safe_open
 
 from support.cli import run_cli
-from support.families import FAMILIES
+from support.families import FAMILIES, ROUNDTRIP_ATOL
 from modelport import api
 from modelport.convert import archs
 from modelport.convert.onnx import reader as onnx_reader
@@ -66,8 +66,9 @@ def test_optimum_export_to_safetensors_gives_the_original_tensors(exported, fami
     api.convert(onnx_dir, out, to="safetensors")
     original, back = _tensors(src), _tensors(out)
     assert list(back) == sorted(original)
+    atol = ROUNDTRIP_ATOL.get(family, 0.0)  # gemma's norms: exported as 1 + w, read back as (1 + w) - 1
     for name, arr in original.items():
-        assert back[name].dtype == arr.dtype and np.array_equal(back[name], arr), name
+        assert back[name].dtype == arr.dtype and np.allclose(back[name], arr, rtol=0, atol=atol), name
     assert json.loads((out / "config.json").read_text())["model_type"] == family
 
 

@@ -7,7 +7,7 @@ the values the graph computes with), and record the source config.json in `model
 Exported graphs rename their MatMul weights (`onnx::MatMul_123`), store them transposed ([K, N]) and share duplicates,
 so their HF names are recovered from the graph's structure, walking the data flow from `input_ids`: the embedding is
 the Gather fed by input_ids; a norm's weight is the first Mul by a 1-D initializer after the residual stream (or a
-norm op's scale); the projections fed by that norm's output are q/k/v, told apart by where they enter attention
+norm op's scale; gemma's exports fold its 1 + w into it, and the walk takes the 1 off); the projections fed by that norm's output are q/k/v, told apart by where they enter attention
 (scores MatMul operand 0 = q, operand 1 = k, context MatMul operand 1 = v, or a fused attention op's q/k/v inputs);
 o_proj is the next weighted MatMul after attention; the residual is the first Add of two computed tensors after it;
 in the MLP the projection that reaches an activation is gate, the other up, and down is the next weighted MatMul.
@@ -45,6 +45,7 @@ QUANTIZED = ".quantized"  # contract: HF `X.weight` as DequantizeLinear [K, N] i
 WEIGHTED = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1}  # op -> input slot of its weight
 # how a weight initializer is stored, relative to HF's [out, in]
 AS_HF, TRANSPOSED, NBITS = "hf", "transposed", "nbits"
+NORM = "norm"  # a norm's scale: w, or for a family whose norms apply (offset + w) the exporter's folded offset + w
 DEQUANTIZED = {"qdq-hf": AS_HF, "qdq-transposed": TRANSPOSED}  # a DequantizeLinear's weight, then laid out as named
 NORM_OPS = {"SimplifiedLayerNormalization": 1, "RMSNormalization": 1, "LayerNormalization": 1}  # op -> scale slot
 NORM_PATH = {"Cast", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Identity"}  # RMSNorm pieces
@@ -199,7 +200,7 @@ class _Walk:
     def _norm(self, x: str, hf: str) -> str:
         i, _ = self.g.first(x, lambda n, s: self.g.norm_scale(n) is not None, self.g.in_norm, f"norm for {hf}",
                             self.path)
-        self.names[hf] = (self.g.norm_scale(self.g.nodes[i]), AS_HF)
+        self.names[hf] = (self.g.norm_scale(self.g.nodes[i]), NORM)
         return self.g.nodes[i].output[0]
 
     def _projections(self, x: str) -> list[int]:
@@ -244,7 +245,7 @@ class _Walk:
                                     lambda n: self._not_weighted(n) and self.g.attention_use(n, 0) is None)
                 if hits:
                     self.names[f"{prefix}.{QK_NORMS[role]}.weight"] = (self.g.norm_scale(self.g.nodes[hits[0][0]]),
-                                                                       AS_HF)
+                                                                       NORM)
             if use != "scores":
                 context = self.g.nodes[j].output[0]
         if set(roles) != {"q_proj", "k_proj", "v_proj"} or context is None:
@@ -364,15 +365,28 @@ def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, Ten
     return tensors
 
 
-def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, path: Path) -> dict[str, TensorRef]:
+def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, hf_names: set[str], path: Path
+                       ) -> dict[str, TensorRef]:
     if not arch.onnx.read_back:
         walked = sorted(a.name for a in archs.registry().values() if a.onnx.read_back)
         raise Unsupported(path, f"reading an exported {arch.name} ONNX model back is not supported; the graph walk "
                                 f"knows {', '.join(walked)}")
     names = _Walk(graph, path).run(cfg["num_hidden_layers"])
-    if cfg.get("tie_word_embeddings", False):
-        names.pop("lm_head.weight", None)  # the HF checkpoint stores the tied weight once, as the embedding
-    return {hf: _hf_ref(graph, init, layout, path) for hf, (init, layout) in names.items()}
+    # the HF checkpoint stores a tied weight once, as the embedding; a family without an lm_head (gemma's, whose
+    # config.json leaves its tie_word_embeddings default out) has the exporter's copy of the embedding as its head
+    if cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in hf_names:
+        names.pop("lm_head.weight", None)
+    offset = arch.onnx.decoder.norm_offset
+    return {hf: _norm_ref(graph.inits[init], offset) if layout == NORM else _hf_ref(graph, init, layout, path)
+            for hf, (init, layout) in names.items()}
+
+
+def _norm_ref(ref: TensorRef, offset: float) -> TensorRef:
+    """w from a norm's scale: an exporter folds gemma's (1 + w) into one initializer; (1 + w) - 1 in float32 is w to
+    within half an ulp of 1 + w (as through GGUF), exact for BF16/F16 weights."""
+    if not offset:
+        return ref
+    return ref.map(lambda a: (a.astype(np.float32) - np.float32(offset)).astype(a.dtype))
 
 
 def _config(contents: OnnxContents, folder: Path) -> dict:
@@ -398,7 +412,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     if own:  # in the graph's order, the source's
         tensors = _own_tensors(graph, hf_names, path)
     else:  # in save_pretrained's order
-        tensors = dict(sorted(_exported_tensors(graph, arch, norm, path).items()))
+        tensors = dict(sorted(_exported_tensors(graph, arch, norm, hf_names, path).items()))
     unknown = sorted(set(tensors) - hf_names)
     if unknown:
         raise Unsupported(path, f"tensor {unknown[0]!r} has no place in the {arch.name} family")
