@@ -74,4 +74,4 @@ def hf_from_gguf(cfg: dict, kv: dict, tensors: dict) -> dict:
 ARCH = replace(GEMMA2, name="gemma3_text", mlx="gemma3_text",
                hf_class="Gemma3ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA3,
                hparams=HPARAMS, tensors=TENSORS + FFN_NORMS + QK_NORMS, normalize=normalize, extra_kv=linear_rope_kv,
-               hf_from_gguf=hf_from_gguf, onnx=OnnxSupport(builder=True, genai_type="gemma3_text", decoder=DECODER))
+               hf_from_gguf=hf_from_gguf, onnx=OnnxSupport(builder=True, genai_type="gemma3_text", read_back=True, decoder=DECODER))

@@ -14,7 +14,8 @@ in the MLP the projection that reaches an activation is gate, the other up, and 
 A weight is a MatMul's B (transposed, or a Transpose of the HF-laid initializer), a Gemm's (transB says),
 MatMulNBits blobs (an export quantized afterwards) or the DequantizeLinear of an initializer in B's place (a QDQ
 export: onnxruntime's QDQ quantizer, ours). Node names are never consulted: exporters rename nodes from
-version to version. The walk knows the llama-like families (those whose ONNX section says read_back); onnx has no library for it.
+version to version. The walk knows the llama-like families (those whose ONNX section says read_back), with the norms
+around attention and the MLP their Decoder row names (gemma2's and gemma3's post norms); onnx has no library for it.
 """
 from __future__ import annotations
 
@@ -267,7 +268,10 @@ class _Walk:
         up = self._linear(ups[0], f"{prefix}.up_proj")
         return self._linear(self._next_weighted(up, f"down_proj of {prefix}"), f"{prefix}.down_proj")
 
-    def run(self, n_layers: int) -> dict[str, tuple[str, str]]:
+    def run(self, n_layers: int, block_norms: tuple[str | None, ...]) -> dict[str, tuple[str, str]]:
+        """The names along the block the family's Decoder row says: its norms before and after attention and the
+        MLP (gemma2's and gemma3's post norms)."""
+        attn_in, attn_out, mlp_in, mlp_out = block_norms
         hits = [i for i, slot in self.g.consumers.get("input_ids", ()) if self.g.nodes[i].op_type == "Gather"
                 and slot == 1 and self.g.nodes[i].input[0] in self.g.inits]
         if not hits:
@@ -277,9 +281,13 @@ class _Walk:
         h = embed.output[0]
         for b in range(n_layers):
             prefix = f"model.layers.{b}"
-            attn = self._attention(self._norm(h, f"{prefix}.input_layernorm.weight"), f"{prefix}.self_attn")
+            attn = self._attention(self._norm(h, f"{prefix}.{attn_in}.weight"), f"{prefix}.self_attn")
+            if attn_out:
+                attn = self._norm(attn, f"{prefix}.{attn_out}.weight")
             h = self._residual(attn, f"residual after attention of {prefix}")
-            mlp = self._mlp(self._norm(h, f"{prefix}.post_attention_layernorm.weight"), f"{prefix}.mlp")
+            mlp = self._mlp(self._norm(h, f"{prefix}.{mlp_in}.weight"), f"{prefix}.mlp")
+            if mlp_out:
+                mlp = self._norm(mlp, f"{prefix}.{mlp_out}.weight")
             h = self._residual(mlp, f"residual after the MLP of {prefix}")
         head = self._projections(self._norm(h, "model.norm.weight"))
         if len(head) != 1:
@@ -371,7 +379,7 @@ def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, hf_names: set[
         walked = sorted(a.name for a in archs.registry().values() if a.onnx.read_back)
         raise Unsupported(path, f"reading an exported {arch.name} ONNX model back is not supported; the graph walk "
                                 f"knows {', '.join(walked)}")
-    names = _Walk(graph, path).run(cfg["num_hidden_layers"])
+    names = _Walk(graph, path).run(cfg["num_hidden_layers"], arch.onnx.decoder.block_norms)
     # the HF checkpoint stores a tied weight once, as the embedding; a family without an lm_head (gemma's, whose
     # config.json leaves its tie_word_embeddings default out) has the exporter's copy of the embedding as its head
     if cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in hf_names:
