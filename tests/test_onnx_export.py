@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,6 +263,63 @@ def test_sliding_window_attention_matches_transformers(checkpoints, tmp_path):
         onnx = OnnxRuntime(tmp_path / ops)
         assert np.abs(logits - onnx.logits(ids)).max() <= 1e-4, ops
         assert np.abs(logits - _stepwise(onnx, ids)).max() <= 1e-4, ops
+
+
+def _variant(checkpoints, tmp_path, family: str, shape: str = "tiny", **config) -> Path:
+    """A copy of the tiny `family` checkpoint whose config.json says `config` besides."""
+    src = tmp_path / f"{family}-variant"
+    shutil.copytree(checkpoints(family, shape=shape), src)
+    (src / "config.json").write_text(json.dumps({**json.loads((src / "config.json").read_text()), **config}))
+    return src
+
+
+def _transformers_stepwise(ref: Transformers, ids: list[int]) -> np.ndarray:
+    """transformers' logits of each token fed alone after its own cache of the ones before it."""
+    torch = ref.torch
+    past, rows = None, []
+    with torch.no_grad():
+        for i, token in enumerate(ids):
+            out = ref.model(torch.tensor([[token]]), past_key_values=past, use_cache=True,
+                            position_ids=torch.tensor([[i]]))
+            past, rows = out.past_key_values, rows + [out.logits[0, -1].float().numpy()]
+    return np.stack(rows)
+
+
+def test_longrope_switches_to_the_long_factors_inside_the_graph(checkpoints, tmp_path, mixed_text):
+    """phi3's LongRoPE with original_max_position_embeddings 64, over 100 tokens: the whole prompt rotates with the
+    long factors; token by token, transformers switches once the sequence passes 64 (the keys cached before keep the
+    short ones), and so does the graph, by the total sequence length."""
+    src = _variant(checkpoints, tmp_path, "phi3", original_max_position_embeddings=64)
+    ref = Transformers(src)
+    ids = ref.tokenize(mixed_text)[:100]
+    whole, steps = ref.logits(ids), _transformers_stepwise(ref, ids)
+    assert np.abs(whole - steps).max() > 1.0, "the switch must matter"
+    for ops in OPS:
+        api.convert(src, tmp_path / ops, to="onnx", ops=ops)
+        onnx = OnnxRuntime(tmp_path / ops)
+        got_whole, got_steps = (float(np.abs(want - got).max()) for want, got in
+                                ((whole, onnx.logits(ids)), (steps, _stepwise(onnx, ids))))
+        print(f"phi3 LongRoPE switch at 64, {ops}: max |logit diff| whole {got_whole:.3g}, steps {got_steps:.3g}")
+        assert got_whole <= 1e-4 and got_steps <= 1e-4, ops
+
+
+def test_partial_rotary_and_what_ort_refuses(checkpoints, tmp_path, mixed_text):
+    """partial_rotary_factor 0.5 (Phi-4-mini rotates 0.75): head_dim 32 rotates 16 dimensions in both operator sets;
+    head_dim 16 would rotate 8, which GroupQueryAttention cannot (multiples of 16): --ops ort is refused (exit 3)."""
+    factors = {"short_factor": list(np.linspace(1.0, 2.0, 8)), "long_factor": list(np.linspace(1.0, 30.0, 8))}
+    src = _variant(checkpoints, tmp_path, "phi3", "g128", partial_rotary_factor=0.5,
+                   rope_scaling={"type": "longrope", **factors})
+    ref = Transformers(src)
+    ids = ref.tokenize(mixed_text)[:48]
+    logits = ref.logits(ids)
+    for ops in OPS:
+        api.convert(src, tmp_path / ops, to="onnx", ops=ops)
+        assert np.abs(logits - OnnxRuntime(tmp_path / ops).logits(ids)).max() <= 1e-4, ops
+    narrow = _variant(checkpoints, tmp_path / "narrow", "phi3", partial_rotary_factor=0.5,
+                      rope_scaling={"type": "longrope", **{k: v[:4] for k, v in factors.items()}})
+    r = run_cli("convert", narrow, tmp_path / "refused", "--to", "onnx", "--ops", "ort")
+    assert r.returncode == 3 and "--ops portable" in r.stderr, r.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 def test_activation_is_read_from_the_config(checkpoints, tmp_path):

@@ -13,9 +13,10 @@ import pytest
 from safetensors import safe_open
 
 from support.cli import run_cli
-from support.families import FAMILIES
+from support.families import FAMILIES, ROUNDTRIP_ATOL
 from modelport import api
 from modelport.convert import archs
+from modelport.samples import tiny
 from modelport.convert.onnx import reader as onnx_reader
 from modelport.convert.onnx import optimum as onnx_optimum
 from modelport.formats.onnx import read as read_onnx
@@ -24,8 +25,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("optimum.exporters.onnx")
 
-# the families whose optimum exports the graph walk reads back, as their ONNX sections say (read_back)
-EXPORTED_FAMILIES = tuple(name for name, arch in sorted(archs.registry().items()) if arch.onnx.read_back)
+# the samples of the families whose optimum exports the graph walk reads back, as their ONNX sections say (read_back)
+EXPORTED_FAMILIES = tuple(sorted(name for name, sample in tiny.SAMPLES.items()
+                                 if archs.for_hf(sample.family).onnx.read_back and sample.resizes is None))
 
 
 def _optimum_export(src, out):
@@ -66,9 +68,10 @@ def test_optimum_export_to_safetensors_gives_the_original_tensors(exported, fami
     api.convert(onnx_dir, out, to="safetensors")
     original, back = _tensors(src), _tensors(out)
     assert list(back) == sorted(original)
+    atol = ROUNDTRIP_ATOL.get(family, 0.0)  # the gemmas' norms: exported as 1 + w, read back as (1 + w) - 1
     for name, arr in original.items():
-        assert back[name].dtype == arr.dtype and np.array_equal(back[name], arr), name
-    assert json.loads((out / "config.json").read_text())["model_type"] == family
+        assert back[name].dtype == arr.dtype and np.allclose(back[name], arr, rtol=0, atol=atol), name
+    assert json.loads((out / "config.json").read_text())["model_type"] == tiny.SAMPLES[family].family
 
 
 def test_optimum_export_result_validates_against_the_original(exported, tmp_path, mixed_text):
@@ -170,11 +173,13 @@ def test_int4_onnx_reads_back_as_onnxruntime_runs_it(family, made_by, ours, expo
 
     if made_by.startswith("optimum"):
         onnx_dir = tmp_path / "q"  # the folder's other files (config.json, tokenizer) come along
-        api.quantize(exported("llama")[1], onnx_dir, "int4")
+        src, exported_dir = exported("llama")
+        api.quantize(exported_dir, onnx_dir, "int4")
     else:
-        _, onnx_dir = ours("--ops", "ort", "--quant", "int4", family=family)
+        src, onnx_dir = ours("--ops", "ort", "--quant", "int4", family=family)
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
-    assert sum(n.op_type == "MatMulNBits" for n in graph.node) >= 14
+    projections = sum(arr.ndim == 2 for name, arr in _tensors(src).items() if name.startswith("model.layers."))
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) >= projections  # every block's projections
     out = tmp_path / "hf"
     r = run_cli("convert", onnx_dir, out, "--to", "safetensors")
     assert r.returncode == 0, r.stderr

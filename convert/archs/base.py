@@ -55,13 +55,23 @@ class Decoder:
     attention_softcap: Callable[[dict], float | None] = lambda cfg: None  # scores as tanh(s / cap) * cap
     logit_divisor: Callable[[dict], float | None] = lambda cfg: None  # logits divided by it
     logit_softcap: Callable[[dict], float | None] = lambda cfg: None  # logits as tanh(l / cap) * cap
-    activation: Callable[[dict], str] = lambda cfg: cfg.get("hidden_act", "silu")  # the gated MLP's, by HF name
+    activation: Callable[[dict], str] = lambda cfg: cfg.get("hidden_act", "silu")  # the MLP's, by HF name
+    # the attention's input projections under self_attn. (the same name thrice: one fused q, k, v projection, phi3's)
+    qkv: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj")
+    # the MLP's projections under mlp.: gate (None: not gated, activation(up)), up, down (gate == up: one fused
+    # projection, gate half first, phi3's gate_up_proj)
+    mlp: tuple[str | None, str, str] = ("gate_proj", "up_proj", "down_proj")
     norm_offset: float = 0.0  # RMS norms applied as (offset + w), in float32 (gemma's)
+    layer_norm: bool = False  # the block and final norms are LayerNorms with a bias (starcoder2), not RMS norms
+    norm_eps: Callable[[dict], float] = lambda cfg: cfg["rms_norm_eps"]
     # the norm before attention, after it (on its output, before the residual add), before and after the MLP
     block_norms: tuple[str | None, ...] = ("input_layernorm", None, "post_attention_layernorm", None)
     # each layer's "sliding_attention" or "full_attention" where config.json says no `layer_types` (None: the config's
     # sliding_window applies as sliding_window_everywhere says)
     layer_types: Callable[[dict], list[str] | None] = lambda cfg: None
+    # the rope base of the sliding-window layers, which rotate with default rope (gemma3's rope_local_base_freq); None:
+    # every layer rotates as the config's rope says
+    local_rope_theta: Callable[[dict], float | None] = lambda cfg: None
 
 
 @dataclass(frozen=True)

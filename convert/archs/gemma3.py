@@ -7,17 +7,23 @@ Linear rope scaling (the 4B-27B checkpoints' factor 8) applies to the global lay
 query scale as for Gemma 2 (the 27B shape has 62 layers here).
 
 Gemma3Model also trims token_embd to the tokenizer's length when the checkpoint pads the vocabulary beyond it;
-here the embedding keeps the config's vocab_size rows and the GGUF vocabulary is padded to match instead."""
+here the embedding keeps the config's vocab_size rows and the GGUF vocabulary is padded to match instead.
+
+The ONNX builder computes Gemma3TextModel's steps: Gemma 2's row (embedding scale, 1 + w norms, post norms, query
+scale, caps where the config sets them) with the per-head Q/K norms, and the local layers' window and default rope at
+rope_local_base_freq (a second cos/sin cache with --ops ort). onnxruntime-genai runs Gemma3ForCausalLM as its
+`gemma3_text` type (its `gemma3` is the vision-language model)."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 from gguf import MODEL_ARCH, Keys
 
-from .base import F32, ROPE_BY_LENGTH, STR, HParam, OnnxSupport, rope
+from .base import F32, STR, HParam, OnnxSupport, rope
 from .gemma import ARCH as GEMMA
 from .gemma import TENSORS
 from .gemma2 import ARCH as GEMMA2
+from .gemma2 import DECODER as GEMMA2_DECODER
 from .gemma2 import FFN_NORMS, checked_query_scalar, llama_cpp_query_scalar
 from .llama import QK_NORMS
 
@@ -26,6 +32,7 @@ HPARAMS = tuple(h for h in GEMMA2.hparams if h.gguf != Keys.LLM.ATTN_LOGIT_SOFTC
     HParam(Keys.Attention.SLIDING_WINDOW_PATTERN, "sliding_window_pattern"),
 )
 LAYERS_27B = 62
+PATTERN_DEFAULT, LOCAL_BASE_DEFAULT = 6, 10000.0  # Gemma3TextConfig's sliding_window_pattern and rope_local_base_freq
 
 
 def normalize(config: dict) -> dict:
@@ -36,6 +43,16 @@ def normalize(config: dict) -> dict:
         cfg["sliding_window_pattern"] = cfg["layer_types"].index("full_attention") + 1 \
             if "full_attention" in cfg["layer_types"] else len(cfg["layer_types"]) + 1
     return cfg
+
+
+def layer_types(cfg: dict) -> list[str]:
+    """Every sliding_window_pattern-th layer global, the others local, as Gemma3TextConfig fills `layer_types`."""
+    pattern = cfg.get("sliding_window_pattern") or PATTERN_DEFAULT
+    return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(cfg["num_hidden_layers"])]
+
+
+DECODER = replace(GEMMA2_DECODER, layer_types=layer_types,
+                  local_rope_theta=lambda cfg: cfg.get("rope_local_base_freq", LOCAL_BASE_DEFAULT))
 
 
 def linear_rope_kv(cfg: dict) -> list:
@@ -57,4 +74,4 @@ def hf_from_gguf(cfg: dict, kv: dict, tensors: dict) -> dict:
 ARCH = replace(GEMMA2, name="gemma3_text", mlx="gemma3_text",
                hf_class="Gemma3ForCausalLM", gguf_arch=MODEL_ARCH.GEMMA3,
                hparams=HPARAMS, tensors=TENSORS + FFN_NORMS + QK_NORMS, normalize=normalize, extra_kv=linear_rope_kv,
-               hf_from_gguf=hf_from_gguf, onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))
+               hf_from_gguf=hf_from_gguf, onnx=OnnxSupport(builder=True, genai_type="gemma3_text", read_back=True, decoder=DECODER))

@@ -5,7 +5,13 @@ rope.scaling.attn_factor key, as convert_hf_to_gguf.py's Phi3MiniModel writes th
 when its context is longer than the original one, as transformers does by sequence length.
 
 Phi3MiniModel writes sliding_window 0 when the config has none; llama.cpp's phi3 ignores sliding windows either way,
-so the key is left out then."""
+so the key is left out then.
+
+The ONNX builder computes Phi3Model's steps: qkv_proj and gate_up_proj kept fused and split in the graph, the
+rotary embedding on the first int(head_dim * partial_rotary_factor) dimensions of each head, LongRoPE's short or long
+frequencies (and its attention factor) picked inside the graph by the total sequence length against
+original_max_position_embeddings (GroupQueryAttention gets the chosen pair of caches with --ops ort), and the sliding
+window on every layer, as transformers applies it."""
 from __future__ import annotations
 
 import math
@@ -15,7 +21,7 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, TENSOR_NAMES, Keys
 from modelport.formats.errors import BadInput
 
-from .base import F32, ROPE_BY_LENGTH, U32, HParam, OnnxSupport, rope
+from .base import F32, U32, Decoder, HParam, OnnxSupport, rope
 from .llama import LAYOUT
 from .llama import HPARAMS as LLAMA_HPARAMS
 
@@ -87,6 +93,9 @@ def rope_factors(config: dict) -> dict[str, np.ndarray]:
     return out
 
 
+DECODER = Decoder(qkv=("qkv_proj",) * 3, mlp=("gate_up_proj", "gate_up_proj", "down_proj"))
+
 ARCH = replace(LAYOUT, name="phi3", mlx="phi3", hf_class="Phi3ForCausalLM", gguf_arch=MODEL_ARCH.PHI3, hparams=HPARAMS,
                tensors=TENSORS, extra_tensors=rope_factors, extra_kv=extra_kv,
-               derived=FACTOR_NAMES, hf_from_gguf=hf_from_gguf, onnx=OnnxSupport(optimum=(ROPE_BY_LENGTH,)))
+               derived=FACTOR_NAMES, hf_from_gguf=hf_from_gguf,
+               onnx=OnnxSupport(builder=True, genai_type="phi3", sliding_window_everywhere=True, decoder=DECODER))

@@ -3,6 +3,11 @@
 
 convert_hf_to_gguf.py's StarCoder2Model is the generic TextModel: the llama keys with `norm_epsilon` as the
 LayerNorm epsilon. The sliding window (4096) is not written: llama.cpp's starcoder2 attends to the whole context.
+
+The ONNX builder computes Starcoder2Model's steps: LayerNorms with their biases (LayerNormalization, or
+SkipLayerNormalization with --ops ort), biases on every projection, the ungated c_fc -> hidden_act -> c_proj MLP, and
+the sliding window on every layer, as transformers applies it. onnxruntime-genai has no starcoder2 builder; its
+generic `decoder` type runs the graph (greedy tokens as transformers').
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH, Keys
 
-from .base import F32, HParam
+from .base import F32, Decoder, HParam, OnnxSupport
 from .llama import LAYOUT
 from .llama import HPARAMS as LLAMA_HPARAMS
 from .llama import normalize as llama_normalize
@@ -30,6 +35,10 @@ def normalize(config: dict) -> dict:
     return cfg
 
 
+DECODER = Decoder(activation=lambda cfg: cfg.get("hidden_act", "gelu_pytorch_tanh"), mlp=(None, "c_fc", "c_proj"),
+                  layer_norm=True, norm_eps=lambda cfg: cfg["norm_epsilon"])
+
 ARCH = replace(LAYOUT, name="starcoder2", mlx="starcoder2",
                hf_class="Starcoder2ForCausalLM", gguf_arch=MODEL_ARCH.STARCODER2,
-               hparams=HPARAMS, tensors=TENSORS, normalize=normalize, hf_defaults={"hidden_act": "gelu_pytorch_tanh"})
+               hparams=HPARAMS, tensors=TENSORS, normalize=normalize, hf_defaults={"hidden_act": "gelu_pytorch_tanh"},
+               onnx=OnnxSupport(builder=True, genai_type="decoder", sliding_window_everywhere=True, decoder=DECODER))

@@ -49,6 +49,7 @@ QUANTIZED_OPS = {"ort": "MatMulNBits", "qdq": "DequantizeLinear"}  # op set -> w
 REDUCE_AXES_INPUT = 18  # from this opset ReduceMean takes its axes as an input, not an attribute
 COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> its default compute dtype
 QUANT_BITS = {"int4": 4, "int8": 8}
+GQA_ROTARY_MULTIPLE = 16  # GroupQueryAttention's partial rotation: cos_cache width a multiple of 8 (onnxruntime 1.32)
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
 # transformers' hidden activation names -> the _Decoder method that spells each out
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -109,11 +110,12 @@ class _Decoder:
         self.notes: list[dict] = []
         c = self.cfg
         self.heads, self.kv_heads, self.head_dim = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
-        self.eps = float(c["rms_norm_eps"])
         self.np_compute = np.float16 if self.compute == "F16" else np.float32
         self.head_shapes: dict[int, str] = {}  # [B, S, n, D] per head count
         self.windows = sliding_windows(archs.for_hf(model.arch), self.cfg)
         self.knobs = knobs = archs.for_hf(model.arch).onnx.decoder
+        self.eps = float(knobs.norm_eps(c))
+        self.norm = self.layer_norm if knobs.layer_norm else self.rms_norm
         self.embedding_scale, self.residual_scale = knobs.embedding_scale(c), knobs.residual_scale(c)
         self.attention_scale, self.attention_softcap = knobs.attention_scale(c), knobs.attention_softcap(c)
         self.logit_divisor, self.logit_softcap = knobs.logit_divisor(c), knobs.logit_softcap(c)
@@ -122,6 +124,13 @@ class _Decoder:
             raise Unsupported(None, f"{model.arch} with hidden activation {activation!r}: the ONNX builder knows "
                                     f"{', '.join(ACTIVATIONS)}")
         self.activation = getattr(self, ACTIVATIONS[activation])
+        # each layer's rope, by name: the config's, or default rope at the local layers' own base (gemma3's)
+        local_theta = knobs.local_rope_theta(c)
+        self.ropes = {"global": onnx_rope.of(model.config, self.head_dim)}
+        if local_theta:
+            self.ropes["local"] = onnx_rope.of({**model.config, "rope_theta": local_theta, "rope_scaling": None,
+                                                "rope_parameters": None}, self.head_dim)
+        self.layer_ropes = ["local" if local_theta and w else "global" for w in self.windows]
 
     # --- weights -------------------------------------------------------------------------------------------------
     def weight(self, name: str) -> str:
@@ -214,6 +223,11 @@ class _Decoder:
             y = self.n("Cast", y, to=_elem(self.compute))
         return self.n("Mul", y, w)
 
+    def layer_norm(self, x: str, weight: str) -> str:
+        """nn.LayerNorm with its bias: LayerNormalization (standard from opset 17), float32 statistics."""
+        return self.n("LayerNormalization", x, self.weight(weight), self.weight(_bias(weight)), axis=-1,
+                      epsilon=self.eps, stash_type=1)
+
     def norm_scale(self, weight: str) -> str:
         """What the ort norm ops multiply by: the weight, or (offset + w) in the compute type (the HF tensor stays
         the initializer)."""
@@ -228,12 +242,16 @@ class _Decoder:
 
     def add_norm(self, x: str, residual: str, weight: str) -> tuple[str, str]:
         """(norm(x + residual), x + residual): one fused node with the ort set."""
+        if self.ops == "ort" and self.knobs.layer_norm:
+            out = self.n("SkipLayerNormalization", x, residual, self.weight(weight), self.weight(_bias(weight)),
+                         outputs=4, domain=MS, epsilon=self.eps)
+            return out[0], out[3]
         if self.ops == "ort":
             out = self.n("SkipSimplifiedLayerNormalization", x, residual, self.norm_scale(weight),
                          outputs=4, domain=MS, epsilon=self.eps)
             return out[0], out[3]
         total = self.n("Add", x, residual)
-        return self.rms_norm(total, weight), total
+        return self.norm(total, weight), total
 
     # --- shared subgraphs ----------------------------------------------------------------------------------------
     def inputs_info(self):
@@ -244,30 +262,66 @@ class _Decoder:
             self.seqlens_k = self.n("Cast", self.n("Sub", mask_sum, self.i64(1)), to=_elem("I32"))
             total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
             self.total_len = self.n("Cast", total, to=_elem("I32"))
-            self.cos_cache, self.sin_cache = self.rope_caches()
+            self.caches = {rope: self.rope_caches(rope) for rope in self.ropes}
         else:
             self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
-            self.cos, self.sin = self.rope_cos_sin()
+            self.rope_tables = {rope: self.rope_cos_sin(rope) for rope in self.ropes}
 
-    def rope_caches(self) -> tuple[str, str]:
-        """[max_positions, head_dim / 2] cos and sin for GroupQueryAttention, from a subgraph onnxruntime folds."""
+    def rope_caches(self, rope: str) -> tuple[str, str]:
+        """[max_positions, rotated dims / 2] cos and sin for GroupQueryAttention, from a subgraph onnxruntime folds;
+        LongRoPE's short and long pairs each folded, the switch taking the first total_sequence_length rows of one."""
+        dims = self.ropes[rope].dims
+        if dims < self.head_dim and dims % GQA_ROTARY_MULTIPLE:
+            raise Unsupported(None, f"{self.model.arch} rotating {dims} of {self.head_dim} dimensions per head with "
+                                    f"--ops ort: GroupQueryAttention rotates part of a head only in multiples of "
+                                    f"{GQA_ROTARY_MULTIPLE} dimensions; --ops portable or qdq computes it")
         positions = self.n("Cast", self.n("Range", self.i64(0), self.i64(self.cfg["max_position_embeddings"]),
                                           self.i64(1)), to=_elem("F32"))
-        freqs = self.n("Mul", self.n("Unsqueeze", positions, self.i64([1])), self.inv_freq())
-        return tuple(self.to_compute(self.n(fn, freqs)) for fn in ("Cos", "Sin"))
+        tables = []
+        for inv in self.inv_freqs(rope):
+            freqs = self.n("Mul", self.n("Unsqueeze", positions, self.i64([1])), self.n.const(inv, np.float32))
+            tables.append(tuple(self.trig(fn, freqs, rope) for fn in ("Cos", "Sin")))
+        if len(tables) == 1:
+            return tables[0]
+        (cos, sin), (long_cos, long_sin) = tables
+        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64([1]), axis=0)
+        longer = self.longer_than(self.ropes[rope].switch)
 
-    def inv_freq(self) -> str:
-        return self.n.const(onnx_rope.inv_freq(self.model.config, self.head_dim), np.float32)
+        def rows(table: str) -> str:  # the first total_sequence_length rows: what GroupQueryAttention reads
+            return self.n("Slice", table, self.i64([0]), total, self.i64([0]))
+
+        return (self.n("Where", longer, rows(long_cos), rows(cos)), self.n("Where", longer, rows(long_sin), rows(sin)))
+
+    def inv_freqs(self, rope: str) -> list[np.ndarray]:
+        """The rope's inverse frequencies, and LongRoPE's long ones after them."""
+        r = self.ropes[rope]
+        return [inv for inv in (r.inv_freq, r.long_inv_freq) if inv is not None]
+
+    def longer_than(self, switch: int) -> str:
+        """Whether the total sequence length (attention_mask's) passes LongRoPE's switch: transformers'
+        max(position_ids) + 1 without left padding."""
+        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
+        return self.n("Greater", total, self.i64(switch))
+
+    def trig(self, fn: str, freqs: str, rope: str) -> str:
+        """Cos or Sin of the float32 angles, times LongRoPE's attention factor, in the compute type."""
+        scale = self.ropes[rope].scale
+        out = self.n(fn, freqs)
+        return self.to_compute(out if scale == 1.0 else self.n("Mul", out, self.n.const(scale, np.float32)))
 
     def to_compute(self, x32: str) -> str:
         return x32 if self.compute == "F32" else self.n("Cast", x32, to=_elem(self.compute))
 
-    def rope_cos_sin(self) -> tuple[str, str]:
-        """cos and sin [B, 1, S, head_dim] of position_ids, as transformers' rotary embedding computes them."""
+    def rope_cos_sin(self, rope: str) -> tuple[str, str]:
+        """cos and sin [B, 1, S, rotated dims] of position_ids, as transformers' rotary embedding computes them
+        (LongRoPE: the short or long frequencies as the switch says)."""
         pos = self.n("Unsqueeze", self.n("Cast", "position_ids", to=_elem("F32")), self.i64([-1]))
-        freqs = self.n("Mul", pos, self.inv_freq())  # [B, S, D/2]
+        invs = [self.n.const(inv, np.float32) for inv in self.inv_freqs(rope)]
+        inv = invs[0] if len(invs) == 1 else self.n("Where", self.longer_than(self.ropes[rope].switch), invs[1],
+                                                     invs[0])
+        freqs = self.n("Mul", pos, inv)  # [B, S, D/2]
         emb = self.n("Concat", freqs, freqs, axis=-1)
-        return tuple(self.n("Unsqueeze", self.to_compute(self.n(fn, emb)), self.i64([1])) for fn in ("Cos", "Sin"))
+        return tuple(self.n("Unsqueeze", self.trig(fn, emb, rope), self.i64([1])) for fn in ("Cos", "Sin"))
 
     def causal_mask(self, window: int | None) -> str:
         """[B, 1, S, T] float32: 0 where query i may attend key j (j <= past + i, attention_mask[j], and within the
@@ -296,12 +350,19 @@ class _Decoder:
             x = self.rms_norm(x, norm)
         return self.n("Transpose", x, perm=[0, 2, 1, 3])
 
-    def rotate(self, x: str) -> str:
-        half = self.head_dim // 2
-        lo = self.n("Slice", x, self.i64([0]), self.i64([half]), self.i64([-1]))
-        hi = self.n("Slice", x, self.i64([half]), self.i64([self.head_dim]), self.i64([-1]))
+    def rotate(self, x: str, layer: int) -> str:
+        """x * cos + rotate_half(x) * sin on the rotated dimensions; the rest of each head passes (partial rotary)."""
+        cos, sin = self.rope_tables[self.layer_ropes[layer]]
+        dims = self.ropes[self.layer_ropes[layer]].dims
+        part = self.n("Slice", x, self.i64([0]), self.i64([dims]), self.i64([-1])) if dims < self.head_dim else x
+        lo = self.n("Slice", part, self.i64([0]), self.i64([dims // 2]), self.i64([-1]))
+        hi = self.n("Slice", part, self.i64([dims // 2]), self.i64([dims]), self.i64([-1]))
         rotated = self.n("Concat", self.n("Neg", hi), lo, axis=-1)
-        return self.n("Add", self.n("Mul", x, self.cos), self.n("Mul", rotated, self.sin))
+        out = self.n("Add", self.n("Mul", part, cos), self.n("Mul", rotated, sin))
+        if dims == self.head_dim:
+            return out
+        rest = self.n("Slice", x, self.i64([dims]), self.i64([self.head_dim]), self.i64([-1]))
+        return self.n("Concat", out, rest, axis=-1)
 
     def repeat_kv(self, x: str) -> str:
         rep = self.heads // self.kv_heads
@@ -311,8 +372,8 @@ class _Decoder:
         return self.n("Reshape", x, self.i64([0, self.heads, -1, self.head_dim]))
 
     def attention_portable(self, q: str, k: str, v: str, layer: int, p: str) -> str:
-        q = self.rotate(self.heads_view(q, self.heads, self.norm_name(p, "q")))
-        k = self.rotate(self.heads_view(k, self.kv_heads, self.norm_name(p, "k")))
+        q = self.rotate(self.heads_view(q, self.heads, self.norm_name(p, "q")), layer)
+        k = self.rotate(self.heads_view(k, self.kv_heads, self.norm_name(p, "k")), layer)
         v = self.heads_view(v, self.kv_heads, None)
         key = self.n("Concat", f"past_key_values.{layer}.key", k, outputs=[f"present.{layer}.key"], axis=2)
         value = self.n("Concat", f"past_key_values.{layer}.value", v, outputs=[f"present.{layer}.value"], axis=2)
@@ -336,7 +397,7 @@ class _Decoder:
                 q, k = (normed, k) if which == "q" else (q, normed)
         q, k, v = (self.n("Reshape", t, self.rows_last) for t in (q, k, v))
         out = self.n("GroupQueryAttention", q, k, v, f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
-                     self.seqlens_k, self.total_len, self.cos_cache, self.sin_cache,
+                     self.seqlens_k, self.total_len, *self.caches[self.layer_ropes[layer]],
                      outputs=[f"/attn_{layer}/out", f"present.{layer}.key", f"present.{layer}.value"], domain=MS,
                      num_heads=self.heads, kv_num_heads=self.kv_heads, scale=self.attention_scale, do_rotary=1,
                      rotary_interleaved=0, **self.gqa_window(layer), **self.gqa_softcap())[0]
@@ -385,16 +446,16 @@ class _Decoder:
             hidden = self.n("Mul", hidden, self.c(self.embedding_scale))
         attention = self.attention_ort if self.ops == "ort" else self.attention_portable
         attn_in, attn_out, mlp_in, mlp_out = self.knobs.block_norms
-        residual, x = hidden, self.rms_norm(hidden, f"model.layers.0.{attn_in}.weight")
+        residual, x = hidden, self.norm(hidden, f"model.layers.0.{attn_in}.weight")
         for i in range(self.cfg["num_hidden_layers"]):
             p = f"model.layers.{i}"
             if i:
                 x, residual = self.add_norm(x, residual, f"{p}.{attn_in}.weight")
-            q, k, v = (self.linear(x, f"{p}.self_attn.{w}_proj") for w in "qkv")
+            q, k, v = self.projections(x, f"{p}.self_attn", self.knobs.qkv,
+                                       [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)])
             attn = self.branch(self.linear(attention(q, k, v, i, p), f"{p}.self_attn.o_proj"), p, attn_out)
             x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
-            gate, up = (self.linear(x, f"{p}.mlp.{w}_proj") for w in ("gate", "up"))
-            x = self.branch(self.linear(self.n("Mul", self.activation(gate), up), f"{p}.mlp.down_proj"), p, mlp_out)
+            x = self.branch(self.mlp(x, p), p, mlp_out)
         x, _ = self.add_norm(x, residual, "model.norm.weight")
         if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings"):
             logits = self.linear(x, "lm_head")
@@ -407,11 +468,27 @@ class _Decoder:
         self.n("Reshape", logits, self.rows_last, outputs=["logits"])
         return OnnxGraph(self.proto(), list(self.weights.items()), self.storage, self.compute, self.notes)
 
+    def mlp(self, x: str, prefix: str) -> str:
+        """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
+        gate, up, down = self.knobs.mlp
+        if gate is None:
+            return self.linear(self.activation(self.linear(x, f"{prefix}.mlp.{up}")), f"{prefix}.mlp.{down}")
+        gate, up = self.projections(x, f"{prefix}.mlp", (gate, up), [self.cfg["intermediate_size"]] * 2)
+        return self.linear(self.n("Mul", self.activation(gate), up), f"{prefix}.mlp.{down}")
+
+    def projections(self, x: str, prefix: str, names: tuple[str, ...], sizes: list[int]) -> list[str]:
+        """x through each named projection; one name repeated is one fused projection (phi3's qkv_proj,
+        gate_up_proj) whose output splits into `sizes`, in order."""
+        if len(set(names)) < len(names):
+            return self.n("Split", self.linear(x, f"{prefix}.{names[0]}"), self.i64(sizes), axis=-1,
+                          outputs=len(names))
+        return [self.linear(x, f"{prefix}.{name}") for name in names]
+
     def branch(self, x: str, prefix: str, norm: str | None) -> str:
         """A block's attention or MLP output as it joins the residual stream: normed (gemma2's post norms) and
         scaled (granite's residual multiplier) where the family says."""
         if norm:
-            x = self.rms_norm(x, f"{prefix}.{norm}.weight")
+            x = self.norm(x, f"{prefix}.{norm}.weight")
         return self.n("Mul", x, self.c(self.residual_scale)) if self.residual_scale else x
 
     def proto(self):
@@ -433,6 +510,10 @@ class _Decoder:
         opsets = [h.make_opsetid("", opset)] + ([h.make_opsetid(MS, 1)] if self.ops == "ort" else [])
         model = h.make_model(graph, opset_imports=opsets, producer_name="modelport", ir_version=IR_VERSIONS[opset])
         return model
+
+
+def _bias(weight: str) -> str:
+    return weight.removesuffix("weight") + "bias"
 
 
 def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:

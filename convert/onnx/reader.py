@@ -7,14 +7,15 @@ the values the graph computes with), and record the source config.json in `model
 Exported graphs rename their MatMul weights (`onnx::MatMul_123`), store them transposed ([K, N]) and share duplicates,
 so their HF names are recovered from the graph's structure, walking the data flow from `input_ids`: the embedding is
 the Gather fed by input_ids; a norm's weight is the first Mul by a 1-D initializer after the residual stream (or a
-norm op's scale); the projections fed by that norm's output are q/k/v, told apart by where they enter attention
+norm op's scale; gemma's exports fold its 1 + w into it, and the walk takes the 1 off); the projections fed by that norm's output are q/k/v, told apart by where they enter attention
 (scores MatMul operand 0 = q, operand 1 = k, context MatMul operand 1 = v, or a fused attention op's q/k/v inputs);
 o_proj is the next weighted MatMul after attention; the residual is the first Add of two computed tensors after it;
 in the MLP the projection that reaches an activation is gate, the other up, and down is the next weighted MatMul.
 A weight is a MatMul's B (transposed, or a Transpose of the HF-laid initializer), a Gemm's (transB says),
 MatMulNBits blobs (an export quantized afterwards) or the DequantizeLinear of an initializer in B's place (a QDQ
 export: onnxruntime's QDQ quantizer, ours). Node names are never consulted: exporters rename nodes from
-version to version. The walk knows the llama-like families (those whose ONNX section says read_back); onnx has no library for it.
+version to version. The walk knows the llama-like families (those whose ONNX section says read_back), with the norms
+around attention and the MLP their Decoder row names (gemma2's and gemma3's post norms); onnx has no library for it.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ QUANTIZED = ".quantized"  # contract: HF `X.weight` as DequantizeLinear [K, N] i
 WEIGHTED = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1}  # op -> input slot of its weight
 # how a weight initializer is stored, relative to HF's [out, in]
 AS_HF, TRANSPOSED, NBITS = "hf", "transposed", "nbits"
+NORM = "norm"  # a norm's scale: w, or for a family whose norms apply (offset + w) the exporter's folded offset + w
 DEQUANTIZED = {"qdq-hf": AS_HF, "qdq-transposed": TRANSPOSED}  # a DequantizeLinear's weight, then laid out as named
 NORM_OPS = {"SimplifiedLayerNormalization": 1, "RMSNormalization": 1, "LayerNormalization": 1}  # op -> scale slot
 NORM_PATH = {"Cast", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Identity"}  # RMSNorm pieces
@@ -199,7 +201,7 @@ class _Walk:
     def _norm(self, x: str, hf: str) -> str:
         i, _ = self.g.first(x, lambda n, s: self.g.norm_scale(n) is not None, self.g.in_norm, f"norm for {hf}",
                             self.path)
-        self.names[hf] = (self.g.norm_scale(self.g.nodes[i]), AS_HF)
+        self.names[hf] = (self.g.norm_scale(self.g.nodes[i]), NORM)
         return self.g.nodes[i].output[0]
 
     def _projections(self, x: str) -> list[int]:
@@ -244,7 +246,7 @@ class _Walk:
                                     lambda n: self._not_weighted(n) and self.g.attention_use(n, 0) is None)
                 if hits:
                     self.names[f"{prefix}.{QK_NORMS[role]}.weight"] = (self.g.norm_scale(self.g.nodes[hits[0][0]]),
-                                                                       AS_HF)
+                                                                       NORM)
             if use != "scores":
                 context = self.g.nodes[j].output[0]
         if set(roles) != {"q_proj", "k_proj", "v_proj"} or context is None:
@@ -266,7 +268,10 @@ class _Walk:
         up = self._linear(ups[0], f"{prefix}.up_proj")
         return self._linear(self._next_weighted(up, f"down_proj of {prefix}"), f"{prefix}.down_proj")
 
-    def run(self, n_layers: int) -> dict[str, tuple[str, str]]:
+    def run(self, n_layers: int, block_norms: tuple[str | None, ...]) -> dict[str, tuple[str, str]]:
+        """The names along the block the family's Decoder row says: its norms before and after attention and the
+        MLP (gemma2's and gemma3's post norms)."""
+        attn_in, attn_out, mlp_in, mlp_out = block_norms
         hits = [i for i, slot in self.g.consumers.get("input_ids", ()) if self.g.nodes[i].op_type == "Gather"
                 and slot == 1 and self.g.nodes[i].input[0] in self.g.inits]
         if not hits:
@@ -276,9 +281,13 @@ class _Walk:
         h = embed.output[0]
         for b in range(n_layers):
             prefix = f"model.layers.{b}"
-            attn = self._attention(self._norm(h, f"{prefix}.input_layernorm.weight"), f"{prefix}.self_attn")
+            attn = self._attention(self._norm(h, f"{prefix}.{attn_in}.weight"), f"{prefix}.self_attn")
+            if attn_out:
+                attn = self._norm(attn, f"{prefix}.{attn_out}.weight")
             h = self._residual(attn, f"residual after attention of {prefix}")
-            mlp = self._mlp(self._norm(h, f"{prefix}.post_attention_layernorm.weight"), f"{prefix}.mlp")
+            mlp = self._mlp(self._norm(h, f"{prefix}.{mlp_in}.weight"), f"{prefix}.mlp")
+            if mlp_out:
+                mlp = self._norm(mlp, f"{prefix}.{mlp_out}.weight")
             h = self._residual(mlp, f"residual after the MLP of {prefix}")
         head = self._projections(self._norm(h, "model.norm.weight"))
         if len(head) != 1:
@@ -364,15 +373,28 @@ def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, Ten
     return tensors
 
 
-def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, path: Path) -> dict[str, TensorRef]:
+def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, hf_names: set[str], path: Path
+                       ) -> dict[str, TensorRef]:
     if not arch.onnx.read_back:
         walked = sorted(a.name for a in archs.registry().values() if a.onnx.read_back)
         raise Unsupported(path, f"reading an exported {arch.name} ONNX model back is not supported; the graph walk "
                                 f"knows {', '.join(walked)}")
-    names = _Walk(graph, path).run(cfg["num_hidden_layers"])
-    if cfg.get("tie_word_embeddings", False):
-        names.pop("lm_head.weight", None)  # the HF checkpoint stores the tied weight once, as the embedding
-    return {hf: _hf_ref(graph, init, layout, path) for hf, (init, layout) in names.items()}
+    names = _Walk(graph, path).run(cfg["num_hidden_layers"], arch.onnx.decoder.block_norms)
+    # the HF checkpoint stores a tied weight once, as the embedding; a family without an lm_head (gemma's, whose
+    # config.json leaves its tie_word_embeddings default out) has the exporter's copy of the embedding as its head
+    if cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in hf_names:
+        names.pop("lm_head.weight", None)
+    offset = arch.onnx.decoder.norm_offset
+    return {hf: _norm_ref(graph.inits[init], offset) if layout == NORM else _hf_ref(graph, init, layout, path)
+            for hf, (init, layout) in names.items()}
+
+
+def _norm_ref(ref: TensorRef, offset: float) -> TensorRef:
+    """w from a norm's scale: an exporter folds gemma's (1 + w) into one initializer; (1 + w) - 1 in float32 is w to
+    within half an ulp of 1 + w (as through GGUF), exact for BF16/F16 weights."""
+    if not offset:
+        return ref
+    return ref.map(lambda a: (a.astype(np.float32) - np.float32(offset)).astype(a.dtype))
 
 
 def _config(contents: OnnxContents, folder: Path) -> dict:
@@ -398,7 +420,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     if own:  # in the graph's order, the source's
         tensors = _own_tensors(graph, hf_names, path)
     else:  # in save_pretrained's order
-        tensors = dict(sorted(_exported_tensors(graph, arch, norm, path).items()))
+        tensors = dict(sorted(_exported_tensors(graph, arch, norm, hf_names, path).items()))
     unknown = sorted(set(tensors) - hf_names)
     if unknown:
         raise Unsupported(path, f"tensor {unknown[0]!r} has no place in the {arch.name} family")
