@@ -79,6 +79,9 @@ class Decoder:
     final_norm: str = "model.norm"
     positions: str | None = None  # a learned position embedding added to the tokens' (gpt2's wpe); None: rope
     conv1d: bool = False  # projection weights stored [in, out] (GPT-2's Conv1D), not nn.Linear's [out, in]
+    mlp_module: str = "mlp"  # the MLP's module under each layer (mpt's ffn)
+    alibi_bias_max: Callable[[dict], float | None] = lambda cfg: None  # ALiBi instead of rope (mpt's), its bias max
+    clip_qkv: Callable[[dict], float | None] = lambda cfg: None  # q, k, v projections clamped to [-clip, clip]
 
 
 @dataclass(frozen=True)

@@ -128,12 +128,16 @@ class _Decoder:
         # each layer's rope, by name: the config's, or default rope at the local layers' own base (gemma3's); none
         # where positions are learned embeddings (gpt2's)
         local_theta = knobs.local_rope_theta(c)
-        self.ropes = {} if knobs.positions else {"global": onnx_rope.of(model.config, self.head_dim)}
+        self.alibi_bias_max, self.clip_qkv = knobs.alibi_bias_max(c), knobs.clip_qkv(c)
+        if self.alibi_bias_max and ops == "ort":
+            raise Unsupported(None, f"{model.arch}'s ALiBi with --ops ort: the builder's GroupQueryAttention adds no "
+                                    f"ALiBi bias; --ops portable or --ops qdq computes it")
+        rope = not (knobs.positions or self.alibi_bias_max)
+        self.ropes = {"global": onnx_rope.of(model.config, self.head_dim)} if rope else {}
         if local_theta:
             self.ropes["local"] = onnx_rope.of({**model.config, "rope_theta": local_theta, "rope_scaling": None,
                                                 "rope_parameters": None}, self.head_dim)
-        self.layer_ropes = [None if knobs.positions else "local" if local_theta and w else "global"
-                            for w in self.windows]
+        self.layer_ropes = [None if not rope else "local" if local_theta and w else "global" for w in self.windows]
 
     # --- weights -------------------------------------------------------------------------------------------------
     def weight(self, name: str) -> str:
@@ -230,9 +234,12 @@ class _Decoder:
         return self.n("Mul", y, w)
 
     def layer_norm(self, x: str, weight: str) -> str:
-        """nn.LayerNorm with its bias: LayerNormalization (standard from opset 17), float32 statistics."""
-        return self.n("LayerNormalization", x, self.weight(weight), self.weight(_bias(weight)), axis=-1,
-                      epsilon=self.eps, stash_type=1)
+        """nn.LayerNorm, with its bias where it has one (mpt's have none): LayerNormalization (standard from opset
+        17), float32 statistics."""
+        return self.n("LayerNormalization", x, *self.norm_weights(weight), axis=-1, epsilon=self.eps, stash_type=1)
+
+    def norm_weights(self, weight: str) -> list[str]:
+        return [self.weight(w) for w in (weight, _bias(weight)) if w == weight or self.has(w)]
 
     def norm_scale(self, weight: str) -> str:
         """What the ort norm ops multiply by: the weight, or (offset + w) in the compute type (the HF tensor stays
@@ -249,8 +256,8 @@ class _Decoder:
     def add_norm(self, x: str, residual: str, weight: str) -> tuple[str, str]:
         """(norm(x + residual), x + residual): one fused node with the ort set."""
         if self.ops == "ort" and self.knobs.layer_norm:
-            out = self.n("SkipLayerNormalization", x, residual, self.weight(weight), self.weight(_bias(weight)),
-                         outputs=4, domain=MS, epsilon=self.eps)
+            out = self.n("SkipLayerNormalization", x, residual, *self.norm_weights(weight), outputs=4, domain=MS,
+                         epsilon=self.eps)
             return out[0], out[3]
         if self.ops == "ort":
             out = self.n("SkipSimplifiedLayerNormalization", x, residual, self.norm_scale(weight),
@@ -271,6 +278,8 @@ class _Decoder:
             self.caches = {rope: self.rope_caches(rope) for rope in self.ropes}
         else:
             self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
+            if self.alibi_bias_max:
+                self.masks = {w: self.n("Add", mask, self.alibi()) for w, mask in self.masks.items()}
             self.rope_tables = {rope: self.rope_cos_sin(rope) for rope in self.ropes}
 
     def rope_caches(self, rope: str) -> tuple[str, str]:
@@ -345,6 +354,14 @@ class _Decoder:
             recent = self.n("Greater", keys, self.n("Sub", queries, self.i64(window)))
             allowed = self.n("And", allowed, recent)
         return self.n("Where", allowed, self.n.const(0.0, np.float32), self.n.const(NEG, np.float32))
+
+    def alibi(self) -> str:
+        """[1, heads, 1, T] float32: each head's slope times the key's distance from the last key (<= 0), as
+        transformers' build_mpt_alibi_tensor (a row's constant shift leaves its softmax as it is)."""
+        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
+        distance = self.n("Range", self.n("Sub", self.i64(1), total), self.i64(1), self.i64(1))
+        return self.n("Mul", self.n("Cast", distance, to=_elem("F32")),
+                      self.n.const(alibi_slopes(self.heads, self.alibi_bias_max).reshape(1, -1, 1, 1), np.float32))
 
     # --- attention -----------------------------------------------------------------------------------------------
     def heads_view(self, x: str, n_heads: int, norm: str | None) -> str:
@@ -442,6 +459,9 @@ class _Decoder:
         erf = self.n("Erf", self.n("Div", x, self.c(np.sqrt(2.0))))
         return self.n("Mul", self.n("Mul", x, self.c(0.5)), self.n("Add", erf, self.c(1.0)))
 
+    def clip(self, x: str) -> str:
+        return self.n("Clip", x, self.c(-self.clip_qkv), self.c(self.clip_qkv)) if self.clip_qkv else x
+
     def norm_name(self, prefix: str, which: str) -> str | None:
         name = f"{prefix}.{self.knobs.attention[0]}.{which}_norm.weight"
         return name if self.has(name) else None
@@ -466,7 +486,8 @@ class _Decoder:
             if i:
                 x, residual = self.add_norm(x, residual, f"{p}.{attn_in}.weight")
             q, k, v = self.projections(x, f"{p}.{self_attn}", self.knobs.qkv,
-                                       [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)])
+                                       [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)],
+                                       self.clip)
             attn = self.branch(self.linear(attention(q, k, v, i, p), f"{p}.{self_attn}.{o_proj}"), p, attn_out)
             x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
             x = self.branch(self.mlp(x, p), p, mlp_out)
@@ -485,18 +506,20 @@ class _Decoder:
     def mlp(self, x: str, prefix: str) -> str:
         """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
         gate, up, down = self.knobs.mlp
+        prefix = f"{prefix}.{self.knobs.mlp_module}"
         if gate is None:
-            return self.linear(self.activation(self.linear(x, f"{prefix}.mlp.{up}")), f"{prefix}.mlp.{down}")
-        gate, up = self.projections(x, f"{prefix}.mlp", (gate, up), [self.cfg["intermediate_size"]] * 2)
-        return self.linear(self.n("Mul", self.activation(gate), up), f"{prefix}.mlp.{down}")
+            return self.linear(self.activation(self.linear(x, f"{prefix}.{up}")), f"{prefix}.{down}")
+        gate, up = self.projections(x, prefix, (gate, up), [self.cfg["intermediate_size"]] * 2)
+        return self.linear(self.n("Mul", self.activation(gate), up), f"{prefix}.{down}")
 
-    def projections(self, x: str, prefix: str, names: tuple[str, ...], sizes: list[int]) -> list[str]:
-        """x through each named projection; one name repeated is one fused projection (phi3's qkv_proj,
-        gate_up_proj) whose output splits into `sizes`, in order."""
+    def projections(self, x: str, prefix: str, names: tuple[str, ...], sizes: list[int],
+                    then=lambda y: y) -> list[str]:
+        """x through each named projection, then `then` (mpt's clip_qkv); one name repeated is one fused projection
+        (phi3's qkv_proj, gate_up_proj) whose output splits into `sizes`, in order."""
         if len(set(names)) < len(names):
-            return self.n("Split", self.linear(x, f"{prefix}.{names[0]}"), self.i64(sizes), axis=-1,
+            return self.n("Split", then(self.linear(x, f"{prefix}.{names[0]}")), self.i64(sizes), axis=-1,
                           outputs=len(names))
-        return [self.linear(x, f"{prefix}.{name}") for name in names]
+        return [then(self.linear(x, f"{prefix}.{name}")) for name in names]
 
     def branch(self, x: str, prefix: str, norm: str | None) -> str:
         """A block's attention or MLP output as it joins the residual stream: normed (gemma2's post norms) and
@@ -528,6 +551,15 @@ class _Decoder:
 
 def _bias(weight: str) -> str:
     return weight.removesuffix("weight") + "bias"
+
+
+def alibi_slopes(heads: int, bias_max: float) -> np.ndarray:
+    """transformers' build_mpt_alibi_tensor slopes, in float32: 2^-(bias_max * i / n) for i = 1..n, n the next power
+    of two; fewer heads take the odd-numbered slopes first, then the even."""
+    n = 2 ** int(np.ceil(np.log2(heads)))
+    base = np.arange(1, n + 1, dtype=np.float32) * np.float32(bias_max / n)
+    slopes = np.float32(1.0) / np.power(np.float32(2), base)
+    return np.concatenate([slopes[1::2], slopes[::2]])[:heads] if n != heads else slopes
 
 
 def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
