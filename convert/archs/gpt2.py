@@ -51,7 +51,7 @@ class Transpose:
 CONV1D = {k: Transpose() for k in (MODEL_TENSOR.ATTN_QKV, MODEL_TENSOR.ATTN_OUT, MODEL_TENSOR.FFN_UP,
                                    MODEL_TENSOR.FFN_DOWN)}
 
-# onnxruntime-genai's gpt2 type reads one stacked past per layer, not this graph's keys and values: its generic decoder
+# onnxruntime-genai's gpt2 type does not load this graph ("Model input was not found"); its generic decoder type runs it
 DECODER = Decoder(embed="transformer.wte", positions="transformer.wpe", layers="transformer.h",
                   attention=("attn", "c_proj"), final_norm="transformer.ln_f", conv1d=True, qkv=("c_attn",) * 3,
                   mlp=(None, "c_fc", "c_proj"), layer_norm=True, block_norms=("ln_1", None, "ln_2", None),
