@@ -121,7 +121,8 @@ def _stepwise(onnx: OnnxRuntime, ids: list[int]) -> np.ndarray:
 
 def test_gguf_source_exports_through_optimum(checkpoints, mixed_text, tmp_path):
     """A GGUF of a family optimum exports goes the same way (an HF folder written from it first)."""
-    src = checkpoints("gpt2")
+    name = EXPORTED[0]
+    src = checkpoints(name)
     api.convert(src, tmp_path / "m.gguf", dtype="f32")
     api.convert(tmp_path / "m.gguf", tmp_path / "onnx", to="onnx")
     ref = Transformers(src)
@@ -129,7 +130,7 @@ def test_gguf_source_exports_through_optimum(checkpoints, mixed_text, tmp_path):
     onnx = OnnxRuntime(tmp_path / "onnx")
     assert onnx.tokenize(mixed_text)[:PROMPT] == ids
     diff = float(np.abs(ref.logits(ids) - onnx.logits(ids)).max())
-    print(f"gpt2 GGUF f32 via optimum: onnxruntime vs transformers on the source, max |diff| {diff:.2e}")
+    print(f"{name} GGUF f32 via optimum: onnxruntime vs transformers on the source, max |diff| {diff:.2e}")
     assert diff <= BOUND
     assert not list(tmp_path.glob(".modelport-hf-*"))
 

@@ -19,7 +19,7 @@ from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import OnnxRuntime, Transformers
 
 from support.cli import run_cli
-from support.families import FAMILIES
+from support.families import BUILT_OPS, FAMILIES
 
 OPS = ("portable", "ort")
 STEPS = 24  # tokens decoded one at a time through the KV cache
@@ -82,8 +82,7 @@ def _stepwise(onnx: OnnxRuntime, ids: list[int]) -> np.ndarray:
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("ops", OPS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,ops", BUILT_OPS)
 def test_fp32_logits_match_transformers_whole_and_stepwise(family, ops, exported, reference, mixed_text):
     _, ids, ref = reference(family)
     onnx = OnnxRuntime(exported(family, ops))
@@ -95,8 +94,7 @@ def test_fp32_logits_match_transformers_whole_and_stepwise(family, ops, exported
     assert steps <= 1e-4
 
 
-@pytest.mark.parametrize("ops", OPS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,ops", BUILT_OPS)
 def test_fp16_logits_match_transformers(family, ops, exported, reference):
     _, ids, ref = reference(family)
     onnx = OnnxRuntime(exported(family, ops, "f16"))
@@ -108,8 +106,7 @@ def test_fp16_logits_match_transformers(family, ops, exported, reference):
     assert steps["kl_mean"] <= 1e-4
 
 
-@pytest.mark.parametrize("ops", OPS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,ops", BUILT_OPS)
 def test_onnxruntime_genai_generates_transformers_greedy_tokens(family, ops, exported, greedy):
     og = pytest.importorskip("onnxruntime_genai")
     prompt, want = greedy(family)
@@ -319,6 +316,15 @@ def test_partial_rotary_and_what_ort_refuses(checkpoints, tmp_path, mixed_text):
                       rope_scaling={"type": "longrope", **{k: v[:4] for k, v in factors.items()}})
     r = run_cli("convert", narrow, tmp_path / "refused", "--to", "onnx", "--ops", "ort")
     assert r.returncode == 3 and "--ops portable" in r.stderr, r.stderr
+    assert not (tmp_path / "refused").exists()
+
+
+def test_alibi_is_refused_with_ort_naming_the_sets_that_compute_it(checkpoints, tmp_path):
+    """mpt's ALiBi: the builder's GroupQueryAttention adds no bias, so --ops ort is one line, exit 3, nothing
+    written, naming --ops portable and qdq (which tests above check against transformers)."""
+    r = run_cli("convert", checkpoints("mpt"), tmp_path / "refused", "--to", "onnx", "--ops", "ort")
+    assert r.returncode == 3 and "--ops portable" in r.stderr and "--ops qdq" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "refused").exists()
 
 

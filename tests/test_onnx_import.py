@@ -13,11 +13,12 @@ import pytest
 from safetensors import safe_open
 
 from support.cli import run_cli
-from support.families import FAMILIES, ROUNDTRIP_ATOL
+from support.families import BUILT_OPS, FAMILIES, ROUNDTRIP_ATOL, ort_builds
 from modelport import api
 from modelport.convert import archs
 from modelport.samples import tiny
 from modelport.convert.onnx import reader as onnx_reader
+from modelport.convert.onnx.graph import QUANTIZED_OPS
 from modelport.convert.onnx import optimum as onnx_optimum
 from modelport.formats.onnx import read as read_onnx
 
@@ -145,8 +146,7 @@ def ours(checkpoints, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("ops", ["portable", "ort"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,ops", BUILT_OPS)
 def test_our_fp32_onnx_to_safetensors_is_bit_identical(family, ops, ours, tmp_path):
     src, onnx_dir = ours("--ops", ops, family=family)
     out = tmp_path / "hf"
@@ -171,15 +171,17 @@ def test_int4_onnx_reads_back_as_onnxruntime_runs_it(family, made_by, ours, expo
     from modelport.validators.metrics import logit_parity
     from modelport.validators.runtimes import OnnxRuntime, Transformers
 
+    ops = "ort" if made_by.startswith("optimum") or ort_builds(family) else "qdq"  # qdq: DequantizeLinear
     if made_by.startswith("optimum"):
         onnx_dir = tmp_path / "q"  # the folder's other files (config.json, tokenizer) come along
         src, exported_dir = exported("llama")
         api.quantize(exported_dir, onnx_dir, "int4")
     else:
-        src, onnx_dir = ours("--ops", "ort", "--quant", "int4", family=family)
+        src, onnx_dir = ours("--ops", ops, "--quant", "int4", family=family)
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
-    projections = sum(arr.ndim == 2 for name, arr in _tensors(src).items() if name.startswith("model.layers."))
-    assert sum(n.op_type == "MatMulNBits" for n in graph.node) >= projections  # every block's projections
+    layers = archs.for_hf(tiny.SAMPLES[family].family).onnx.decoder.layers + "."
+    projections = sum(arr.ndim == 2 for name, arr in _tensors(src).items() if name.startswith(layers))
+    assert sum(n.op_type == QUANTIZED_OPS[ops] for n in graph.node) >= projections  # every block's projections
     out = tmp_path / "hf"
     r = run_cli("convert", onnx_dir, out, "--to", "safetensors")
     assert r.returncode == 0, r.stderr

@@ -72,6 +72,16 @@ class Decoder:
     # the rope base of the sliding-window layers, which rotate with default rope (gemma3's rope_local_base_freq); None:
     # every layer rotates as the config's rope says
     local_rope_theta: Callable[[dict], float | None] = lambda cfg: None
+    # where the tensors are: the embedding, the layers, the attention module and its output projection, the final norm
+    embed: str = "model.embed_tokens"
+    layers: str = "model.layers"
+    attention: tuple[str, str] = ("self_attn", "o_proj")
+    final_norm: str = "model.norm"
+    positions: str | None = None  # a learned position embedding added to the tokens' (gpt2's wpe); None: rope
+    conv1d: bool = False  # projection weights stored [in, out] (GPT-2's Conv1D), not nn.Linear's [out, in]
+    mlp_module: str = "mlp"  # the MLP's module under each layer (mpt's ffn)
+    alibi_bias_max: Callable[[dict], float | None] = lambda cfg: None  # ALiBi instead of rope (mpt's), its bias max
+    clip_qkv: Callable[[dict], float | None] = lambda cfg: None  # q, k, v projections clamped to [-clip, clip]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
-from .base import F32, Arch, HParam, OnnxSupport
+from .base import F32, Arch, Decoder, HParam, OnnxSupport
 
 HPARAMS = (
     HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
@@ -32,7 +32,8 @@ def normalize(config: dict) -> dict:
     cfg["n_inner"] = cfg.get("n_inner") or 4 * cfg["n_embd"]  # GPT2MLP's default
     cfg.setdefault("tie_word_embeddings", True)  # PretrainedConfig's default, so config.json leaves it out
     cfg.update(num_hidden_layers=cfg["n_layer"], num_attention_heads=cfg["n_head"], num_key_value_heads=cfg["n_head"],
-               hidden_size=cfg["n_embd"], intermediate_size=cfg["n_inner"])
+               hidden_size=cfg["n_embd"], intermediate_size=cfg["n_inner"], head_dim=cfg["n_embd"] // cfg["n_head"],
+               max_position_embeddings=cfg["n_positions"])
     return cfg
 
 
@@ -50,8 +51,15 @@ class Transpose:
 CONV1D = {k: Transpose() for k in (MODEL_TENSOR.ATTN_QKV, MODEL_TENSOR.ATTN_OUT, MODEL_TENSOR.FFN_UP,
                                    MODEL_TENSOR.FFN_DOWN)}
 
+# onnxruntime-genai's gpt2 type does not load this graph ("Model input was not found"); its generic decoder type runs it
+DECODER = Decoder(embed="transformer.wte", positions="transformer.wpe", layers="transformer.h",
+                  attention=("attn", "c_proj"), final_norm="transformer.ln_f", conv1d=True, qkv=("c_attn",) * 3,
+                  mlp=(None, "c_fc", "c_proj"), layer_norm=True, block_norms=("ln_1", None, "ln_2", None),
+                  norm_eps=lambda cfg: cfg["layer_norm_epsilon"],
+                  activation=lambda cfg: cfg.get("activation_function", "gelu_new"))
+
 ARCH = Arch(
     name="gpt2", hf_class="GPT2LMHeadModel", gguf_arch=MODEL_ARCH.GPT2, hparams=HPARAMS, tensors=TENSORS,
     normalize=normalize, to_gguf=CONV1D, from_gguf=CONV1D, hf_defaults={"activation_function": "gelu_new"},
-    onnx=OnnxSupport(optimum=()),
+    onnx=OnnxSupport(builder=True, genai_type="decoder", optimum=(), decoder=DECODER),
 )

@@ -11,7 +11,7 @@ from gguf import MODEL_ARCH, Keys
 
 from modelport.formats.errors import Unsupported
 
-from .base import F32, Arch, HParam, OnnxSupport
+from .base import F32, Arch, Decoder, HParam, OnnxSupport
 
 HPARAMS = (
     HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
@@ -40,9 +40,20 @@ def normalize(config: dict) -> dict:
     cfg.setdefault("tie_word_embeddings", True)
     cfg["intermediate_size"] = cfg.get("expansion_ratio", 4) * cfg["d_model"]
     cfg.update(num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"],
-               num_key_value_heads=cfg["n_heads"], hidden_size=cfg["d_model"])
+               num_key_value_heads=cfg["n_heads"], hidden_size=cfg["d_model"],
+               head_dim=cfg["d_model"] // cfg["n_heads"], max_position_embeddings=cfg["max_seq_len"])
     return cfg
 
 
+# onnxruntime-genai has no mpt type; its generic decoder type runs the portable graph
+DECODER = Decoder(embed="transformer.wte", layers="transformer.blocks", attention=("attn", "out_proj"),
+                  final_norm="transformer.norm_f", qkv=("Wqkv",) * 3, mlp_module="ffn",
+                  mlp=(None, "up_proj", "down_proj"), layer_norm=True, block_norms=("norm_1", None, "norm_2", None),
+                  norm_eps=lambda cfg: cfg["layer_norm_epsilon"],
+                  activation=lambda cfg: "gelu",  # MptMLP's exact nn.GELU
+                  alibi_bias_max=lambda cfg: cfg["attn_config"]["alibi_bias_max"],
+                  clip_qkv=lambda cfg: cfg["attn_config"].get("clip_qkv"))
+
 ARCH = Arch(name="mpt", hf_class="MptForCausalLM", gguf_arch=MODEL_ARCH.MPT, hparams=HPARAMS, tensors=TENSORS,
-            normalize=normalize, onnx=OnnxSupport(optimum=()))
+            normalize=normalize,
+            onnx=OnnxSupport(builder=True, genai_type="decoder", optimum=(), decoder=DECODER))

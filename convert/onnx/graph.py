@@ -4,7 +4,8 @@
 
 The graph is small (a few hundred nodes); only the weights are big, and they stay lazy TensorRefs that the writer
 streams into the external-data file. Every float initializer keeps its HF name, layout and (cast) dtype, so
-HF -> ONNX -> HF is bit-identical: linear weights stay [out, in] and are used by Gemm with transB=1 on a 2-D
+HF -> ONNX -> HF is bit-identical: linear weights stay [out, in] and are used by Gemm with transB=1 (GPT-2's
+Conv1D weights stay [in, out], without it) on a 2-D
 activation [batch * sequence, hidden] (the residual stream is kept 2-D throughout), and a tied embedding is one
 initializer that both the Gather and the lm_head Gemm read.
 
@@ -52,7 +53,7 @@ QUANT_BITS = {"int4": 4, "int8": 8}
 GQA_ROTARY_MULTIPLE = 16  # GroupQueryAttention's partial rotation: cos_cache width a multiple of 8 (onnxruntime 1.32)
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
 # transformers' hidden activation names -> the _Decoder method that spells each out
-ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 
 
 @dataclass
@@ -124,13 +125,19 @@ class _Decoder:
             raise Unsupported(None, f"{model.arch} with hidden activation {activation!r}: the ONNX builder knows "
                                     f"{', '.join(ACTIVATIONS)}")
         self.activation = getattr(self, ACTIVATIONS[activation])
-        # each layer's rope, by name: the config's, or default rope at the local layers' own base (gemma3's)
+        # each layer's rope, by name: the config's, or default rope at the local layers' own base (gemma3's); none
+        # where positions are learned embeddings (gpt2's)
         local_theta = knobs.local_rope_theta(c)
-        self.ropes = {"global": onnx_rope.of(model.config, self.head_dim)}
+        self.alibi_bias_max, self.clip_qkv = knobs.alibi_bias_max(c), knobs.clip_qkv(c)
+        if self.alibi_bias_max and ops == "ort":
+            raise Unsupported(None, f"{model.arch}'s ALiBi with --ops ort: the builder's GroupQueryAttention adds no "
+                                    f"ALiBi bias; --ops portable or --ops qdq computes it")
+        rope = not (knobs.positions or self.alibi_bias_max)
+        self.ropes = {"global": onnx_rope.of(model.config, self.head_dim)} if rope else {}
         if local_theta:
             self.ropes["local"] = onnx_rope.of({**model.config, "rope_theta": local_theta, "rope_scaling": None,
                                                 "rope_parameters": None}, self.head_dim)
-        self.layer_ropes = ["local" if local_theta and w else "global" for w in self.windows]
+        self.layer_ropes = [None if not rope else "local" if local_theta and w else "global" for w in self.windows]
 
     # --- weights -------------------------------------------------------------------------------------------------
     def weight(self, name: str) -> str:
@@ -148,12 +155,13 @@ class _Decoder:
         return name in self.model.tensors
 
     def linear(self, x: str, prefix: str) -> str:
-        """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1), or when quantized MatMulNBits
-        (ort) or DequantizeLinear -> MatMul (qdq)."""
+        """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1; a Conv1D's [in, out] as it is), or
+        when quantized MatMulNBits (ort) or DequantizeLinear -> MatMul (qdq)."""
         bias = self.weight(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
         nbits = self.nbits(f"{prefix}.weight") if self.ops in QUANTIZED_OPS else None
         if nbits is None:
-            return self.n("Gemm", x, self.weight(f"{prefix}.weight"), *([bias] if bias else []), transB=1)
+            return self.n("Gemm", x, self.weight(f"{prefix}.weight"), *([bias] if bias else []),
+                          transB=int(not self.knobs.conv1d))
         y = self.dequantized_matmul(x, f"{prefix}.weight", nbits) if self.ops == "qdq" else \
             self.matmul_nbits(x, f"{prefix}.weight", nbits)
         return self.n("Add", y, bias) if bias else y
@@ -178,8 +186,10 @@ class _Decoder:
     def nbits(self, name: str) -> nbits_codec.NBits | None:
         """The quantized weight's operands (MatMulNBits' layout; qdq repacks them): a GGUF-quantized weight
         transcoded as it is where its grid fits the op set (no second quantization), a float weight quantized when
-        `quant` asks; None keeps the float Gemm."""
+        `quant` asks; None keeps the float Gemm. A Conv1D weight is quantized as its [out, in] transpose."""
         ref = self.model.tensors[name]
+        if self.knobs.conv1d:
+            ref = ref.map(np.transpose, shape=ref.shape[::-1])
         if ref.result_dtype not in FLOATS:
             blocks = nbits_codec.from_gguf(ref, self.compute)
             if blocks is not None and (self.ops != "qdq" or qdq_codec.from_nbits(blocks) is not None):
@@ -224,9 +234,12 @@ class _Decoder:
         return self.n("Mul", y, w)
 
     def layer_norm(self, x: str, weight: str) -> str:
-        """nn.LayerNorm with its bias: LayerNormalization (standard from opset 17), float32 statistics."""
-        return self.n("LayerNormalization", x, self.weight(weight), self.weight(_bias(weight)), axis=-1,
-                      epsilon=self.eps, stash_type=1)
+        """nn.LayerNorm, with its bias where it has one (mpt's have none): LayerNormalization (standard from opset
+        17), float32 statistics."""
+        return self.n("LayerNormalization", x, *self.norm_weights(weight), axis=-1, epsilon=self.eps, stash_type=1)
+
+    def norm_weights(self, weight: str) -> list[str]:
+        return [self.weight(w) for w in (weight, _bias(weight)) if w == weight or self.has(w)]
 
     def norm_scale(self, weight: str) -> str:
         """What the ort norm ops multiply by: the weight, or (offset + w) in the compute type (the HF tensor stays
@@ -243,8 +256,8 @@ class _Decoder:
     def add_norm(self, x: str, residual: str, weight: str) -> tuple[str, str]:
         """(norm(x + residual), x + residual): one fused node with the ort set."""
         if self.ops == "ort" and self.knobs.layer_norm:
-            out = self.n("SkipLayerNormalization", x, residual, self.weight(weight), self.weight(_bias(weight)),
-                         outputs=4, domain=MS, epsilon=self.eps)
+            out = self.n("SkipLayerNormalization", x, residual, *self.norm_weights(weight), outputs=4, domain=MS,
+                         epsilon=self.eps)
             return out[0], out[3]
         if self.ops == "ort":
             out = self.n("SkipSimplifiedLayerNormalization", x, residual, self.norm_scale(weight),
@@ -265,6 +278,8 @@ class _Decoder:
             self.caches = {rope: self.rope_caches(rope) for rope in self.ropes}
         else:
             self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
+            if self.alibi_bias_max:
+                self.masks = {w: self.n("Add", mask, self.alibi()) for w, mask in self.masks.items()}
             self.rope_tables = {rope: self.rope_cos_sin(rope) for rope in self.ropes}
 
     def rope_caches(self, rope: str) -> tuple[str, str]:
@@ -340,6 +355,14 @@ class _Decoder:
             allowed = self.n("And", allowed, recent)
         return self.n("Where", allowed, self.n.const(0.0, np.float32), self.n.const(NEG, np.float32))
 
+    def alibi(self) -> str:
+        """[1, heads, 1, T] float32: each head's slope times the key's distance from the last key (<= 0), as
+        transformers' build_mpt_alibi_tensor (a row's constant shift leaves its softmax as it is)."""
+        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
+        distance = self.n("Range", self.n("Sub", self.i64(1), total), self.i64(1), self.i64(1))
+        return self.n("Mul", self.n("Cast", distance, to=_elem("F32")),
+                      self.n.const(alibi_slopes(self.heads, self.alibi_bias_max).reshape(1, -1, 1, 1), np.float32))
+
     # --- attention -----------------------------------------------------------------------------------------------
     def heads_view(self, x: str, n_heads: int, norm: str | None) -> str:
         """[rows, n * D] -> [B, n, S, D], with qwen3's per-head RMS norm."""
@@ -351,7 +374,10 @@ class _Decoder:
         return self.n("Transpose", x, perm=[0, 2, 1, 3])
 
     def rotate(self, x: str, layer: int) -> str:
-        """x * cos + rotate_half(x) * sin on the rotated dimensions; the rest of each head passes (partial rotary)."""
+        """x * cos + rotate_half(x) * sin on the rotated dimensions; the rest of each head passes (partial rotary);
+        x itself without rope."""
+        if self.layer_ropes[layer] is None:
+            return x
         cos, sin = self.rope_tables[self.layer_ropes[layer]]
         dims = self.ropes[self.layer_ropes[layer]].dims
         part = self.n("Slice", x, self.i64([0]), self.i64([dims]), self.i64([-1])) if dims < self.head_dim else x
@@ -397,9 +423,10 @@ class _Decoder:
                 q, k = (normed, k) if which == "q" else (q, normed)
         q, k, v = (self.n("Reshape", t, self.rows_last) for t in (q, k, v))
         out = self.n("GroupQueryAttention", q, k, v, f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
-                     self.seqlens_k, self.total_len, *self.caches[self.layer_ropes[layer]],
+                     self.seqlens_k, self.total_len, *self.caches.get(self.layer_ropes[layer], ()),
                      outputs=[f"/attn_{layer}/out", f"present.{layer}.key", f"present.{layer}.value"], domain=MS,
-                     num_heads=self.heads, kv_num_heads=self.kv_heads, scale=self.attention_scale, do_rotary=1,
+                     num_heads=self.heads, kv_num_heads=self.kv_heads, scale=self.attention_scale,
+                     do_rotary=int(self.layer_ropes[layer] is not None),
                      rotary_interleaved=0, **self.gqa_window(layer), **self.gqa_softcap())[0]
         return self.n("Reshape", out, self.i64([-1, self.heads * self.head_dim]))
 
@@ -432,31 +459,39 @@ class _Decoder:
         erf = self.n("Erf", self.n("Div", x, self.c(np.sqrt(2.0))))
         return self.n("Mul", self.n("Mul", x, self.c(0.5)), self.n("Add", erf, self.c(1.0)))
 
+    def clip(self, x: str) -> str:
+        return self.n("Clip", x, self.c(-self.clip_qkv), self.c(self.clip_qkv)) if self.clip_qkv else x
+
     def norm_name(self, prefix: str, which: str) -> str | None:
-        name = f"{prefix}.self_attn.{which}_norm.weight"
+        name = f"{prefix}.{self.knobs.attention[0]}.{which}_norm.weight"
         return name if self.has(name) else None
 
     # --- the decoder ---------------------------------------------------------------------------------------------
     def build(self) -> OnnxGraph:
         self.inputs_info()
-        embed = "model.embed_tokens.weight"
+        embed = f"{self.knobs.embed}.weight"
         hidden = self.n("Reshape", self.n("Gather", self.weight(embed), "input_ids", axis=0),
                         self.i64([-1, self.cfg["hidden_size"]]))
+        if self.knobs.positions:  # learned position embeddings, added as transformers adds them
+            positions = self.n("Gather", self.weight(f"{self.knobs.positions}.weight"), "position_ids", axis=0)
+            hidden = self.n("Add", hidden, self.n("Reshape", positions, self.i64([-1, self.cfg["hidden_size"]])))
         if self.embedding_scale:  # in the compute type, as transformers scales them (gemma's normalizer too)
             hidden = self.n("Mul", hidden, self.c(self.embedding_scale))
         attention = self.attention_ort if self.ops == "ort" else self.attention_portable
         attn_in, attn_out, mlp_in, mlp_out = self.knobs.block_norms
-        residual, x = hidden, self.norm(hidden, f"model.layers.0.{attn_in}.weight")
+        self_attn, o_proj = self.knobs.attention
+        residual, x = hidden, self.norm(hidden, f"{self.knobs.layers}.0.{attn_in}.weight")
         for i in range(self.cfg["num_hidden_layers"]):
-            p = f"model.layers.{i}"
+            p = f"{self.knobs.layers}.{i}"
             if i:
                 x, residual = self.add_norm(x, residual, f"{p}.{attn_in}.weight")
-            q, k, v = self.projections(x, f"{p}.self_attn", self.knobs.qkv,
-                                       [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)])
-            attn = self.branch(self.linear(attention(q, k, v, i, p), f"{p}.self_attn.o_proj"), p, attn_out)
+            q, k, v = self.projections(x, f"{p}.{self_attn}", self.knobs.qkv,
+                                       [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)],
+                                       self.clip)
+            attn = self.branch(self.linear(attention(q, k, v, i, p), f"{p}.{self_attn}.{o_proj}"), p, attn_out)
             x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
             x = self.branch(self.mlp(x, p), p, mlp_out)
-        x, _ = self.add_norm(x, residual, "model.norm.weight")
+        x, _ = self.add_norm(x, residual, f"{self.knobs.final_norm}.weight")
         if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings"):
             logits = self.linear(x, "lm_head")
         else:  # the embedding's one initializer serves the Gather and this Gemm
@@ -471,18 +506,20 @@ class _Decoder:
     def mlp(self, x: str, prefix: str) -> str:
         """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
         gate, up, down = self.knobs.mlp
+        prefix = f"{prefix}.{self.knobs.mlp_module}"
         if gate is None:
-            return self.linear(self.activation(self.linear(x, f"{prefix}.mlp.{up}")), f"{prefix}.mlp.{down}")
-        gate, up = self.projections(x, f"{prefix}.mlp", (gate, up), [self.cfg["intermediate_size"]] * 2)
-        return self.linear(self.n("Mul", self.activation(gate), up), f"{prefix}.mlp.{down}")
+            return self.linear(self.activation(self.linear(x, f"{prefix}.{up}")), f"{prefix}.{down}")
+        gate, up = self.projections(x, prefix, (gate, up), [self.cfg["intermediate_size"]] * 2)
+        return self.linear(self.n("Mul", self.activation(gate), up), f"{prefix}.{down}")
 
-    def projections(self, x: str, prefix: str, names: tuple[str, ...], sizes: list[int]) -> list[str]:
-        """x through each named projection; one name repeated is one fused projection (phi3's qkv_proj,
-        gate_up_proj) whose output splits into `sizes`, in order."""
+    def projections(self, x: str, prefix: str, names: tuple[str, ...], sizes: list[int],
+                    then=lambda y: y) -> list[str]:
+        """x through each named projection, then `then` (mpt's clip_qkv); one name repeated is one fused projection
+        (phi3's qkv_proj, gate_up_proj) whose output splits into `sizes`, in order."""
         if len(set(names)) < len(names):
-            return self.n("Split", self.linear(x, f"{prefix}.{names[0]}"), self.i64(sizes), axis=-1,
+            return self.n("Split", then(self.linear(x, f"{prefix}.{names[0]}")), self.i64(sizes), axis=-1,
                           outputs=len(names))
-        return [self.linear(x, f"{prefix}.{name}") for name in names]
+        return [then(self.linear(x, f"{prefix}.{name}")) for name in names]
 
     def branch(self, x: str, prefix: str, norm: str | None) -> str:
         """A block's attention or MLP output as it joins the residual stream: normed (gemma2's post norms) and
@@ -514,6 +551,15 @@ class _Decoder:
 
 def _bias(weight: str) -> str:
     return weight.removesuffix("weight") + "bias"
+
+
+def alibi_slopes(heads: int, bias_max: float) -> np.ndarray:
+    """transformers' build_mpt_alibi_tensor slopes, in float32: 2^-(bias_max * i / n) for i = 1..n, n the next power
+    of two; fewer heads take the odd-numbered slopes first, then the even."""
+    n = 2 ** int(np.ceil(np.log2(heads)))
+    base = np.arange(1, n + 1, dtype=np.float32) * np.float32(bias_max / n)
+    slopes = np.float32(1.0) / np.power(np.float32(2), base)
+    return np.concatenate([slopes[1::2], slopes[::2]])[:heads] if n != heads else slopes
 
 
 def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:

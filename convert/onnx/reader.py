@@ -360,16 +360,20 @@ def _nbits(graph: _Graph, name: str, path: Path) -> TensorRef:
     return qweight.map(dequantize, shape=(n, k), dtype="F32")
 
 
-def _own_tensors(graph: _Graph, hf_names: set[str], path: Path) -> dict[str, TensorRef]:
+def _own_tensors(graph: _Graph, hf_names: set[str], conv1d: bool, path: Path) -> dict[str, TensorRef]:
     """Our graphs: initializers named as the HF tensors, MatMulNBits groups dequantized. A float tensor wins over
     blobs of the same name: a tied embedding quantized for its lm_head product only is still stored whole for its
-    Gather, and the HF checkpoint holds that one tensor."""
+    Gather, and the HF checkpoint holds that one tensor. Quantized weights are [N, K] (MatMulNBits) or [K, N]
+    (DequantizeLinear); a Conv1D family's HF layout is [K, N] (`conv1d`)."""
     tensors = {name: ref for name, ref in graph.inits.items() if name in hf_names}
     for name in graph.inits:
         if name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names:
-            tensors.setdefault(name.removesuffix(QWEIGHT), _nbits(graph, name, path))
-        if name.endswith(QUANTIZED) and name.removesuffix(QUANTIZED) in hf_names:  # [K, N]: HF's transpose
-            tensors.setdefault(name.removesuffix(QUANTIZED), _hf_ref(graph, name, "qdq-transposed", path))
+            ref = _nbits(graph, name, path)
+            tensors.setdefault(name.removesuffix(QWEIGHT), ref.map(np.transpose, shape=ref.shape[::-1]) if conv1d
+                               else ref)
+        if name.endswith(QUANTIZED) and name.removesuffix(QUANTIZED) in hf_names:
+            tensors.setdefault(name.removesuffix(QUANTIZED),
+                               _hf_ref(graph, name, "qdq-hf" if conv1d else "qdq-transposed", path))
     return tensors
 
 
@@ -418,7 +422,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     hf_names = set(arch.name_map(norm["num_hidden_layers"], norm))
     own = CONFIG_KEY in contents.metadata
     if own:  # in the graph's order, the source's
-        tensors = _own_tensors(graph, hf_names, path)
+        tensors = _own_tensors(graph, hf_names, arch.onnx.decoder.conv1d, path)
     else:  # in save_pretrained's order
         tensors = dict(sorted(_exported_tensors(graph, arch, norm, hf_names, path).items()))
     unknown = sorted(set(tensors) - hf_names)

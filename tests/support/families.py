@@ -12,6 +12,19 @@ from modelport.samples import tiny
 FAMILIES = tuple(sorted(name for name, sample in tiny.SAMPLES.items()
                         if archs.for_hf(sample.family).onnx.builder and sample.resizes is None))
 
+
+
+def ort_builds(name: str) -> bool:
+    """Whether the builder makes an --ops ort graph of sample `name`: not with ALiBi (mpt), which its
+    GroupQueryAttention does not add (refused)."""
+    arch = archs.for_hf(tiny.SAMPLES[name].family)
+    return not arch.onnx.decoder.alibi_bias_max(arch.normalize(tiny.config(name)))
+
+
+# (sample, float operator set) of each graph the builder builds
+BUILT_OPS = tuple((name, ops) for name in FAMILIES for ops in ("portable", "ort")
+                  if ops == "portable" or ort_builds(name))
+
 # the plain llama-like decoders among them (the builder's default Decoder: no scales, caps or norm offsets), through
 # GGUF in three dtypes and round trips kept bit-exact (test_gguf_parity.py, test_roundtrip.py)
 LLAMA_LIKE = tuple(name for name in FAMILIES if archs.for_hf(tiny.SAMPLES[name].family).onnx.decoder == Decoder())
