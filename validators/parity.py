@@ -207,8 +207,8 @@ def validate(ref: str | Path, cand: str | Path, texts: dict[str, str] | None = N
     candidate in `runtime` when given (one its format lists: ONNX in openvino).
 
     The sides run in turn: the reference's ids and logits go to a file (`save_reference`, else a temporary one)
-    and the reference is freed before the candidate loads (a streamed one runs in a child process). REF may be a saved reference (.mpref): then only the
-    candidate runs. `stream` (None: when holding the reference would not fit) runs a safetensors reference module
+    and the reference is freed before the candidate loads (a streamed one runs in a child process). REF may be a
+    saved reference (.mpref): then only the candidate runs. `stream` (None: when holding the reference would not fit) runs a safetensors reference module
     by module from its checkpoint; the figures are the same either way."""
     t0 = time.perf_counter()
     ref, cand = Path(ref), Path(cand)
