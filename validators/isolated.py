@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import traceback
+from multiprocessing.connection import Connection
 from typing import Callable
 
 from modelport.formats.errors import ModelportError
@@ -16,11 +17,7 @@ from modelport.formats.errors import ModelportError
 
 def run(fn: Callable, *args, progress: Callable[[str], None] | None = None):
     """fn(*args, progress=...) in a spawned child; its return value, or its exception raised here."""
-    ctx = multiprocessing.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(send, fn, args, progress is not None), daemon=True)
-    child.start()
-    send.close()
+    child, recv = spawn(_child, fn, args, progress is not None)
     try:
         while True:
             try:
@@ -40,6 +37,17 @@ def run(fn: Callable, *args, progress: Callable[[str], None] | None = None):
         if child.is_alive():
             child.kill()
             child.join()
+
+
+def spawn(target: Callable, *args) -> tuple[multiprocessing.Process, Connection]:
+    """target(send, *args) in a fresh interpreter (spawn: no inherited threads or state), and the end of the pipe it
+    sends on; the parent's copy of the sending end is closed, so a child that dies reads as EOFError."""
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=target, args=(send, *args), daemon=True)
+    child.start()
+    send.close()
+    return child, recv
 
 
 def _child(send, fn: Callable, args: tuple, relay: bool) -> None:

@@ -3,13 +3,12 @@ a cluster. Both call `done(job, result)` as each job finishes (the run writes it
 same worker.execute, so their outputs and figures agree."""
 from __future__ import annotations
 
-import multiprocessing
 import os
 from multiprocessing.connection import wait
 from typing import Callable
 
 from modelport.formats.errors import RuntimeMissing
-from modelport.validators import memory
+from modelport.validators import isolated, memory
 
 from . import worker
 from .plan import Job
@@ -33,7 +32,6 @@ class Local:
         self.budget = available if available is not None else memory.available_bytes()
 
     def run(self, todo: list[Job], done: Done) -> None:
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per job: no inherited threads or state
         free, used, pending = list(self.cpus), 0, list(todo)
         running: dict = {}  # connection -> (job, process, cpus)
         try:
@@ -46,10 +44,7 @@ class Local:
                     fits = self.budget is None or used + job.memory_bytes <= self.budget
                     if len(running) < self.jobs and fits and len(free) >= min(job.threads, len(self.cpus)):
                         mine, free = free[:job.threads], free[job.threads:]
-                        recv, send = ctx.Pipe(duplex=False)
-                        proc = ctx.Process(target=worker.child, args=(job, mine, send, os.getpid()), daemon=True)
-                        proc.start()
-                        send.close()
+                        proc, recv = isolated.spawn(worker.child, job, mine, os.getpid())
                         running[recv] = (job, proc, mine)
                         used += job.memory_bytes
                         pending.remove(job)

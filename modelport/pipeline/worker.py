@@ -67,7 +67,7 @@ def execute(job, cpus: list[int] | None = None) -> dict:
     return result
 
 
-def child(job, cpus: list[int], conn, parent: int) -> None:
+def child(conn, job, cpus: list[int], parent: int) -> None:
     """A local child's entry: die with the parent (a SIGKILLed run leaves no orphan finishing a job behind its
     back; the next run sweeps the partial), run the job, send the result back."""
     _die_with(parent)
