@@ -178,6 +178,7 @@ def test_targets_refuse_what_they_cannot_run(checkpoints, tmp_path):
              (("target", "tensorrt"), ("ops", "qdq"), ("quant", "int8")): "it runs --ops portable, --ops qdq "
                                                                            "(--quant int4)",
              (("target", "coreml"), ("ops", "ort")): "it runs --ops portable",
+             (("target", "cuda"), ("dtype", "f32")): "runs --ops ort in --dtype f16 or --dtype bf16 only",
              (("ops", "portable"), ("quant", "int4")): "--ops ort or --ops qdq"}
     for options, names in cases.items():
         with pytest.raises(Unsupported, match=re.escape(names)):
@@ -189,7 +190,7 @@ def test_targets_refuse_what_they_cannot_run(checkpoints, tmp_path):
                          "webgpu"}
     assert all(row["source"] and row["checked"] for row in rows.values())
     assert rows["openvino"]["ops"] == ["qdq", "portable"] and rows["openvino"]["checked"].startswith("run here")
-    assert rows["cuda"]["checked"].startswith("from docs")
+    assert rows["cuda"]["checked"].startswith("run here") and rows["cuda"]["floats"] == {"ort": ["f16", "bf16"]}
 
 
 def test_openvino_target_float_graph_runs_as_transformers(checkpoints, hf_reference, tmp_path):

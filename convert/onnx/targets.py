@@ -18,13 +18,15 @@ class Target:
     quant: dict[str, tuple[str, ...]] = field(default_factory=dict)  # op set -> the --quant values it runs in it
     dtype: str | None = None  # default float type (None: the source's)
     symmetric: bool = False  # 4-bit weights without zero points only
+    floats: dict[str, tuple[str, ...]] = field(default_factory=dict)  # op set -> the only --dtype values it runs there
     checked: str = DOCS_ONLY  # what was run here, and by which test
     source: str = ""  # the documentation the row follows
 
     def row(self) -> dict:
         return {"target": self.name, "provider": self.provider, "ops": list(self.ops),
                 "quant": {ops: list(q) for ops, q in self.quant.items()}, "dtype": self.dtype,
-                "symmetric": self.symmetric, "checked": self.checked, "source": self.source}
+                "symmetric": self.symmetric, "floats": {ops: list(f) for ops, f in self.floats.items()},
+                "checked": self.checked, "source": self.source}
 
     def runs(self) -> str:
         """What it runs, for refusals: `--ops ort (--quant int4, int8), --ops portable`."""
@@ -40,6 +42,11 @@ TARGETS = {t.name: t for t in (
                    "test_onnx_quant.py, test_onnx_qdq.py); it fuses DequantizeLinear -> MatMul into MatMulNBits",
            source=ORT_KERNELS),
     Target("cuda", "CUDAExecutionProvider", ("ort", "portable"), {"ort": ("int4", "int8")}, "f16",
+           floats={"ort": ("f16", "bf16")},
+           checked="run here on a lent NVIDIA H200 (onnxruntime-gpu 1.31.1, CUDA 13; bench/cuda_ep.py): --target cuda "
+                   "f16, int4 and --ops portable exports of the tiny llama, every GroupQueryAttention and MatMulNBits "
+                   "placed on CUDA, logits against the CPU EP within mean KL 8.1e-6, the same greedy tokens; f32 "
+                   "activations put GroupQueryAttention back on the CPU (its CUDA kernel is f16/bf16 only)",
            source=ORT_KERNELS + " (MatMulNBits, GroupQueryAttention, SimplifiedLayerNormalization for CUDA)"),
     Target("tensorrt", "TensorrtExecutionProvider", ("portable", "qdq"), {"qdq": ("int4",)}, "f16", symmetric=True,
            source="https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/"
@@ -95,6 +102,10 @@ def apply(name: str, options: dict, dst) -> tuple[dict, list[dict]]:
     if t.dtype and "dtype" not in out:
         out["dtype"] = t.dtype
         notes.append({"name": dst.name, "fallback": f"--target {name}: --dtype {t.dtype}"})
+    dtype, floats = str(out.get("dtype")).lower(), t.floats.get(out["ops"])
+    if floats and dtype not in floats:
+        raise Unsupported(dst, f"--target {name} ({t.provider}) runs --ops {out['ops']} in "
+                               f"{' or '.join(f'--dtype {f}' for f in floats)} only, not --dtype {dtype}")
     if t.symmetric and quant:
         out["symmetric"] = True
         notes.append({"name": dst.name, "fallback": f"--target {name}: {quant} weights without zero points"})
