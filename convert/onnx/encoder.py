@@ -37,10 +37,7 @@ class _Encoder(graph._Decoder):
     def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int,
                  symmetric: bool = False):
         arch = archs.for_hf(model.arch)
-        # the names the row spells (BertForMaskedLM's "bert." prefix, old gamma/beta), less what no embedding runs
-        tensors = {arch.canonical(n): r for n, r in model.tensors.items() if arch.canonical(n)}
-        self.model = Model(model.arch, model.config, tensors, model.tokenizer, model.generation_config,
-                           model.metadata)
+        self.model = model
         self.ops, self.quant, self.block_size, self.symmetric = ops, quant, block_size, symmetric
         self.cfg = c = arch.normalize(model.config)
         self.storage, self.compute = dtype, compute
@@ -142,6 +139,14 @@ class _Encoder(graph._Decoder):
                             producer_name="modelport", ir_version=graph.IR_VERSIONS[opset])
 
 
+def canonical(model: Model) -> Model:
+    """`model` with the names the family's row spells (BertForMaskedLM's "bert." prefix, old gamma/beta), less what
+    no embedding runs (the pooler, MLM head, a position_ids buffer, which would pass for the source's dtype)."""
+    arch = archs.for_hf(model.arch)
+    tensors = {arch.canonical(n): r for n, r in model.tensors.items() if arch.canonical(n)}
+    return Model(model.arch, model.config, tensors, model.tokenizer, model.generation_config, model.metadata)
+
+
 def pooling(model: Model) -> tuple[str, bool]:
     """(pooling mode, normalised) from the source's sentence-transformers files; mean and not normalised without
     them. A module the graph does not compute (Dense ...) is refused: its embeddings would be others."""
@@ -156,6 +161,7 @@ def pooling(model: Model) -> tuple[str, bool]:
 def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,
           block_size: int = 32, symmetric: bool = False) -> graph.OnnxGraph:
     """The encoder graph of `model`, with graph.build's options."""
+    model = canonical(model)
     dtype, compute = graph.resolve(model, dtype, ops, quant)
     return _Encoder(model, dtype, compute, ops, quant, block_size, symmetric).build()
 
