@@ -123,6 +123,12 @@ def test_prefixed_and_legacy_names_convert_like_llama_cpp(bert, tmp_path):
     assert list(a.tensors) == list(b.tensors)
     for name, ta in a.tensors.items():
         assert ta.stored.read() == b.tensors[name].stored.read(), name
+    # the ONNX encoder graph reads them through the same names: the same initializers
+    api.convert(src, tmp_path / "prefixed-onnx", to="onnx")
+    onnx_back = api.load(tmp_path / "prefixed-onnx")
+    assert set(onnx_back.tensors) == set(model.tensors) - {"pooler.dense.weight", "pooler.dense.bias"}
+    for name, ref in onnx_back.tensors.items():
+        assert ref.read().tobytes() == model.tensors[name].read().tobytes(), name
 
 
 def test_a_bare_vocab_txt_gives_the_same_gguf_vocabulary(bert, tmp_path):

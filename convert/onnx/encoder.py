@@ -34,6 +34,9 @@ NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's
 
 
 class _Encoder(graph._Decoder):
+    """The decoder builder's weight plumbing (weight, linear, nbits, layer_norm, gelu ..., which read model,
+    storage/compute, ops, quant, knobs.conv1d and the node list set here) under an encoder's forward."""
+
     def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int,
                  symmetric: bool = False):
         arch = archs.for_hf(model.arch)
