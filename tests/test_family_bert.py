@@ -336,3 +336,16 @@ def test_real_all_minilm_l6_v2_onnx_embeds_like_sentence_transformers(tmp_path):
     print(f"all-MiniLM-L6-v2 ONNX fp32: last_hidden_state max |diff| {hidden:.2e}, sentence_embedding vs "
           f"sentence-transformers max |diff| {diff:.2e}")
     assert hidden <= ONNX_BOUND and diff <= ONNX_BOUND
+
+
+def test_an_onnx_model_cannot_write_other_files_through_the_sentence_transformers_key(bert_onnx, tmp_path):
+    import onnx
+
+    src = shutil.copytree(bert_onnx("--ops", "portable"), tmp_path / "evil")
+    proto = onnx.load(str(src / "model.onnx"), load_external_data=False)
+    entry = next(p for p in proto.metadata_props if p.key == sentence_transformers.FILES_KEY)
+    entry.value = json.dumps({"modules.json": "[]", "config.json": "{}"})
+    (src / "model.onnx").write_bytes(proto.SerializeToString())
+    r = run_cli("convert", src, tmp_path / "back", "--to", "safetensors")
+    assert r.returncode == 2 and "'config.json', not a sentence-transformers file" in r.stderr, r.stderr
+    assert not (tmp_path / "back").exists()

@@ -439,4 +439,4 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
                            "dtype": first.result_dtype if first is not None and first.result_dtype in FLOATS
                            else None,
                            # an encoder's sentence-transformers files, which its graph's metadata carries (checked)
-                           "sentence_transformers": sentence_transformers.from_gguf(contents.metadata, "")})
+                           "sentence_transformers": sentence_transformers.carried(contents.metadata)})
