@@ -1,8 +1,8 @@
 """ONNX for the families beyond the builder's four (issue 6, acceptance 2): optimum's export where it computes what
 transformers computes (fp32 logits within issue 5's max |diff| 1e-4 in onnxruntime's CPU EP, whole prompt and token
-by token through the KV cache; bert's hidden states and pooled embeddings), a clean refusal (exit 3, one line) where
-it does not export or exports wrongly, the evidence that each "wrongly" is real, and `modelport archs` listing what
-the code supports."""
+by token through the KV cache), a clean refusal (exit 3, one line) where it does not export or exports wrongly, the
+evidence that each "wrongly" is real, and `modelport archs` listing what the code supports. bert, an encoder, has
+modelport's own graph (convert/onnx/encoder.py), tested in test_family_bert.py."""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +17,7 @@ from modelport import api
 from modelport.convert import archs
 from modelport.convert.onnx import optimum as onnx_optimum
 from modelport.samples import tiny
-from modelport.validators.runtimes import OnnxRuntime, Transformers, TransformersEmbeddings
+from modelport.validators.runtimes import OnnxRuntime, Transformers
 
 from support.cli import run_cli
 from support.families import FAMILIES as BUILT
@@ -64,9 +64,8 @@ REFUSED = {name: why for name, why in OUTCOMES.items() if why is not None}
 
 
 def test_every_family_is_exported_or_refused():
-    """Every family without a graph builder has its optimum export or its refusal tested here (bert, an encoder, by
-    test_bert_export_embeds_like_transformers), and every configuration a family's ONNX section refuses is shown
-    refused by a sample or a variant."""
+    """Every family without a graph builder has its optimum export or its refusal tested here, and every
+    configuration a family's ONNX section refuses is shown refused by a sample or a variant."""
     tested = {config_json(name)["model_type"] for name in OUTCOMES}
     encoders = {sample.family for sample in tiny.SAMPLES.values() if sample.auto_class != tiny.CAUSAL_LM}
     assert tested == {name for name, arch in archs.registry().items() if not arch.onnx.builder} - encoders
@@ -133,30 +132,6 @@ def test_gguf_source_exports_through_optimum(checkpoints, mixed_text, tmp_path):
     print(f"{name} GGUF f32 via optimum: onnxruntime vs transformers on the source, max |diff| {diff:.2e}")
     assert diff <= BOUND
     assert not list(tmp_path.glob(".modelport-hf-*"))
-
-
-def test_bert_export_embeds_like_transformers(checkpoints, mixed_text, tmp_path):
-    import onnxruntime as ort
-
-    src = checkpoints("bert")
-    api.convert(src, tmp_path / "onnx", to="onnx")
-    ref = TransformersEmbeddings(src)
-    texts = [ref.tokenizer.decode(ref.tokenize(mixed_text)[1:PROMPT - 1]), "a short one"]
-    batch = ref.tokenizer(texts, padding=True, return_tensors="pt")
-    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    states = session.run(["last_hidden_state"], {i.name: batch[i.name].numpy() for i in session.get_inputs()})[0]
-    with ref.torch.no_grad():
-        want = ref.model(**batch).last_hidden_state.numpy()
-    mask = batch.attention_mask.numpy().astype(bool)
-    diff = float(np.abs(states - want)[mask].max())
-    pooled = ref.POOLERS[ref.mode](ref.torch.from_numpy(states), batch.attention_mask.float())
-    if ref.normalize:
-        pooled = ref.torch.nn.functional.normalize(pooled, dim=1)
-    got, expected = pooled.numpy(), ref.embed(texts)
-    cosine = float(min(np.dot(g, e) / np.linalg.norm(g) / np.linalg.norm(e) for g, e in zip(got, expected)))
-    print(f"bert via optimum: last_hidden_state max |diff| {diff:.2e}; {ref.mode} pooled cosine {cosine:.7f}, "
-          f"max |diff| {np.abs(got - expected).max():.2e}")
-    assert diff <= BOUND and cosine >= 0.9999 and np.abs(got - expected).max() <= BOUND
 
 
 @pytest.mark.parametrize("name", REFUSED)
@@ -228,7 +203,8 @@ def test_archs_human_listing_names_every_family(listing):
     assert [cells[0].strip() for cells in rows] == sorted(listing)
     onnx = list(listing["llama"]["formats"]).index("onnx") + 1  # after the family
     cell = {cells[0].strip(): cells[onnx].strip() for cells in rows}
-    built = {tiny.SAMPLES[name].family for name in BUILT}
+    built = {tiny.SAMPLES[name].family for name in BUILT} | {name for name, arch in archs.registry().items()
+                                                             if arch.onnx.encoder is not None}
     assert {name for name, text in cell.items() if text.endswith("builder")} == built
     # read ("r") where the graph walk knows the family's exports (our own graphs read back by their names anyway)
     assert {name for name in built if cell[name] == "rw builder"} == {

@@ -1,7 +1,8 @@
 """Reading ONNX back (issue 5, acceptance 3) and optimum's exporter as the fallback: optimum-exported decoders come
 back with every HF tensor equal to the original, run in transformers and llama.cpp; MatMulNBits weights dequantize to
-what onnxruntime computes with them; hostile external-data locations are refused; a tiny BERT exported through
-optimum runs in onnxruntime like transformers."""
+what onnxruntime computes with them; hostile external-data locations are refused; a plain BertModel folder (no
+sentence-transformers files) goes through modelport's encoder graph, not optimum, runs in onnxruntime like
+transformers and reads back."""
 from __future__ import annotations
 
 import json
@@ -323,7 +324,7 @@ def test_hostile_or_truncated_external_data_is_refused(tmp_path, case, location,
     assert not out.exists() and not list(tmp_path.glob("out.partial*"))
 
 
-# --- optimum as the fallback exporter
+# --- an encoder: modelport's own graph, not optimum's export
 
 
 def _tiny_bert(out):
@@ -341,7 +342,9 @@ def _tiny_bert(out):
     return out
 
 
-def test_bert_exports_through_optimum_and_runs_in_onnxruntime(tmp_path, mixed_text):
+def test_plain_bert_folder_exports_through_our_builder_and_reads_back(tmp_path, mixed_text):
+    """No modules.json: the sentence embedding is the mean over the attention mask, not normalised (what
+    sentence-transformers makes of a plain folder); the pooler, which no embedding runs, is not in the graph."""
     torch = pytest.importorskip("torch")
     from transformers import AutoTokenizer, BertModel
 
@@ -349,20 +352,26 @@ def test_bert_exports_through_optimum_and_runs_in_onnxruntime(tmp_path, mixed_te
     dst = tmp_path / "bert-onnx"
     r = run_cli("convert", src, dst, "--to", "onnx", "--json")
     assert r.returncode == 0, r.stderr
-    notes = [f["fallback"] for f in json.loads(r.stdout)["fallbacks"]]
-    assert any("exported by optimum-onnx" in n for n in notes), notes
-    assert not list(tmp_path.glob("*.partial*")) and not list(tmp_path.glob(".modelport-hf-*"))
+    assert not json.loads(r.stdout)["fallbacks"], r.stdout
     meta = {p.key: p.value for p in onnx.load(str(dst / "model.onnx"), load_external_data=False).metadata_props}
-    assert meta[onnx_optimum.EXPORTER_KEY].startswith("optimum-onnx") and meta["modelport.source.sha256"]
+    assert onnx_optimum.EXPORTER_KEY not in meta and meta["modelport.source.sha256"]
     tok = AutoTokenizer.from_pretrained(src)
     batch = tok([mixed_text[:200], "a short one"], padding=True, truncation=True, max_length=96, return_tensors="np")
     session = ort.InferenceSession(str(dst / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
-    got = session.run(["last_hidden_state"], feeds)[0]
+    states, pooled = session.run(["last_hidden_state", "sentence_embedding"], feeds)
     with torch.no_grad():
         want = BertModel.from_pretrained(src).eval()(**{k: torch.from_numpy(v) for k, v in batch.items()})
-    diff = np.abs(got - want.last_hidden_state.numpy()).max()
-    print(f"tiny BERT via optimum: onnxruntime vs transformers last_hidden_state max |diff| {diff:.2e}")
-    assert diff < 1e-4
-    back = run_cli("convert", dst, tmp_path / "back", "--to", "safetensors")  # the walk knows decoders only
-    assert back.returncode == 3 and "bert" in back.stderr and back.stderr.count("\n") == 1, back.stderr
+    want = want.last_hidden_state.numpy()
+    mask = batch["attention_mask"][..., None].astype(np.float32)
+    mean = (want * mask).sum(1) / mask.sum(1)
+    diff, pooled_diff = np.abs(states - want).max(), np.abs(pooled - mean).max()
+    print(f"tiny BERT, our graph: onnxruntime vs transformers last_hidden_state max |diff| {diff:.2e}, mean pooled "
+          f"{pooled_diff:.2e}")
+    assert diff < 1e-4 and pooled_diff < 1e-4
+    back = run_cli("convert", dst, tmp_path / "back", "--to", "safetensors")
+    assert back.returncode == 0, back.stderr
+    original, restored = _tensors(src), _tensors(tmp_path / "back")
+    assert set(original) - set(restored) == {"pooler.dense.weight", "pooler.dense.bias"}
+    for name, arr in restored.items():
+        assert arr.dtype == original[name].dtype and arr.tobytes() == original[name].tobytes(), name

@@ -85,10 +85,21 @@ class Decoder:
 
 
 @dataclass(frozen=True)
+class Encoder:
+    """A BERT-style encoder for the encoder builder (convert/onnx/encoder.py): where its tensors are and what it
+    computes, read from the normalised config, so that another encoder family is a row, not a branch."""
+
+    embeddings: str = "embeddings"  # word_, position_ and token_type_embeddings, then LayerNorm, under it
+    layers: str = "encoder.layer"  # each layer's attention.self.{query,key,value}, attention.output, intermediate, output
+    norm_eps: Callable[[dict], float] = lambda cfg: cfg["layer_norm_eps"]
+    activation: Callable[[dict], str] = lambda cfg: cfg.get("hidden_act", "gelu")  # the FFN's, by HF name
+
+
+@dataclass(frozen=True)
 class OnnxSupport:
     """What the ONNX codec knows of a family (convert/onnx/): who builds its graph and what reads it back."""
 
-    builder: bool = False  # modelport's graph builder (convert/onnx/graph.py) builds it
+    builder: bool = False  # modelport's graph builder (convert/onnx/graph.py, encoder.py) builds it
     genai_type: str | None = None  # onnxruntime-genai's model type, for genai_config.json (builder families)
     read_back: bool = False  # convert/onnx/reader.py's graph walk gives exported graphs their HF names back
     # optimum-onnx exports it, except for these configurations (checked by tests/test_family_onnx.py); None: optimum
@@ -96,6 +107,7 @@ class OnnxSupport:
     optimum: tuple[Limit, ...] | None = None
     sliding_window_everywhere: bool = False  # the config's one sliding_window applies to every layer (mistral)
     decoder: Decoder = Decoder()  # what the graph builder computes (builder families)
+    encoder: Encoder | None = None  # an encoder: the builder makes convert/onnx/encoder.py's graph, not a decoder's
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 
 from gguf import MODEL_ARCH, Keys
 
-from .base import BOOL, F32, Arch, HParam, OnnxSupport
+from .base import BOOL, F32, Arch, Encoder, HParam, OnnxSupport
 
 HPARAMS = (
     HParam(Keys.LLM.CONTEXT_LENGTH, "max_position_embeddings"),
@@ -54,5 +54,6 @@ ARCH = Arch(
     normalize=normalize, canonical=canonical,
     extra_kv=lambda cfg: [(Keys.Attention.CAUSAL, False, BOOL)],  # BertModel.set_gguf_parameters
     hf_defaults={"hidden_act": "gelu", "position_embedding_type": "absolute"},
-    onnx=OnnxSupport(optimum=()),
+    # modelport's encoder builder (convert/onnx/encoder.py); optimum's export (optimum=()) is no longer used for it
+    onnx=OnnxSupport(builder=True, optimum=(), encoder=Encoder()),
 )

@@ -79,14 +79,7 @@ def to_gguf(files: dict[str, bytes], gguf_arch: str) -> list[tuple[str, object, 
 def from_gguf(values: dict[str, object], gguf_arch: str) -> dict[str, bytes]:
     """The sentence-transformers files a GGUF carries, or ones rebuilt from its pooling type; {} for neither."""
     if FILES_KEY in values:
-        try:
-            files = {n: t.encode("utf-8") for n, t in jsonfile.loads(values[FILES_KEY], None, FILES_KEY).items()}
-        except (ValueError, AttributeError, TypeError) as e:
-            raise BadInput(None, f"malformed {FILES_KEY}: {e}") from None
-        odd = [n for n in files if not NAMES.fullmatch(n)]
-        if odd:
-            raise BadInput(None, f"{FILES_KEY} names {odd[0]!r}, not a sentence-transformers file")
-        return files
+        return carried(values)
     mode = {int(v): m for m, v in MODES.items()}.get(values.get(Keys.LLM.POOLING_TYPE.format(arch=gguf_arch)))
     if mode is None:
         return {}
@@ -95,6 +88,21 @@ def from_gguf(values: dict[str, object], gguf_arch: str) -> dict[str, bytes]:
     pooling = {"word_embedding_dimension": values.get(Keys.LLM.EMBEDDING_LENGTH.format(arch=gguf_arch)),
                **{flag: m == mode for m, flag in MODE_FLAGS.items()}}
     return {"modules.json": _dump(mods), "1_Pooling/config.json": _dump(pooling)}
+
+
+def carried(values: dict[str, object]) -> dict[str, bytes]:
+    """The files kept under FILES_KEY (a GGUF key, an ONNX metadata entry), checked to be sentence-transformers files
+    only (it is input); {} without the key."""
+    if FILES_KEY not in values:
+        return {}
+    try:
+        files = {n: t.encode("utf-8") for n, t in jsonfile.loads(values[FILES_KEY], None, FILES_KEY).items()}
+    except (ValueError, AttributeError, TypeError) as e:
+        raise BadInput(None, f"malformed {FILES_KEY}: {e}") from None
+    odd = [n for n in files if not NAMES.fullmatch(n)]
+    if odd:
+        raise BadInput(None, f"{FILES_KEY} names {odd[0]!r}, not a sentence-transformers file")
+    return files
 
 
 def _dump(obj) -> bytes:

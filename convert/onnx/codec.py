@@ -8,7 +8,7 @@ from pathlib import Path
 
 from modelport.convert import archs, dtypes, inspect_view, provenance
 from modelport.convert.codec import Codec, Option, SaveContext, Written
-from modelport.convert.onnx import genai, graph, optimum, quantize, targets
+from modelport.convert.onnx import encoder, genai, graph, optimum, quantize, targets
 from modelport.convert.onnx import reader as onnx_reader
 from modelport.formats import onnx as onnx_format
 from modelport.formats.errors import BadInput, ModelportError, Unsupported
@@ -68,14 +68,16 @@ class OnnxCodec(Codec):
         notes, quant = options.get("notes", []), options.get("quant")
         if not archs.for_hf(model.arch, ctx.dst).onnx.builder:
             return self._save_optimum(model, options, ctx)
-        g = graph.build(model, options.get("dtype"), options["ops"], quant, options["block_size"],
-                        options.get("symmetric", False))
+        encodes = archs.for_hf(model.arch).onnx.encoder is not None
+        g = _builder(model)(model, options.get("dtype"), options["ops"], quant, options["block_size"],
+                            options.get("symmetric", False))
         meta = {provenance.ARCH: model.arch, provenance.CONFIG: json.dumps(model.config, sort_keys=True),
-                **ctx.provenance}
+                **(encoder.metadata(model) if encodes else {}), **ctx.provenance}
         onnx_format.place(ctx.dst, ctx.force,
                           lambda m, d, loc: onnx_format.write(m, d, loc, g.proto, g.weights, meta, ctx.late,
                                                               ctx.progress),
-                          lambda: genai.folder_files(model, onnx_format.MODEL_FILE))
+                          lambda: encoder.folder_files(model) if encodes
+                          else genai.folder_files(model, onnx_format.MODEL_FILE))
         return Written(len(g.weights), sum(r.nbytes for _, r in g.weights), quant or g.dtype, notes + g.notes)
 
     @staticmethod
@@ -100,7 +102,7 @@ class OnnxCodec(Codec):
         optimum exports is stored f32."""
         if not archs.for_hf(model.arch).onnx.builder:
             return sum(r.n_elements for r in model.tensors.values()) * 4
-        g = graph.build(model, options.get("dtype"), options["ops"], options.get("quant"), options["block_size"])
+        g = _builder(model)(model, options.get("dtype"), options["ops"], options.get("quant"), options["block_size"])
         return sum(r.nbytes for _, r in g.weights)
 
     def quantize_file(self, src: Path, dst: Path, quant: str, options: dict, force: bool):
@@ -177,6 +179,11 @@ class OnnxCodec(Codec):
         if not (native.path.parent / "tokenizer.json").is_file():
             raise BadInput(path, "no tokenizer.json beside the ONNX model: validate tokenizes with the model's own "
                                  "tokenizer (convert to a folder, which holds it)")
+
+
+def _builder(model):
+    """The graph builder of `model`'s family: the encoder's where its ONNX section has an Encoder row."""
+    return encoder.build if archs.for_hf(model.arch).onnx.encoder is not None else graph.build
 
 
 CODEC = OnnxCodec()

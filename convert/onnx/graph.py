@@ -577,6 +577,13 @@ def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: 
           block_size: int = 32, symmetric: bool = False) -> OnnxGraph:
     """The decoder graph of `model` in `ops`' operator set, weights stored as `dtype` (default: the source's
     float precision); `symmetric` quantizes float weights without zero points."""
+    dtype, compute = resolve(model, dtype, ops, quant)
+    return _Decoder(model, dtype, compute, ops, quant, block_size, symmetric).build()
+
+
+def resolve(model: Model, dtype: str | None, ops: str, quant: str | None) -> tuple[str, str]:
+    """(storage, compute) dtypes of `model`'s graph, after refusing an unknown op set or quantization (shared with
+    the encoder builder)."""
     if ops not in OPS:
         raise Unsupported(None, f"unknown operator set {ops!r}; choose one of {', '.join(OPS)}")
     if quant and quant not in QUANT_BITS:
@@ -590,7 +597,7 @@ def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: 
     dtype = dtype or _source_dtype(model)
     if dtype not in FLOATS:
         raise Unsupported(None, f"ONNX weights are stored as f32, f16 or bf16, not {dtype}")
-    return _Decoder(model, dtype, compute or COMPUTE[dtype], ops, quant, block_size, symmetric).build()
+    return dtype, compute or COMPUTE[dtype]
 
 
 def _quantized(model: Model) -> bool:

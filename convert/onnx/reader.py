@@ -36,6 +36,7 @@ from modelport.formats.safetensors import TOKENIZER_FILES
 from modelport.convert import archs
 from modelport.convert.archs import dims
 from modelport.convert.dtypes import FLOATS, cast
+from modelport.convert.gguf import sentence_transformers
 from modelport.convert.onnx import qdq
 from modelport.convert.provenance import CONFIG as CONFIG_KEY
 
@@ -436,4 +437,6 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
                  generation_config=jsonfile.load(gen, folder) if os.path.lexists(gen) else None,
                  metadata={"format": "onnx", "source_files": contents.files + config_file,
                            "dtype": first.result_dtype if first is not None and first.result_dtype in FLOATS
-                           else None})
+                           else None,
+                           # an encoder's sentence-transformers files, which its graph's metadata carries (checked)
+                           "sentence_transformers": sentence_transformers.carried(contents.metadata)})
