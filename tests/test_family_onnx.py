@@ -191,12 +191,6 @@ def test_refused_configs_are_wrong_in_optimums_export(name, sample, mixed_text, 
     assert diff > BOUND
 
 
-def test_falcon_new_decoder_fails_in_optimums_trace(sample, tmp_path):
-    """Falcon 40B's layout: optimum's dummy cache has num_kv_heads heads, transformers' has num_attention_heads."""
-    with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
-        _optimum_logits(sample("falcon40b"), tmp_path / "o", [1, 2, 3])
-
-
 # --- modelport archs
 
 
