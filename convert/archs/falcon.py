@@ -14,7 +14,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from modelport.formats.errors import Unsupported
 
-from .base import F32, Arch, Decoder, HParam, OnnxSupport
+from .base import F32, Arch, Decoder, HParam, Limit, OnnxSupport
 
 HPARAMS = (
     HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
@@ -96,6 +96,14 @@ def _from_gguf(w: np.ndarray, cfg: dict) -> np.ndarray:
     return np.concatenate(parts, axis=1).reshape(w.shape)
 
 
+# optimum's export, which modelport no longer uses for falcon, still reads back through the graph walk for 7B; the
+# read-back test (tests/test_onnx_import.py) exports the samples this leaves
+NEW_DECODER = Limit(lambda cfg: bool(cfg.get("new_decoder_architecture")),
+                    "new_decoder_architecture (Falcon 40B/180B, Falcon2)",
+                    "optimum's dummy cache has num_kv_heads heads, transformers caches keys broadcast to all attention "
+                    "heads, and the trace fails")
+
+
 def _block_norms(cfg: dict) -> tuple[str | None, ...]:
     """The norm before attention and the one before the MLP; None: the MLP reads the attention norm's output."""
     return ("ln_attn", None, "ln_mlp", None) if _two_norms(cfg) else ("input_layernorm", None, None, None)
@@ -116,5 +124,5 @@ ARCH = Arch(
     normalize=normalize,
     to_gguf={MODEL_TENSOR.ATTN_QKV: _to_gguf}, from_gguf={MODEL_TENSOR.ATTN_QKV: _from_gguf},
     hf_defaults={"alibi": False, "bias": False, "parallel_attn": True, "multi_query": True},
-    onnx=OnnxSupport(builder=True, genai_type="decoder", decoder=DECODER),
+    onnx=OnnxSupport(builder=True, genai_type="decoder", read_back=True, optimum=(NEW_DECODER,), decoder=DECODER),
 )
