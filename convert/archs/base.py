@@ -58,6 +58,9 @@ class Decoder:
     activation: Callable[[dict], str] = lambda cfg: cfg.get("hidden_act", "silu")  # the MLP's, by HF name
     # the attention's input projections under self_attn. (the same name thrice: one fused q, k, v projection, phi3's)
     qkv: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj")
+    # the fused projection's rows as n_kv groups of (n_head / n_kv queries, one key, one value), falcon's
+    # query_key_value; False: all queries, then all keys, then all values (phi3's qkv_proj)
+    qkv_grouped: bool = False
     # the MLP's projections under mlp.: gate (None: not gated, activation(up)), up, down (gate == up: one fused
     # projection, gate half first, phi3's gate_up_proj)
     mlp: tuple[str | None, str, str] = ("gate_proj", "up_proj", "down_proj")
@@ -66,6 +69,12 @@ class Decoder:
     norm_eps: Callable[[dict], float] = lambda cfg: cfg["rms_norm_eps"]
     # the norm before attention, after it (on its output, before the residual add), before and after the MLP
     block_norms: tuple[str | None, ...] = ("input_layernorm", None, "post_attention_layernorm", None)
+    # the block norms when the config picks them (falcon's one input_layernorm or 40B's ln_attn and ln_mlp): the
+    # normalised config -> block_norms' four; None means block_norms
+    block_norms_for: Callable[[dict], tuple[str | None, ...]] | None = None
+    # attention and the MLP side by side on the block's input, x + (mlp(norm_mlp(x)) + attn(norm_attn(x))), as
+    # falcon's parallel block sums them; the MLP reads the attention norm's output where block_norms' third is None
+    parallel: bool = False
     # each layer's "sliding_attention" or "full_attention" where config.json says no `layer_types` (None: the config's
     # sliding_window applies as sliding_window_everywhere says)
     layer_types: Callable[[dict], list[str] | None] = lambda cfg: None
@@ -82,6 +91,10 @@ class Decoder:
     mlp_module: str = "mlp"  # the MLP's module under each layer (mpt's ffn)
     alibi_bias_max: Callable[[dict], float | None] = lambda cfg: None  # ALiBi instead of rope (mpt's), its bias max
     clip_qkv: Callable[[dict], float | None] = lambda cfg: None  # q, k, v projections clamped to [-clip, clip]
+
+    def norms(self, cfg: dict) -> tuple[str | None, ...]:
+        """The block norms of a model of the normalised config `cfg`: before and after attention and the MLP."""
+        return self.block_norms_for(cfg) if self.block_norms_for else self.block_norms
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
 from modelport.formats.errors import Unsupported
 
-from .base import F32, ROPE_BY_LENGTH, Arch, HParam, Limit, OnnxSupport
+from .base import F32, Arch, Decoder, HParam, Limit, OnnxSupport
 
 HPARAMS = (
     HParam(Keys.LLM.VOCAB_SIZE, "vocab_size"),
@@ -68,7 +68,10 @@ def normalize(config: dict) -> dict:
     cfg.setdefault("max_position_embeddings", 2048)  # what FalconModel writes: falcon configs leave it out
     cfg.setdefault("rope_theta", 10000.0)
     cfg.setdefault("tie_word_embeddings", True)  # PretrainedConfig's default
-    cfg.update(num_key_value_heads=cfg["num_kv_heads"], intermediate_size=cfg["ffn_hidden_size"])
+    cfg.setdefault("layer_norm_epsilon", 1e-5)  # FalconConfig's defaults, left out of a config.json that keeps them
+    cfg.setdefault("activation", "gelu")
+    cfg.update(num_key_value_heads=cfg["num_kv_heads"], intermediate_size=cfg["ffn_hidden_size"],
+               head_dim=cfg["hidden_size"] // cfg["num_attention_heads"])
     return cfg
 
 
@@ -93,10 +96,27 @@ def _from_gguf(w: np.ndarray, cfg: dict) -> np.ndarray:
     return np.concatenate(parts, axis=1).reshape(w.shape)
 
 
+# optimum's export, which modelport no longer uses for falcon, still reads back through the graph walk for 7B; the
+# read-back test (tests/test_onnx_import.py) exports the samples this leaves
 NEW_DECODER = Limit(lambda cfg: bool(cfg.get("new_decoder_architecture")),
                     "new_decoder_architecture (Falcon 40B/180B, Falcon2)",
                     "optimum's dummy cache has num_kv_heads heads, transformers caches keys broadcast to all attention "
                     "heads, and the trace fails")
+
+
+def _block_norms(cfg: dict) -> tuple[str | None, ...]:
+    """The norm before attention and the one before the MLP; None: the MLP reads the attention norm's output."""
+    return ("ln_attn", None, "ln_mlp", None) if _two_norms(cfg) else ("input_layernorm", None, None, None)
+
+
+# FalconDecoderLayer with parallel_attn: the fused query_key_value in its grouped layout (7B's one group: all queries,
+# one key, one value), attention and MLP side by side, LayerNorms with biases, the ungated MLP with FalconConfig's
+# exact gelu. onnxruntime-genai's builder has no falcon; its generic `decoder` type runs the graph
+DECODER = Decoder(embed="transformer.word_embeddings", layers="transformer.h", attention=("self_attention", "dense"),
+                  final_norm="transformer.ln_f", qkv=("query_key_value",) * 3, qkv_grouped=True,
+                  mlp=(None, "dense_h_to_4h", "dense_4h_to_h"), layer_norm=True, parallel=True,
+                  block_norms_for=_block_norms, norm_eps=lambda cfg: cfg["layer_norm_epsilon"],
+                  activation=lambda cfg: cfg["activation"])
 
 ARCH = Arch(
     name="falcon", hf_class="FalconForCausalLM", gguf_arch=MODEL_ARCH.FALCON, hparams=HPARAMS,
@@ -104,5 +124,5 @@ ARCH = Arch(
     normalize=normalize,
     to_gguf={MODEL_TENSOR.ATTN_QKV: _to_gguf}, from_gguf={MODEL_TENSOR.ATTN_QKV: _from_gguf},
     hf_defaults={"alibi": False, "bias": False, "parallel_attn": True, "multi_query": True},
-    onnx=OnnxSupport(optimum=(NEW_DECODER, ROPE_BY_LENGTH)),
+    onnx=OnnxSupport(builder=True, genai_type="decoder", read_back=True, optimum=(NEW_DECODER,), decoder=DECODER),
 )

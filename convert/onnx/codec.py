@@ -169,7 +169,7 @@ class OnnxCodec(Codec):
         via = "builder" if arch.onnx.builder else "optimum" if arch.onnx.optimum is not None else None
         return {"read": arch.onnx.read_back, "write": via is not None, "via": via,
                 "quant": list(graph.QUANT_BITS) if via == "builder" else [],
-                "refused": [f"{lim.what}: {lim.why}" for lim in arch.onnx.optimum or ()]}
+                "refused": [f"{lim.what}: {lim.why}" for lim in arch.onnx.optimum or ()] if via == "optimum" else []}
 
     def families(self, native: onnx_format.OnnxContents) -> list[archs.Arch]:
         arch = native.metadata.get(provenance.ARCH)

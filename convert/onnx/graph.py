@@ -478,17 +478,19 @@ class _Decoder:
         if self.embedding_scale:  # in the compute type, as transformers scales them (gemma's normalizer too)
             hidden = self.n("Mul", hidden, self.c(self.embedding_scale))
         attention = self.attention_ort if self.ops == "ort" else self.attention_portable
-        attn_in, attn_out, mlp_in, mlp_out = self.knobs.block_norms
+        attn_in, attn_out, mlp_in, mlp_out = self.knobs.norms(self.cfg)
         self_attn, o_proj = self.knobs.attention
         residual, x = hidden, self.norm(hidden, f"{self.knobs.layers}.0.{attn_in}.weight")
         for i in range(self.cfg["num_hidden_layers"]):
             p = f"{self.knobs.layers}.{i}"
             if i:
                 x, residual = self.add_norm(x, residual, f"{p}.{attn_in}.weight")
-            q, k, v = self.projections(x, f"{p}.{self_attn}", self.knobs.qkv,
-                                       [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)],
-                                       self.clip)
+            mlp_x = (self.norm(residual, f"{p}.{mlp_in}.weight") if mlp_in else x) if self.knobs.parallel else None
+            q, k, v = self.qkv(x, f"{p}.{self_attn}")
             attn = self.branch(self.linear(attention(q, k, v, i, p), f"{p}.{self_attn}.{o_proj}"), p, attn_out)
+            if self.knobs.parallel:  # transformers' mlp_output += attention_output; the residual add comes next
+                x = self.n("Add", self.branch(self.mlp(mlp_x, p), p, mlp_out), attn)
+                continue
             x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
             x = self.branch(self.mlp(x, p), p, mlp_out)
         x, _ = self.add_norm(x, residual, f"{self.knobs.final_norm}.weight")
@@ -511,6 +513,19 @@ class _Decoder:
             return self.linear(self.activation(self.linear(x, f"{prefix}.{up}")), f"{prefix}.{down}")
         gate, up = self.projections(x, prefix, (gate, up), [self.cfg["intermediate_size"]] * 2)
         return self.linear(self.n("Mul", self.activation(gate), up), f"{prefix}.{down}")
+
+    def qkv(self, x: str, prefix: str) -> list[str]:
+        """q, k, v [rows, heads * head_dim]; a grouped fused projection (falcon's) viewed as [rows, n_kv, n_head /
+        n_kv + 2, head_dim] and split on its third axis, so that query head h meets kv head h // (n_head / n_kv), as
+        both transformers' grouped attention and GroupQueryAttention pair them."""
+        sizes = [n * self.head_dim for n in (self.heads, self.kv_heads, self.kv_heads)]
+        if not self.knobs.qkv_grouped:
+            return self.projections(x, prefix, self.knobs.qkv, sizes, self.clip)
+        per_kv = self.heads // self.kv_heads
+        fused = self.clip(self.linear(x, f"{prefix}.{self.knobs.qkv[0]}"))
+        groups = self.n("Reshape", fused, self.i64([0, self.kv_heads, per_kv + 2, self.head_dim]))
+        parts = self.n("Split", groups, self.i64([per_kv, 1, 1]), axis=2, outputs=3)
+        return [self.n("Reshape", t, self.i64([0, size])) for t, size in zip(parts, sizes)]
 
     def projections(self, x: str, prefix: str, names: tuple[str, ...], sizes: list[int],
                     then=lambda y: y) -> list[str]:

@@ -15,7 +15,10 @@ A weight is a MatMul's B (transposed, or a Transpose of the HF-laid initializer)
 MatMulNBits blobs (an export quantized afterwards) or the DequantizeLinear of an initializer in B's place (a QDQ
 export: onnxruntime's QDQ quantizer, ours). Node names are never consulted: exporters rename nodes from
 version to version. The walk knows the llama-like families (those whose ONNX section says read_back), with the norms
-around attention and the MLP their Decoder row names (gemma2's and gemma3's post norms); onnx has no library for it.
+around attention and the MLP their Decoder row names (gemma2's and gemma3's post norms), and the tensor names it
+gives; and falcon's block: a LayerNormalization's bias beside its scale, one fused projection that reaches q, k and
+v, attention and an ungated MLP side by side on one norm's output (or on two norms, attention's first), summed
+before the residual Add. onnx has no library for it.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from modelport.formats.safetensors import TOKENIZER_FILES
 
 from modelport.convert import archs
 from modelport.convert.archs import dims
+from modelport.convert.archs.base import Decoder
 from modelport.convert.dtypes import FLOATS, cast
 from modelport.convert.gguf import sentence_transformers
 from modelport.convert.onnx import qdq
@@ -50,7 +54,8 @@ AS_HF, TRANSPOSED, NBITS = "hf", "transposed", "nbits"
 NORM = "norm"  # a norm's scale: w, or for a family whose norms apply (offset + w) the exporter's folded offset + w
 DEQUANTIZED = {"qdq-hf": AS_HF, "qdq-transposed": TRANSPOSED}  # a DequantizeLinear's weight, then laid out as named
 NORM_OPS = {"SimplifiedLayerNormalization": 1, "RMSNormalization": 1, "LayerNormalization": 1}  # op -> scale slot
-NORM_PATH = {"Cast", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Identity"}  # RMSNorm pieces
+# RMSNorm pieces, and the Reshape of our graphs' embedding to rows before the first norm
+NORM_PATH = {"Cast", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Identity", "Reshape"}
 FUSED_ATTENTION = {"Attention", "GroupQueryAttention", "MultiHeadAttention"}  # inputs 0, 1, 2 = q, k, v
 ACTIVATIONS = {"Sigmoid", "Tanh", "Erf", "Relu", "Gelu", "FastGelu", "QuickGelu", "BiasGelu", "Silu", "HardSigmoid",
                "Softplus", "Elu", "Selu", "Mish"}
@@ -130,12 +135,13 @@ class _Graph:
                     queue.extend(node.output)
         return hits
 
-    def first(self, start: str, found, passes, what: str, path: Path) -> tuple[int, int]:
+    def first(self, start: str, found, passes, what: str, path: Path, nth: int = 0) -> tuple[int, int]:
+        """The first hit of reach() (or the nth after it)."""
         hits = self.reach(start, found, passes)
-        if not hits:
+        if len(hits) <= nth:
             raise Unsupported(path, f"ONNX graph: no {what} found walking from {start!r}; modelport reads back its "
                                     "own graphs and decoder exports by optimum / torch.onnx")
-        return hits[0]
+        return hits[nth]
 
     # --- what a node is
     def weight(self, node) -> tuple[str, str] | None:
@@ -192,18 +198,23 @@ class _Graph:
 class _Walk:
     """The walk from input_ids to logits, collecting HF name -> (initializer, layout)."""
 
-    def __init__(self, graph: _Graph, path: Path):
-        self.g, self.path = graph, path
+    def __init__(self, graph: _Graph, path: Path, decoder: Decoder):
+        self.g, self.path, self.d = graph, path, decoder
         self.names: dict[str, tuple[str, str]] = {}
 
     def _not_weighted(self, node) -> bool:
         return self.g.weight(node) is None
 
-    def _norm(self, x: str, hf: str) -> str:
+    def _norm(self, x: str, hf: str, second: bool = False) -> str:
+        """The first norm after `x` (its weight, and a LayerNormalization's bias); `second`: the next one, the MLP's
+        of a parallel block with two (falcon 40B's ln_mlp, which transformers computes after ln_attn)."""
         i, _ = self.g.first(x, lambda n, s: self.g.norm_scale(n) is not None, self.g.in_norm, f"norm for {hf}",
-                            self.path)
-        self.names[hf] = (self.g.norm_scale(self.g.nodes[i]), NORM)
-        return self.g.nodes[i].output[0]
+                            self.path, nth=int(second))
+        node = self.g.nodes[i]
+        self.names[hf] = (self.g.norm_scale(node), NORM)
+        if node.op_type == "LayerNormalization" and len(node.input) > 2 and node.input[2] in self.g.inits:
+            self.names[hf.removesuffix("weight") + "bias"] = (node.input[2], AS_HF)
+        return node.output[0]
 
     def _projections(self, x: str) -> list[int]:
         """The weighted nodes fed by `x` (through casts and reshapes only)."""
@@ -235,6 +246,11 @@ class _Walk:
         roles, context = {}, None
         for i in self._projections(x):
             out = self.g.nodes[i].output[0]
+            hits = self.g.reach(out, lambda n, s: self.g.attention_use(n, s) is not None, self._not_weighted)
+            if not hits and self.d.parallel:  # the MLP's projection, fed by the same norm
+                continue
+            if len(set(self.d.qkv)) == 1:  # one fused projection: q, k and v all come from it
+                return self._fused_attention(i, hits, prefix)
             j, slot = self.g.first(out, lambda n, s: self.g.attention_use(n, s) is not None, self._not_weighted,
                                    f"attention input of {prefix}", self.path)
             use = self.g.attention_use(self.g.nodes[j], slot)
@@ -255,42 +271,67 @@ class _Walk:
                                          f"{sorted(roles) or 'none'} (fused QKV is not read back)")
         for role, i in roles.items():
             self._linear(i, f"{prefix}.{role}")
-        o = self._linear(self._next_weighted(context, f"o_proj of {prefix}"), f"{prefix}.o_proj")
-        return o
+        return self._linear(self._next_weighted(context, f"o_proj of {prefix}"), f"{prefix}.{self.d.attention[1]}")
+
+    def _fused_attention(self, i: int, hits: list[tuple[int, int]], prefix: str) -> str:
+        """The one projection whose output is q, k and v (falcon's query_key_value), and the output projection
+        after the context product."""
+        uses = {ATTENTION_SLOTS.get((self.g.attention_use(self.g.nodes[j], slot), slot)): j for j, slot in hits}
+        if not {"q_proj", "k_proj", "v_proj"} <= set(uses):
+            raise Unsupported(self.path, f"ONNX graph: the fused projection of {prefix} does not reach attention's "
+                                         f"q, k and v")
+        self._linear(i, f"{prefix}.{self.d.qkv[0]}")
+        context = self.g.nodes[uses["v_proj"]].output[0]
+        return self._linear(self._next_weighted(context, f"{self.d.attention[1]} of {prefix}"),
+                            f"{prefix}.{self.d.attention[1]}")
 
     def _mlp(self, x: str, prefix: str) -> str:
+        """gate (the projection that reaches an activation), up, down; without a gate (falcon's), up is the one that
+        reaches the activation (a parallel block's attention projections, fed by the same norm, do not)."""
+        gate_name, up_name, down_name = self.d.mlp
         found = self._projections(x)
         gates = [i for i in found if self.g.reach(self.g.nodes[i].output[0], lambda n, s: n.op_type in ACTIVATIONS,
                                                   self._not_weighted)]
-        ups = [i for i in found if i not in gates]
+        ups = gates if gate_name is None else [i for i in found if i not in gates]
         if len(gates) != 1 or len(ups) != 1:
-            raise Unsupported(self.path, f"ONNX graph: expected a gated MLP (gate, up, down) in {prefix}")
-        self._linear(gates[0], f"{prefix}.gate_proj")
-        up = self._linear(ups[0], f"{prefix}.up_proj")
-        return self._linear(self._next_weighted(up, f"down_proj of {prefix}"), f"{prefix}.down_proj")
+            raise Unsupported(self.path, f"ONNX graph: expected a{' gated' if gate_name else 'n'} MLP "
+                                         f"({', '.join(n for n in self.d.mlp if n)}) in {prefix}")
+        if gate_name:
+            self._linear(gates[0], f"{prefix}.{gate_name}")
+        up = self._linear(ups[0], f"{prefix}.{up_name}")
+        return self._linear(self._next_weighted(up, f"{down_name} of {prefix}"), f"{prefix}.{down_name}")
 
     def run(self, n_layers: int, block_norms: tuple[str | None, ...]) -> dict[str, tuple[str, str]]:
         """The names along the block the family's Decoder row says: its norms before and after attention and the
-        MLP (gemma2's and gemma3's post norms)."""
+        MLP (gemma2's and gemma3's post norms), its tensor names, a parallel block (falcon's)."""
         attn_in, attn_out, mlp_in, mlp_out = block_norms
+        d = self.d
         hits = [i for i, slot in self.g.consumers.get("input_ids", ()) if self.g.nodes[i].op_type == "Gather"
                 and slot == 1 and self.g.nodes[i].input[0] in self.g.inits]
         if not hits:
             raise Unsupported(self.path, "ONNX graph: no embedding (a Gather of an initializer by input_ids)")
         embed = self.g.nodes[hits[0]]
-        self.names["model.embed_tokens.weight"] = (embed.input[0], AS_HF)
+        self.names[f"{d.embed}.weight"] = (embed.input[0], AS_HF)
         h = embed.output[0]
         for b in range(n_layers):
-            prefix = f"model.layers.{b}"
-            attn = self._attention(self._norm(h, f"{prefix}.{attn_in}.weight"), f"{prefix}.self_attn")
+            prefix = f"{d.layers}.{b}"
+            if d.parallel:  # x + (mlp + attn): both read the block's input, through one norm or two
+                normed = self._norm(h, f"{prefix}.{attn_in}.weight")
+                self._attention(normed, f"{prefix}.{d.attention[0]}")
+                mlp_x = self._norm(h, f"{prefix}.{mlp_in}.weight", second=True) if mlp_in else normed
+                mlp = self._mlp(mlp_x, f"{prefix}.{d.mlp_module}")
+                h = self._residual(self._residual(mlp, f"attention and MLP sum of {prefix}"),
+                                   f"residual after {prefix}")
+                continue
+            attn = self._attention(self._norm(h, f"{prefix}.{attn_in}.weight"), f"{prefix}.{d.attention[0]}")
             if attn_out:
                 attn = self._norm(attn, f"{prefix}.{attn_out}.weight")
             h = self._residual(attn, f"residual after attention of {prefix}")
-            mlp = self._mlp(self._norm(h, f"{prefix}.{mlp_in}.weight"), f"{prefix}.mlp")
+            mlp = self._mlp(self._norm(h, f"{prefix}.{mlp_in}.weight"), f"{prefix}.{d.mlp_module}")
             if mlp_out:
                 mlp = self._norm(mlp, f"{prefix}.{mlp_out}.weight")
             h = self._residual(mlp, f"residual after the MLP of {prefix}")
-        head = self._projections(self._norm(h, "model.norm.weight"))
+        head = self._projections(self._norm(h, f"{d.final_norm}.weight"))
         if len(head) != 1:
             raise Unsupported(self.path, "ONNX graph: no single lm_head product after the final norm")
         self._linear(head[0], "lm_head")
@@ -384,7 +425,7 @@ def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, hf_names: set[
         walked = sorted(a.name for a in archs.registry().values() if a.onnx.read_back)
         raise Unsupported(path, f"reading an exported {arch.name} ONNX model back is not supported; the graph walk "
                                 f"knows {', '.join(walked)}")
-    names = _Walk(graph, path).run(cfg["num_hidden_layers"], arch.onnx.decoder.block_norms)
+    names = _Walk(graph, path, arch.onnx.decoder).run(cfg["num_hidden_layers"], arch.onnx.decoder.norms(cfg))
     # the HF checkpoint stores a tied weight once, as the embedding; a family without an lm_head (gemma's, whose
     # config.json leaves its tie_word_embeddings default out) has the exporter's copy of the embedding as its head
     if cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in hf_names:
