@@ -36,6 +36,7 @@ from modelport.formats.model import Model, TensorRef
 from modelport.formats.onnx import require_onnx
 
 from modelport.convert import archs
+from modelport.convert.onnx import moe
 from modelport.convert.onnx import nbits as nbits_codec
 from modelport.convert.onnx import qdq as qdq_codec
 from modelport.convert.onnx import rope as onnx_rope
@@ -505,6 +506,8 @@ class _Decoder:
 
     def mlp(self, x: str, prefix: str) -> str:
         """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
+        if self.knobs.experts:  # a sparse mixture of experts in its place (convert/onnx/moe.py)
+            return moe.block(self, x, prefix)
         gate, up, down = self.knobs.mlp
         prefix = f"{prefix}.{self.knobs.mlp_module}"
         if gate is None:
