@@ -32,13 +32,13 @@ PROMPT = 40  # tokens of the mixed text
 BOUND = 1e-4  # issue 5's fp32 max |logit diff|
 # samples that differ from tiny.SAMPLES' in config.json only: an optimum family with a rope that changes with the
 # sequence length, and a LongRoPE switch or a dynamic NTK rope limit near enough for a short test
-VARIANTS = {"qwen3_moe-dynamic": ("qwen3_moe", {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}),
+VARIANTS = {"falcon-dynamic": ("falcon", {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}),
             "phi3-longrope64": ("phi3", {"original_max_position_embeddings": 64}),
             "gemma-dynamic64": ("gemma", {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0},
                                           "max_position_embeddings": 64})}
 # the variants whose export or refusal is tested beside the samples' (phi3-longrope64 and gemma-dynamic64 only show
 # optimum's limits: phi3 and gemma have a graph builder, whose rope types are its own)
-CHECKED_VARIANTS = ("qwen3_moe-dynamic",)
+CHECKED_VARIANTS = ("falcon-dynamic",)
 
 
 def config_json(name: str) -> dict:
@@ -216,7 +216,7 @@ def test_archs_lists_every_family_with_its_onnx_path(listing):
         expected = "builder" if onnx_of.builder else "optimum" if onnx_of.optimum is not None else None
         assert onnx["via"] == expected and onnx["write"] == (expected is not None), row
         assert ("int4" in onnx["quant"]) == (expected == "builder"), row
-    assert listing["qwen3_moe"]["formats"]["onnx"]["refused"] and listing["mixtral"]["formats"]["onnx"]["via"] is None
+    assert listing["falcon"]["formats"]["onnx"]["refused"]
     assert "onnx->safetensors" in listing["llama"]["paths"] and "onnx->safetensors" not in listing["bert"]["paths"]
 
 

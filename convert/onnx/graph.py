@@ -325,6 +325,9 @@ class _Decoder:
         out = self.n(fn, freqs)
         return self.to_compute(out if scale == 1.0 else self.n("Mul", out, self.n.const(scale, np.float32)))
 
+    def to_f32(self, x: str) -> str:
+        return x if self.compute == "F32" else self.n("Cast", x, to=_elem("F32"))
+
     def to_compute(self, x32: str) -> str:
         return x32 if self.compute == "F32" else self.n("Cast", x32, to=_elem(self.compute))
 

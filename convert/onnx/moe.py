@@ -6,14 +6,16 @@ load.
 - portable (and qdq): router Gemm -> Softmax (float32) -> TopK -> renormalised where the family says ->
   ScatterElements into a [rows, experts] weight matrix; every expert computed densely, each output times its column,
   summed. Unselected experts weigh exactly 0, so the sum is transformers' over the chosen ones.
-- ort: onnxruntime's com.microsoft MoE (float) or QMoE (int4) on the router logits: it applies the softmax, top-k
-  and renormalisation (normalize_routing_weights) itself. onnxruntime 1.32's CPU kernels (measured with one-node
-  graphs against numpy): separate fc1 (gate) / fc3 (up) fail ("FC3 is not implemented for CPU MoE") and the
-  concatenated fusion (swiglu_fusion=2) is refused at load, so gate and up go in as one fc1 with their rows
-  interleaved (swiglu_fusion=1, activation_alpha 1, beta 0: silu(gate) * up), matching to 1e-6; QMoE 4-bit computes
-  the MatMulNBits grid exactly (with or without zero points) but 8-bit does not (max |diff| 0.3 against the
-  dequantized experts), so int8 with --ops ort is refused. Each quantized expert is MatMulNBits' own blobs
-  (`X.weight.qweight`, `.scales`, `.zero_points`: onnxruntime's quantizer bytes), reshaped to QMoE's [N, K/pack].
+- ort: onnxruntime's com.microsoft MoE (float) or QMoE (int4) on the router logits; the op applies the softmax,
+  top-k and renormalisation itself. What onnxruntime 1.32's CPU kernels do (one-node graphs against numpy): separate
+  fc1 (gate) / fc3 (up) fail ("FC3 is not implemented for CPU MoE") and the concatenated fusion (swiglu_fusion=2) is
+  refused at load, so gate and up go in as one fc1 with their rows interleaved (swiglu_fusion=1, activation_alpha 1,
+  beta 0: silu(gate) * up), to 1e-6. QMoE renormalises even with normalize_routing_weights=0 (off by 0.7; exact
+  against the renormalised sum), so a family that does not renormalise (qwen2_moe) gets the renormalised output
+  times the sum of its top-k probabilities, MoE and QMoE alike. QMoE 4-bit computes the MatMulNBits grid exactly
+  (with or without zero points), 8-bit does not (max |diff| 0.3 against the dequantized experts): int8 with --ops
+  ort is refused. Each quantized expert is MatMulNBits' own blobs (`X.weight.qweight`, `.scales`, `.zero_points`:
+  the bytes of onnxruntime's quantizer), reshaped in the graph to QMoE's [N, K/pack].
 """
 from __future__ import annotations
 
@@ -52,8 +54,7 @@ def _dense(d, x: str, router: str, names: list[list[str]]) -> str:
     """Standard operators: the routing weights as a dense [rows, experts] matrix, every expert weighted by its
     column (float32 routing, as transformers' softmax(dtype=float))."""
     e = d.knobs.experts
-    logits = d.n("Cast", router, to=d.n.onnx.TensorProto.FLOAT) if d.compute != "F32" else router
-    probs = d.n("Softmax", logits, axis=-1)
+    probs = d.n("Softmax", d.to_f32(router), axis=-1)
     top, chosen = d.n("TopK", probs, d.i64([e.top_k(d.cfg)]), axis=-1, outputs=2)
     if e.renormalize(d.cfg):
         top = d.n("Div", top, d.n("ReduceSum", top, d.i64([-1]), keepdims=1))
@@ -72,7 +73,16 @@ def _ort(d, x: str, router: str, names: list[list[str]]) -> str:
         raise Unsupported(None, f"{d.model.arch} experts with {d.knobs.activation(d.cfg)!r} and --ops ort: "
                                 "onnxruntime's MoE gates with silu only (swiglu); --ops portable computes it")
     attrs = dict(domain=MS, k=e.top_k(d.cfg), activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
-                 activation_beta=0.0, normalize_routing_weights=int(e.renormalize(d.cfg)))
+                 activation_beta=0.0, normalize_routing_weights=1)
+    out = _ort_op(d, x, router, names, attrs)
+    if e.renormalize(d.cfg):
+        return out
+    # the op renormalises (QMoE on the CPU EP whatever its attribute says): times the top-k probabilities' sum
+    top = d.n("TopK", d.n("Softmax", d.to_f32(router), axis=-1), d.i64([e.top_k(d.cfg)]), axis=-1, outputs=2)[0]
+    return d.n("Mul", out, d.to_compute(d.n("ReduceSum", top, d.i64([-1]), keepdims=1)))
+
+
+def _ort_op(d, x: str, router: str, names: list[list[str]], attrs: dict) -> str:
     quantized = [[d.nbits(f"{n}.weight") for n in expert] for expert in names]
     if all(q is None for expert in quantized for q in expert):
         fc1 = _interleaved(d, [[d.weight(f"{g}.weight"), d.weight(f"{u}.weight")] for g, u, _ in names],

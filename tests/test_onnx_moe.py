@@ -1,0 +1,51 @@
+"""The ONNX builder's mixture-of-experts block (convert/onnx/moe.py) beyond what every builder family gets in
+tests/test_onnx_export.py and tests/test_onnx_import.py: with --ops ort --quant int4 each expert weight is the bytes
+onnxruntime's MatMulNBitsQuantizer makes of it (issue 13, acceptance 2), stacked for one QMoE node per layer; int8
+QMoE, which onnxruntime's CPU kernel does not compute on the MatMulNBits grid, is refused."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelport import api
+from modelport.convert import archs
+
+from support.cli import run_cli
+from support.quantize import ort_matmulnbits
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import numpy_helper  # noqa: E402
+
+FAMILY = "qwen2_moe"  # routed experts, a shared expert and its gate, no renormalisation
+
+
+def test_int4_experts_are_onnxruntimes_quantizer_bytes_for_one_qmoe_per_layer(checkpoints, tmp_path):
+    src = checkpoints(FAMILY)
+    out = tmp_path / "onnx"
+    api.convert(src, out, to="onnx", ops="ort", quant="int4")
+    proto = onnx.load(str(out / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    model = api.load(src)
+    e = archs.for_hf(FAMILY).onnx.decoder.experts
+    cfg = archs.for_hf(FAMILY).normalize(model.config)
+    assert sum(n.op_type == "QMoE" for n in proto.graph.node) == cfg["num_hidden_layers"]
+    checked = 0
+    for layer in range(cfg["num_hidden_layers"]):
+        for xid in range(e.count(cfg)):
+            for projection in e.expert:
+                name = f"model.layers.{layer}.{projection.format(xid=xid)}.weight"
+                assert name not in inits, "a quantized expert keeps no float copy"
+                want = ort_matmulnbits(model.tensors[name].read(), 4, 32)
+                for part, data in want.items():
+                    assert inits[f"{name}.{part}"].tobytes() == data, (name, part)
+                checked += 1
+    assert checked == cfg["num_hidden_layers"] * e.count(cfg) * 3
+    assert not any(n.op_type == "MatMulNBits" and ".experts." in n.input[1] for n in proto.graph.node)
+
+
+def test_int8_with_ort_is_refused_in_one_line_naming_qdq(checkpoints, tmp_path):
+    r = run_cli("convert", checkpoints(FAMILY), tmp_path / "o", "--to", "onnx", "--ops", "ort", "--quant", "int8")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+    assert "QMoE" in r.stderr and "--ops qdq" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
