@@ -1,7 +1,8 @@
 """The ONNX builder's mixture-of-experts block (convert/onnx/moe.py) beyond what every builder family gets in
 tests/test_onnx_export.py and tests/test_onnx_import.py: with --ops ort --quant int4 each expert weight is the bytes
 onnxruntime's MatMulNBitsQuantizer makes of it (issue 13, acceptance 2), stacked for one QMoE node per layer; int8
-QMoE, which onnxruntime's CPU kernel does not compute on the MatMulNBits grid, is refused."""
+QMoE, which onnxruntime's CPU kernel does not compute on the MatMulNBits grid, is refused; a GGUF's expert blocks go
+into QMoE where it has their grid, else dequantized into the float MoE."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,3 +50,26 @@ def test_int8_with_ort_is_refused_in_one_line_naming_qdq(checkpoints, tmp_path):
     assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
     assert "QMoE" in r.stderr and "--ops qdq" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("preset,op", [("Q4_0", "QMoE"), ("Q8_0", "MoE")])
+def test_gguf_experts_keep_their_blocks_where_qmoe_has_them_else_are_dequantized(preset, op, checkpoints, tmp_path):
+    """Q4_0 blocks go into QMoE as they are (MatMulNBits 4-bit, block 32); Q8_0 has no QMoE form, so the experts
+    are dequantized for the float MoE and the result says so. Either way onnxruntime computes what the same GGUF
+    gives through standard operators (every weight dequantized)."""
+    from modelport.validators.metrics import logit_parity
+    from modelport.validators.runtimes import OnnxRuntime
+
+    from support.quantize import llama_quantize
+
+    api.convert(checkpoints(FAMILY), tmp_path / "f32.gguf", dtype="f32")
+    llama_quantize(tmp_path / "f32.gguf", tmp_path / "q.gguf", preset)
+    result = api.convert(tmp_path / "q.gguf", tmp_path / "ort", to="onnx", ops="ort")
+    api.convert(tmp_path / "q.gguf", tmp_path / "portable", to="onnx", ops="portable")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "ort" / "model.onnx"), load_external_data=False).graph.node}
+    assert op in ops and ({"MoE", "QMoE"} - {op}).isdisjoint(ops)
+    assert any("QMoE" in f["fallback"] for f in result.fallbacks) == (op == "MoE"), result.fallbacks
+    ids = list(range(1, 41))
+    parity = logit_parity(OnnxRuntime(tmp_path / "portable").logits(ids), OnnxRuntime(tmp_path / "ort").logits(ids))
+    print(f"{FAMILY} {preset} GGUF, ort ({op}) vs portable: {parity}")
+    assert parity["kl_mean"] < 1e-4 and parity["top1"] == 1.0, parity

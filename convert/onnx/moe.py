@@ -83,14 +83,24 @@ def _ort(d, x: str, router: str, names: list[list[str]]) -> str:
 
 
 def _ort_op(d, x: str, router: str, names: list[list[str]], attrs: dict) -> str:
+    """MoE on float experts; QMoE where every expert weight has one QMoE form. Experts of a quantized GGUF without
+    one (8-bit or float zero point grids) are dequantized for MoE and noted; --quant asking for one is refused."""
     quantized = [[d.nbits(f"{n}.weight") for n in expert] for expert in names]
-    if all(q is None for expert in quantized for q in expert):
+    flat = [(f"{n}.weight", q) for expert, qs in zip(names, quantized) for n, q in zip(expert, qs)]
+    misfit = _misfit(flat) if any(q is not None for _, q in flat) else None
+    if misfit and d.quant:
+        raise Unsupported(None, f"{misfit} with --ops ort: onnxruntime 1.32's CPU QMoE computes the MatMulNBits grid "
+                                f"for {'/'.join(f'int{b}' for b in QMOE_BITS)} only, in whole blocks with uint8 zero "
+                                "points; --ops qdq quantizes experts with standard operators")
+    if misfit:
+        d.notes.append({"name": names[0][0].rsplit(".", 2)[0], "fallback": f"{misfit}: onnxruntime's QMoE has no "
+                        "such form, so the layer's experts are dequantized for its float MoE"})
+    if misfit or all(q is None for _, q in flat):
         fc1 = _interleaved(d, [[d.weight(f"{g}.weight"), d.weight(f"{u}.weight")] for g, u, _ in names],
                            d.cfg["hidden_size"])
         fc2 = _stacked(d, [d.weight(f"{down}.weight") for _, _, down in names])
         return d.n("MoE", x, router, fc1, "", fc2, "", **attrs)
     blobs = [[_qmoe_parts(d, f"{n}.weight", q) for n, q in zip(expert, qs)] for expert, qs in zip(names, quantized)]
-    first = quantized[0][0]
     inputs = []
     for part in range(3):  # qweight, scales, zero points: (name, columns)
         if blobs[0][0][part] is None:
@@ -99,21 +109,26 @@ def _ort_op(d, x: str, router: str, names: list[list[str]], attrs: dict) -> str:
         inputs.append([_interleaved(d, [[b[0][part][0], b[1][part][0]] for b in blobs], blobs[0][0][part][1]),
                        _stacked(d, [b[2][part][0] for b in blobs])])
     (q1, q2), (s1, s2), (z1, z2) = inputs
+    first = quantized[0][0]
     return d.n("QMoE", x, router, q1, s1, "", q2, s2, "", "", "", "", z1, z2, "", expert_weight_bits=first.bits,
                block_size=first.block_size, **attrs)
 
 
-def _qmoe_parts(d, name: str, q: nbits_codec.NBits | None) -> tuple:
+def _misfit(flat: list[tuple[str, nbits_codec.NBits | None]]) -> str | None:
+    """What keeps a layer's expert weights from one QMoE node, or None: each must be MatMulNBits blobs of a bit
+    width QMoE computes, K in whole blocks, uint8 or no zero points, all alike."""
+    for name, q in flat:
+        zp = None if q is None or q.zero_points is None else q.zero_points.result_dtype
+        if q is None or q.bits not in QMOE_BITS or q.K % q.block_size or zp not in (None, "U8"):
+            return f"expert weight {name} (" + ("float" if q is None else f"{q.bits}-bit, K {q.K} in blocks of "
+                                                 f"{q.block_size}" + (f", {zp} zero points" if zp else "")) + ")"
+    kinds = {(q.bits, q.block_size, q.zero_points is None) for _, q in flat}
+    return f"expert weights {flat[0][0]} ... of {len(kinds)} kinds" if len(kinds) > 1 else None
+
+
+def _qmoe_parts(d, name: str, q: nbits_codec.NBits) -> tuple:
     """One expert weight's MatMulNBits blobs as initializers (`X.weight.qweight` ...), reshaped in the graph to
     QMoE's [N, K/pack], [N, blocks] and [N, packed zero points]: (name, columns) each, None for no zero points."""
-    if q is None or q.bits not in QMOE_BITS or q.K % q.block_size or \
-            (q.zero_points is not None and q.zero_points.result_dtype != "U8"):
-        what = "a float weight" if q is None else f"{q.bits}-bit, K {q.K} in blocks of {q.block_size}" + (
-            f", {q.zero_points.result_dtype} zero points" if q is not None and q.zero_points is not None else "")
-        raise Unsupported(None, f"expert weight {name} ({what}) with --ops ort: onnxruntime 1.32's CPU QMoE computes "
-                                f"the MatMulNBits grid for {'/'.join(f'int{b}' for b in QMOE_BITS)} in whole "
-                                "blocks with uint8 zero points only; --ops qdq quantizes experts with standard "
-                                "operators")
     parts = [(f"{name}.{part}", getattr(q, part)) for part in ("qweight", "scales", "zero_points")]
     d.weights.update((n, ref) for n, ref in parts if ref is not None)
     return tuple((d.n("Reshape", n, d.i64([q.N, -1])), ref.n_elements // q.N) if ref is not None else None
