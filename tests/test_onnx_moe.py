@@ -5,7 +5,6 @@ QMoE, which onnxruntime's CPU kernel does not compute on the MatMulNBits grid, i
 into QMoE where it has their grid, else dequantized into the float MoE."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from modelport import api
