@@ -19,7 +19,6 @@ from modelport.convert import archs
 from modelport.samples import tiny
 from modelport.convert.onnx import reader as onnx_reader
 from modelport.convert.onnx.graph import QUANTIZED_OPS
-from modelport.convert.onnx.reader import QUANTIZED, QWEIGHT
 from modelport.convert.onnx import optimum as onnx_optimum
 from modelport.formats.onnx import read as read_onnx
 
@@ -159,8 +158,6 @@ def test_our_fp32_onnx_to_safetensors_is_bit_identical(family, ops, ours, tmp_pa
         assert back[name].dtype == arr.dtype and back[name].tobytes() == arr.tobytes(), name
 
 
-QUANTIZED_WEIGHT = {"ort": QWEIGHT, "qdq": QUANTIZED}  # how each op set names a quantized weight's initializer
-
 # each builder family through our int4 graph, and llama through optimum's export quantized afterwards
 INT4_MADE = [(family, "modelport convert --quant int4") for family in FAMILIES] + [
     ("llama", "optimum, then modelport quantize int4")]
@@ -182,13 +179,15 @@ def test_int4_onnx_reads_back_as_onnxruntime_runs_it(family, made_by, ours, expo
     else:
         src, onnx_dir = ours("--ops", ops, "--quant", "int4", family=family)
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
-    decoder = archs.for_hf(tiny.SAMPLES[family].family).onnx.decoder
+    arch = archs.for_hf(tiny.SAMPLES[family].family)
+    decoder, layers = arch.onnx.decoder, arch.onnx.decoder.layers + "."
     routers = {decoder.experts.router, decoder.experts.shared_gate} if decoder.experts else set()  # stay float
-    projections = sum(arr.ndim == 2 for name, arr in _tensors(src).items() if name.startswith(decoder.layers + ".")
-                      and name.split(".", 3)[3].removesuffix(".weight") not in routers)
-    # every block's projections (a QMoE node takes all the experts' MatMulNBits blobs of a layer)
-    assert sum(i.name.endswith(QUANTIZED_WEIGHT[ops]) for i in graph.initializer) >= projections
-    assert any(n.op_type == QUANTIZED_OPS[ops] for n in graph.node)
+    projections = sum(arr.ndim == 2 for name, arr in _tensors(src).items() if name.startswith(layers)
+                      and name.removeprefix(layers).split(".", 1)[1].removesuffix(".weight") not in routers)
+    # every block's projections: one quantized node each, or a layer's experts' blobs in one QMoE node
+    per_qmoe = 3 * decoder.experts.count(arch.normalize(tiny.config(family))) if decoder.experts else 0
+    assert sum(n.op_type == QUANTIZED_OPS[ops] for n in graph.node) + \
+        per_qmoe * sum(n.op_type == "QMoE" for n in graph.node) >= projections
     out = tmp_path / "hf"
     r = run_cli("convert", onnx_dir, out, "--to", "safetensors")
     assert r.returncode == 0, r.stderr
