@@ -5,6 +5,9 @@ QMoE, which onnxruntime's CPU kernel does not compute on the MatMulNBits grid, i
 into QMoE where it has their grid, else dequantized into the float MoE."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from modelport import api
@@ -72,3 +75,13 @@ def test_gguf_experts_keep_their_blocks_where_qmoe_has_them_else_are_dequantized
     parity = logit_parity(OnnxRuntime(tmp_path / "portable").logits(ids), OnnxRuntime(tmp_path / "ort").logits(ids))
     print(f"{FAMILY} {preset} GGUF, ort ({op}) vs portable: {parity}")
     assert parity["kl_mean"] < 1e-4 and parity["top1"] == 1.0, parity
+
+
+def test_dense_layers_among_the_sparse_ones_are_refused(checkpoints, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints(FAMILY), src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "mlp_only_layers": [1]}))
+    r = run_cli("convert", src, tmp_path / "o", "--to", "onnx")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1 and "mlp_only_layers" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()

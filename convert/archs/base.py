@@ -56,10 +56,8 @@ class Experts:
     renormalize: Callable[[dict], bool]
     count: Callable[[dict], int]  # routed experts per layer
     top_k: Callable[[dict], int] = lambda cfg: cfg["num_experts_per_tok"]
-    intermediate: Callable[[dict], int] = lambda cfg: cfg["intermediate_size"]  # an expert's
     shared: tuple[str, str, str] | None = None  # the shared expert's gate, up and down projections under each layer
     shared_gate: str | None = None  # the Linear(hidden, 1) whose sigmoid scales the shared expert
-    shared_intermediate: Callable[[dict], int] = lambda cfg: cfg.get("shared_expert_intermediate_size", 0)
     every_layer: Callable[[dict], bool] = lambda cfg: True  # False: some layers keep a dense MLP (refused)
 
 

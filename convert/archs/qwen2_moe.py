@@ -25,7 +25,6 @@ def experts(**shared) -> Experts:
     norm_topk_prob says whether the top-k weights are renormalised."""
     return Experts(router="mlp.gate", expert=tuple(f"mlp.experts.{{xid}}.{p}" for p in PROJS),
                    renormalize=lambda cfg: bool(cfg.get("norm_topk_prob")), count=lambda cfg: cfg["num_experts"],
-                   intermediate=lambda cfg: cfg["moe_intermediate_size"],
                    every_layer=lambda cfg: not cfg.get("mlp_only_layers") and cfg.get("decoder_sparse_step", 1) == 1,
                    **shared)
 
