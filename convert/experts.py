@@ -18,6 +18,14 @@ def _groups(arch: Arch, n_blocks: int, n_experts: int) -> dict[str, list[str]]:
             for stacked, one in arch.experts.items() for bid in range(n_blocks)}
 
 
+def per_expert(arch: Arch, config: dict) -> list[str]:
+    """Every per-expert HF tensor name of a model of this config (none without experts)."""
+    if not arch.experts:
+        return []
+    groups = _groups(arch, arch.normalize(config)["num_hidden_layers"], arch.n_experts(config))
+    return [one for ones in groups.values() for one in ones]
+
+
 def stack(tensors: dict[str, TensorRef], arch: Arch, config: dict, path: Path | None = None) -> dict[str, TensorRef]:
     """The tensors with each layer's per-expert tensors replaced, where the first of them was, by their stack."""
     if not arch.experts:

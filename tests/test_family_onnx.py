@@ -1,77 +1,58 @@
-"""ONNX for the families beyond the builder's four (issue 6, acceptance 2): optimum's export where it computes what
-transformers computes (fp32 logits within issue 5's max |diff| 1e-4 in onnxruntime's CPU EP, whole prompt and token
-by token through the KV cache), a clean refusal (exit 3, one line) where it does not export or exports wrongly, the
-evidence that each "wrongly" is real, and `modelport archs` listing what the code supports. bert, an encoder, has
-modelport's own graph (convert/onnx/encoder.py), tested in test_family_bert.py."""
+"""optimum's place now that every family has our graph builder (issue 13): the fallback for a family without one (a
+plugin's; llama with its builder switched off stands in), its export within issue 5's fp32 max |diff| 1e-4 in
+onnxruntime's CPU EP, whole prompt and token by token through the KV cache; a clean refusal (exit 3) of what the
+family's ONNX section says optimum gets wrong, and the evidence that each "wrong" is real; `modelport archs` listing
+what the code supports. bert, an encoder, has modelport's own graph (convert/onnx/encoder.py), tested in
+test_family_bert.py."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import re
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from modelport import api
 from modelport.convert import archs
+from modelport.convert.archs.base import ROPE_BY_LENGTH
 from modelport.convert.onnx import optimum as onnx_optimum
+from modelport.formats.errors import Unsupported
 from modelport.samples import tiny
 from modelport.validators.runtimes import OnnxRuntime, Transformers
 
 from support.cli import run_cli
 from support.families import FAMILIES as BUILT
-from support.families import MORE_FAMILIES
-
-# the samples of the families without a graph builder: optimum's to export or refuse
-NOT_BUILT = tuple(name for name in MORE_FAMILIES if not archs.for_hf(tiny.SAMPLES[name].family).onnx.builder)
 
 pytest.importorskip("optimum.exporters.onnx")
 
 PROMPT = 40  # tokens of the mixed text
 BOUND = 1e-4  # issue 5's fp32 max |logit diff|
-# samples that differ from tiny.SAMPLES' in config.json only: an optimum family with a rope that changes with the
-# sequence length, and a LongRoPE switch or a dynamic NTK rope limit near enough for a short test
-VARIANTS = {"qwen3_moe-dynamic": ("qwen3_moe", {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}),
-            "phi3-longrope64": ("phi3", {"original_max_position_embeddings": 64}),
+# samples that differ from tiny.SAMPLES' in config.json only: a LongRoPE switch or a dynamic NTK rope limit near
+# enough for a short test, which optimum's exports get wrong (phi3 and gemma have a graph builder, whose rope types
+# are its own)
+VARIANTS = {"phi3-longrope64": ("phi3", {"original_max_position_embeddings": 64}),
             "gemma-dynamic64": ("gemma", {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0},
                                           "max_position_embeddings": 64})}
-# the variants whose export or refusal is tested beside the samples' (phi3-longrope64 and gemma-dynamic64 only show
-# optimum's limits: phi3 and gemma have a graph builder, whose rope types are its own)
-CHECKED_VARIANTS = ("qwen3_moe-dynamic",)
 
 
-def config_json(name: str) -> dict:
-    """The config.json fields sample or variant `name` sets."""
-    family, overrides = VARIANTS.get(name, (name, {}))
-    return tiny.config(family) | overrides
+def test_every_family_has_a_graph_builder():
+    """optimum is needed for nothing we convert (issue 13): every registered family's ONNX is our builder's."""
+    assert [name for name, arch in archs.registry().items() if not arch.onnx.builder] == []
 
 
-def refusal(name: str) -> str | None:
-    """What modelport's refusal of `name`'s ONNX export names, as its family's ONNX section says; None: optimum
-    exports it."""
-    config = config_json(name)
-    limits = archs.for_hf(config["model_type"]).onnx.optimum
-    if limits is None:
-        return "optimum-onnx does not export it"
-    return next((limit.what for limit in limits if limit.applies(config)), None)
-
-
-# sample or variant -> its export or its refusal: what the message names
-OUTCOMES = {name: refusal(name) for name in (*NOT_BUILT, *CHECKED_VARIANTS)}
-EXPORTED = tuple(name for name, why in OUTCOMES.items() if why is None)
-REFUSED = {name: why for name, why in OUTCOMES.items() if why is not None}
-
-
-def test_every_family_is_exported_or_refused():
-    """Every family without a graph builder has its optimum export or its refusal tested here, and every
-    configuration a family's ONNX section refuses is shown refused by a sample or a variant."""
-    tested = {config_json(name)["model_type"] for name in OUTCOMES}
-    encoders = {sample.family for sample in tiny.SAMPLES.values() if sample.auto_class != tiny.CAUSAL_LM}
-    assert tested == {name for name, arch in archs.registry().items() if not arch.onnx.builder} - encoders
-    limits = {limit.what for arch in archs.registry().values() if not arch.onnx.builder
-              for limit in arch.onnx.optimum or ()}
-    assert limits <= set(REFUSED.values()), limits - set(REFUSED.values())
+@pytest.fixture
+def builderless(monkeypatch):
+    """llama as a family without a graph builder (a plugin's, say), with `limits` its ONNX section gives optimum:
+    what optimum's fallback is for, now that every family of ours has a builder."""
+    def make(*limits):
+        arch = archs.for_hf("llama")
+        monkeypatch.setitem(archs.registry(), "llama",
+                            replace(arch, onnx=replace(arch.onnx, builder=False, optimum=limits)))
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +74,9 @@ def sample(checkpoints, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", EXPORTED)
-def test_optimum_export_runs_like_transformers(name, sample, mixed_text, tmp_path):
-    src = sample(name)
+def test_a_family_without_a_builder_goes_through_optimum(builderless, checkpoints, mixed_text, tmp_path):
+    builderless()
+    src = checkpoints("llama")
     result = api.convert(src, tmp_path / "onnx", to="onnx")
     assert any("optimum" in f["fallback"] for f in result.fallbacks), result.fallbacks
     ref = Transformers(src)
@@ -105,7 +86,7 @@ def test_optimum_export_runs_like_transformers(name, sample, mixed_text, tmp_pat
     want = ref.logits(ids)
     whole = float(np.abs(want - onnx.logits(ids)).max())
     steps = float(np.abs(want - _stepwise(onnx, ids)).max())
-    print(f"{name} via optimum, {len(ids)} tokens: onnxruntime vs transformers fp32 max |diff| {whole:.2e} "
+    print(f"llama via optimum, {len(ids)} tokens: onnxruntime vs transformers fp32 max |diff| {whole:.2e} "
           f"(whole prompt), {steps:.2e} (token by token through the KV cache)")
     assert whole <= BOUND and steps <= BOUND
 
@@ -119,10 +100,10 @@ def _stepwise(onnx: OnnxRuntime, ids: list[int]) -> np.ndarray:
     return np.stack(rows)
 
 
-def test_gguf_source_exports_through_optimum(checkpoints, mixed_text, tmp_path):
+def test_gguf_source_exports_through_optimum(builderless, checkpoints, mixed_text, tmp_path):
     """A GGUF of a family optimum exports goes the same way (an HF folder written from it first)."""
-    name = EXPORTED[0]
-    src = checkpoints(name)
+    builderless()
+    src = checkpoints("llama")
     api.convert(src, tmp_path / "m.gguf", dtype="f32")
     api.convert(tmp_path / "m.gguf", tmp_path / "onnx", to="onnx")
     ref = Transformers(src)
@@ -130,20 +111,21 @@ def test_gguf_source_exports_through_optimum(checkpoints, mixed_text, tmp_path):
     onnx = OnnxRuntime(tmp_path / "onnx")
     assert onnx.tokenize(mixed_text)[:PROMPT] == ids
     diff = float(np.abs(ref.logits(ids) - onnx.logits(ids)).max())
-    print(f"{name} GGUF f32 via optimum: onnxruntime vs transformers on the source, max |diff| {diff:.2e}")
+    print(f"llama GGUF f32 via optimum: onnxruntime vs transformers on the source, max |diff| {diff:.2e}")
     assert diff <= BOUND
     assert not list(tmp_path.glob(".modelport-hf-*"))
 
 
-@pytest.mark.parametrize("name", REFUSED)
-def test_refused_export_is_one_line_exit_3_and_writes_nothing(name, sample, tmp_path):
-    r = run_cli("convert", sample(name), tmp_path / "onnx", "--to", "onnx")
-    message = r.stderr.strip()
-    assert r.returncode == 3, r.stderr
-    assert "\n" not in message and "Traceback" not in message, message
-    arch = archs.for_hf(json.loads((sample(name) / "config.json").read_text())["model_type"]).name
-    assert f"no ONNX export for {arch!r}" in message and REFUSED[name] in message, message
-    assert not list(tmp_path.iterdir())
+def test_a_limit_optimum_gets_wrong_is_refused_and_writes_nothing(builderless, checkpoints, tmp_path):
+    builderless(ROPE_BY_LENGTH)
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints("llama"), src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(config | {"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}))
+    with pytest.raises(Unsupported, match=re.escape("no ONNX export for 'llama'")) as e:
+        api.convert(src, tmp_path / "onnx", to="onnx")
+    assert ROPE_BY_LENGTH.what in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "onnx").exists()
 
 
 def _optimum_logits(src, out, ids):
@@ -193,7 +175,7 @@ def test_archs_lists_every_family_with_its_onnx_path(listing):
         expected = "builder" if onnx_of.builder else "optimum" if onnx_of.optimum is not None else None
         assert onnx["via"] == expected and onnx["write"] == (expected is not None), row
         assert ("int4" in onnx["quant"]) == (expected == "builder"), row
-    assert listing["qwen3_moe"]["formats"]["onnx"]["refused"] and listing["mixtral"]["formats"]["onnx"]["via"] is None
+    assert not any(row["formats"]["onnx"]["refused"] for row in listing.values())  # optimum's limits: none go there
     assert "onnx->safetensors" in listing["llama"]["paths"] and "onnx->safetensors" not in listing["bert"]["paths"]
 
 

@@ -344,7 +344,7 @@ def test_activation_is_read_from_the_config(checkpoints, tmp_path):
         assert np.abs(logits - OnnxRuntime(tmp_path / ops).logits(ids)).max() <= 1e-4, ops
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "qwen2_moe"])
 def test_portable_graph_is_standard_onnx(family, exported):
     """Only default-domain operators that onnx itself knows: its full checker (with strict shape inference) passes;
     the ort set uses the contrib operators instead."""
@@ -353,3 +353,4 @@ def test_portable_graph_is_standard_onnx(family, exported):
     onnx.checker.check_model(str(path), full_check=True)
     ort_ops = {n.op_type for n in onnx_format.read(exported(family, "ort", "f16")).proto.graph.node}
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"} <= ort_ops
+    assert ("MoE" in ort_ops) == (family == "qwen2_moe")

@@ -214,9 +214,15 @@ def test_int4_onnx_reads_back_as_onnxruntime_runs_it(family, made_by, ours, expo
     else:
         src, onnx_dir = ours("--ops", ops, "--quant", "int4", family=family)
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
-    layers = archs.for_hf(tiny.SAMPLES[family].family).onnx.decoder.layers + "."
-    projections = sum(arr.ndim == 2 for name, arr in _tensors(src).items() if name.startswith(layers))
-    assert sum(n.op_type == QUANTIZED_OPS[ops] for n in graph.node) >= projections  # every block's projections
+    arch = archs.for_hf(tiny.SAMPLES[family].family)
+    decoder, layers = arch.onnx.decoder, arch.onnx.decoder.layers + "."
+    routers = {decoder.experts.router, decoder.experts.shared_gate} if decoder.experts else set()  # stay float
+    projections = sum(arr.ndim == 2 for name, arr in _tensors(src).items() if name.startswith(layers)
+                      and name.removeprefix(layers).split(".", 1)[1].removesuffix(".weight") not in routers)
+    # every block's projections: one quantized node each, or a layer's experts' blobs in one QMoE node
+    per_qmoe = 3 * decoder.experts.count(arch.normalize(tiny.config(family))) if decoder.experts else 0
+    assert sum(n.op_type == QUANTIZED_OPS[ops] for n in graph.node) + \
+        per_qmoe * sum(n.op_type == "QMoE" for n in graph.node) >= projections
     out = tmp_path / "hf"
     r = run_cli("convert", onnx_dir, out, "--to", "safetensors")
     assert r.returncode == 0, r.stderr

@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from support.cli import run_cli
+from support.quantize import ort_matmulnbits
 from modelport import api
 from modelport.convert.gguf import ggml
 from modelport.convert.onnx.nbits import GRIDS, NBits, from_float, from_gguf
@@ -129,23 +130,6 @@ def test_k_quant_scales_are_not_rounded_to_f16():
     assert from_gguf(_blocks("Q4_K"), "F16") is None and from_gguf(_blocks("Q6_K"), "F16") is None
 
 
-def _ort_quantizer(w: np.ndarray, bits: int, block: int) -> dict[str, bytes]:
-    """onnxruntime's MatMulNBitsQuantizer on a one-MatMul model whose weight is w [N, K] (MatMul takes w.T)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    elem = ELEM[w.dtype.type]
-    n, k = w.shape
-    model = _model([helper.make_node("MatMul", ["A", "W"], ["Y"], name="mm")],
-                   [helper.make_tensor_value_info("A", elem, [None, k])],
-                   [helper.make_tensor_value_info("Y", elem, [None, n])],
-                   [numpy_helper.from_array(np.ascontiguousarray(w.T), "W")])
-    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block)
-    q.process()
-    node = next(n for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
-    inits = {t.name: numpy_helper.to_array(t).tobytes() for t in q.model.model.graph.initializer}
-    return dict(zip(("qweight", "scales", "zero_points"), (inits[i] for i in node.input[1:4])))
-
-
 @pytest.mark.parametrize("bits,block,dtype,tensor", [
     (4, 32, "F32", "model.layers.0.mlp.down_proj.weight"),
     (4, 128, "F32", "model.layers.0.mlp.down_proj.weight"),  # K = 192: the last block is padded
@@ -156,7 +140,7 @@ def _ort_quantizer(w: np.ndarray, bits: int, block: int) -> dict[str, bytes]:
 def test_from_float_gives_the_bytes_of_onnxruntimes_quantizer(checkpoints, bits, block, dtype, tensor):
     ref = api.load(checkpoints("llama")).tensors[tensor]
     nb = from_float(ref, bits, block, dtype)
-    want = _ort_quantizer(ref.read().astype(np.float16 if dtype == "F16" else np.float32), bits, block)
+    want = ort_matmulnbits(ref.read().astype(np.float16 if dtype == "F16" else np.float32), bits, block)
     got = {"qweight": nb.qweight, "scales": nb.scales, "zero_points": nb.zero_points}
     for part, data in want.items():
         assert got[part].read().tobytes() == data, part

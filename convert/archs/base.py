@@ -45,6 +45,23 @@ ROPE_BY_LENGTH = Limit(lambda cfg: _rope_type(cfg) in ("longrope", "dynamic"), "
 
 
 @dataclass(frozen=True)
+class Experts:
+    """A sparse mixture-of-experts block in place of each layer's MLP, for the graph builder: softmax over the
+    router's logits, the top k experts' weights (renormalised to sum 1 where `renormalize` says), each expert a gated
+    MLP (activation(gate) * up -> down), their outputs summed by those weights; plus, where `shared` names one, a
+    shared expert times sigmoid(shared_gate(x)) (qwen2_moe)."""
+
+    router: str  # the router's Linear under each layer ("block_sparse_moe.gate")
+    expert: tuple[str, str, str]  # expert {xid}'s gate, up and down projections under each layer
+    renormalize: Callable[[dict], bool]
+    count: Callable[[dict], int]  # routed experts per layer
+    top_k: Callable[[dict], int] = lambda cfg: cfg["num_experts_per_tok"]
+    shared: tuple[str, str, str] | None = None  # the shared expert's gate, up and down projections under each layer
+    shared_gate: str | None = None  # the Linear(hidden, 1) whose sigmoid scales the shared expert
+    every_layer: Callable[[dict], bool] = lambda cfg: True  # False: some layers keep a dense MLP (refused)
+
+
+@dataclass(frozen=True)
 class Decoder:
     """How a family's decoder computes differently from llama's, for the graph builder (convert/onnx/graph.py): each
     value comes from the normalised config (None: that step is left out), so that a family is a row, not a branch."""
@@ -91,6 +108,7 @@ class Decoder:
     mlp_module: str = "mlp"  # the MLP's module under each layer (mpt's ffn)
     alibi_bias_max: Callable[[dict], float | None] = lambda cfg: None  # ALiBi instead of rope (mpt's), its bias max
     clip_qkv: Callable[[dict], float | None] = lambda cfg: None  # q, k, v projections clamped to [-clip, clip]
+    experts: Experts | None = None  # a sparse mixture of experts in place of every layer's MLP (mixtral, qwen MoE)
 
     def norms(self, cfg: dict) -> tuple[str | None, ...]:
         """The block norms of a model of the normalised config `cfg`: before and after attention and the MLP."""

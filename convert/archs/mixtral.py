@@ -5,11 +5,12 @@ from dataclasses import replace
 
 from gguf import Keys
 
-from .base import HParam
+from .base import Decoder, Experts, HParam, OnnxSupport
 from .llama import LAYOUT, ROPE_FREQS, llama3_rope_freqs
 from .llama import HPARAMS, TENSORS
 
-MOE = "model.layers.{bid}.block_sparse_moe"
+EXPERTS = "block_sparse_moe"  # under each layer
+MOE = f"model.layers.{{bid}}.{EXPERTS}"
 
 ARCH = replace(
     LAYOUT, name="mixtral", mlx="mixtral", hf_class="MixtralForCausalLM", qk_permute=True,
@@ -19,4 +20,9 @@ ARCH = replace(
                        HParam(Keys.LLM.EXPERT_USED_COUNT, "num_experts_per_tok")),
     tensors=tuple(t for t in TENSORS if ".mlp." not in t) + (f"{MOE}.gate.weight",),
     experts={f"{MOE}.experts.{w}.weight": f"{MOE}.experts.{{xid}}.{w}.weight" for w in ("w1", "w2", "w3")},
+    # onnxruntime-genai 0.18 has no mixtral type (its library names phimoe only); its generic decoder type
+    # runs the builder's graph, portable and ort, generating transformers' greedy tokens (tests/test_onnx_export.py)
+    onnx=OnnxSupport(builder=True, genai_type="decoder", decoder=Decoder(experts=Experts(
+        router=f"{EXPERTS}.gate", expert=tuple(f"{EXPERTS}.experts.{{xid}}.{w}" for w in ("w1", "w3", "w2")),
+        renormalize=lambda cfg: True, count=lambda cfg: cfg["num_local_experts"]))),
 )

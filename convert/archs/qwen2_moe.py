@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
-from .base import HParam, OnnxSupport
+from .base import Decoder, Experts, HParam, OnnxSupport
 from .llama import HPARAMS, QKV_BIASES, TENSORS
 from .qwen2 import ARCH as QWEN2
 
@@ -18,6 +18,15 @@ EXPERT_HPARAMS = (
 )
 ATTENTION = tuple(t for t in TENSORS if ".mlp." not in t)
 EXPERTS = {f"{MLP}.experts.{p}.weight": f"{MLP}.experts.{{xid}}.{p}.weight" for p in PROJS}
+
+
+def experts(**shared) -> Experts:
+    """The graph builder's view of the Qwen MoE block (transformers' Qwen2MoeSparseMoeBlock / Qwen3MoeSparseMoeBlock):
+    norm_topk_prob says whether the top-k weights are renormalised."""
+    return Experts(router="mlp.gate", expert=tuple(f"mlp.experts.{{xid}}.{p}" for p in PROJS),
+                   renormalize=lambda cfg: bool(cfg.get("norm_topk_prob")), count=lambda cfg: cfg["num_experts"],
+                   every_layer=lambda cfg: not cfg.get("mlp_only_layers") and cfg.get("decoder_sparse_step", 1) == 1,
+                   **shared)
 
 
 def _gate_row(w, cfg):
@@ -34,5 +43,10 @@ ARCH = replace(
     tensors=ATTENTION + QKV_BIASES + (f"{MLP}.gate.weight", f"{MLP}.shared_expert_gate.weight") + tuple(
         f"{MLP}.shared_expert.{p}.weight" for p in PROJS),
     experts=EXPERTS, from_gguf={MODEL_TENSOR.FFN_GATE_INP_SHEXP: _gate_row},
-    hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False}, onnx=OnnxSupport(),
+    hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False},
+    # onnxruntime-genai has no qwen2_moe / qwen3_moe type; its generic decoder type runs the builder's graph (greedy
+    # tokens equal transformers', tests/test_onnx_export.py). Our graphs read back by their names; read_back stays
+    # off: the walk of exported graphs knows no MoE block
+    onnx=OnnxSupport(builder=True, genai_type="decoder", decoder=Decoder(experts=experts(
+        shared=tuple(f"mlp.shared_expert.{p}" for p in PROJS), shared_gate="mlp.shared_expert_gate"))),
 )

@@ -36,6 +36,7 @@ from modelport.formats.model import Model, TensorRef
 from modelport.formats.onnx import require_onnx
 
 from modelport.convert import archs
+from modelport.convert.onnx import moe
 from modelport.convert.onnx import nbits as nbits_codec
 from modelport.convert.onnx import qdq as qdq_codec
 from modelport.convert.onnx import rope as onnx_rope
@@ -324,6 +325,9 @@ class _Decoder:
         out = self.n(fn, freqs)
         return self.to_compute(out if scale == 1.0 else self.n("Mul", out, self.n.const(scale, np.float32)))
 
+    def to_f32(self, x: str) -> str:
+        return x if self.compute == "F32" else self.n("Cast", x, to=_elem("F32"))
+
     def to_compute(self, x32: str) -> str:
         return x32 if self.compute == "F32" else self.n("Cast", x32, to=_elem(self.compute))
 
@@ -507,6 +511,8 @@ class _Decoder:
 
     def mlp(self, x: str, prefix: str) -> str:
         """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
+        if self.knobs.experts:  # a sparse mixture of experts in its place (convert/onnx/moe.py)
+            return moe.block(self, x, prefix)
         gate, up, down = self.knobs.mlp
         prefix = f"{prefix}.{self.knobs.mlp_module}"
         if gate is None:

@@ -36,7 +36,7 @@ from modelport.formats.model import Model, TensorRef
 from modelport.formats.onnx import OnnxContents
 from modelport.formats.safetensors import TOKENIZER_FILES
 
-from modelport.convert import archs
+from modelport.convert import archs, experts
 from modelport.convert.archs import dims
 from modelport.convert.archs.base import Decoder
 from modelport.convert.dtypes import FLOATS, cast
@@ -382,15 +382,35 @@ def _nbits(graph: _Graph, name: str, path: Path) -> TensorRef:
     node = next((graph.nodes[i] for i, _ in graph.consumers.get(name, ())
                  if graph.nodes[i].op_type == "MatMulNBits"), None)
     if node is None:
-        raise BadInput(path, f"initializer {name} feeds no MatMulNBits node")
+        return _expert_nbits(graph, name, path)
     attrs = {a.name: a.i for a in node.attribute}
     k, n, bits, block = attrs.get("K"), attrs.get("N"), attrs.get("bits", 4), attrs.get("block_size")
+    scales = graph.inits.get(node.input[2])
+    zero_points = graph.inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    return _nbits_ref(qweight, scales, zero_points, k, n, bits, block, name, path)
+
+
+def _expert_nbits(graph: _Graph, name: str, path: Path) -> TensorRef:
+    """An expert's MatMulNBits blobs that our graph stacks for a QMoE node (convert/onnx/moe.py): bits and block
+    size are the node's, K whole blocks, scales and zero points named as the contract says."""
+    hits = graph.reach(name, lambda n, s: n.op_type == "QMoE", lambda n: n.op_type in LAYOUT_OPS | {"Concat"})
+    if not hits:
+        raise BadInput(path, f"initializer {name} feeds no MatMulNBits or QMoE node")
+    attrs = {a.name: a.i for a in graph.nodes[hits[0][0]].attribute}
+    bits, block, qweight = attrs.get("expert_weight_bits", 4), attrs.get("block_size"), graph.inits[name]
+    base = name.removesuffix(QWEIGHT)
+    return _nbits_ref(qweight, graph.inits.get(f"{base}.scales"), graph.inits.get(f"{base}.zero_points"),
+                      qweight.shape[1] * (block or 0) if len(qweight.shape) == 3 else None, qweight.shape[0], bits,
+                      block, name, path)
+
+
+def _nbits_ref(qweight: TensorRef, scales: TensorRef | None, zero_points: TensorRef | None, k: int | None, n: int,
+               bits: int, block: int | None, name: str, path: Path) -> TensorRef:
+    """The float [N, K] weight of MatMulNBits blobs, dequantized when read."""
     if not k or not n or bits not in (2, 4, 8) or not block or \
             qweight.shape != (n, -(-k // block), block * bits // 8) or qweight.dtype != "U8":
         raise BadInput(path, f"MatMulNBits weight {name} {list(qweight.shape)} does not match its node's "
                              f"K={k} N={n} bits={bits} block_size={block}")
-    scales = graph.inits.get(node.input[2])
-    zero_points = graph.inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     if scales is None or scales.n_elements != n * qweight.shape[1]:
         raise BadInput(path, f"MatMulNBits weight {name}: scales missing or not {n * qweight.shape[1]} values")
 
@@ -461,7 +481,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     arch = archs.for_hf(cfg.get("model_type", ""), path)
     norm = dims.normalized(arch, cfg, path)
     graph = _Graph.of(contents)
-    hf_names = set(arch.name_map(norm["num_hidden_layers"], norm))
+    hf_names = set(arch.name_map(norm["num_hidden_layers"], norm)) | set(experts.per_expert(arch, norm))
     own = CONFIG_KEY in contents.metadata
     if own:  # in the graph's order, the source's
         tensors = _own_tensors(graph, hf_names, arch.onnx.decoder.conv1d, path)
