@@ -21,6 +21,9 @@ OPS = Option("ops", "ONNX operator set: portable (standard ONNX operators, any r
 QUANT = Option("quant", "ONNX weight quantization: int4 or int8 (MatMulNBits, or DequantizeLinear with --ops qdq).",
                tuple(graph.QUANT_BITS))
 BLOCK_SIZE = Option("block_size", "ONNX --quant: weights per scale block (default 32).", ("32", "64", "128"), int)
+ACCURACY_LEVEL = Option("accuracy_level", "ONNX --quant with --ops ort: MatMulNBits' accuracy_level, the minimum "
+                        "precision of its activations (0 unset, the op's default; 1 f32, 2 f16, 3 bf16, 4 int8: "
+                        "faster on CPU, activations quantized per block).", ("0", "1", "2", "3", "4"), int)
 TARGET = Option("target", "ONNX: the execution provider to run on; picks the op set, dtype and quantization form it "
                 "runs well and refuses what it cannot run (`modelport targets` lists them).", tuple(targets.TARGETS))
 
@@ -32,7 +35,7 @@ class OnnxCodec(Codec):
     name = "onnx"
     description = "ONNX (+ external data) for ONNX Runtime and onnxruntime-genai"
     extensions = (".onnx",)
-    options = (DTYPE, OPS, QUANT, BLOCK_SIZE, TARGET)
+    options = (DTYPE, OPS, QUANT, BLOCK_SIZE, ACCURACY_LEVEL, TARGET)
     runtime = "onnxruntime"
     other_runtimes = ("openvino",)
 
@@ -59,6 +62,8 @@ class OnnxCodec(Codec):
         if out.get("quant") and out["ops"] not in graph.QUANTIZED_OPS:
             raise Unsupported(dst, f"--quant {out['quant']} with --ops {out['ops']}: quantized weights need --ops "
                                    + " or --ops ".join(graph.QUANTIZED_OPS))
+        if out.get("accuracy_level") is not None and (out["ops"] != "ort" or not out.get("quant")):
+            raise BadInput(dst, "--accuracy-level is MatMulNBits': it needs --quant int4 or int8 with --ops ort")
         out["notes"] = notes
         return out
 
@@ -69,7 +74,7 @@ class OnnxCodec(Codec):
         if not archs.for_hf(model.arch, ctx.dst).onnx.builder:
             return self._save_optimum(model, options, ctx)
         g = graph.build(model, options.get("dtype"), options["ops"], quant, options["block_size"],
-                        options.get("symmetric", False))
+                        options.get("symmetric", False), options.get("accuracy_level"))
         meta = {provenance.ARCH: model.arch, provenance.CONFIG: json.dumps(model.config, sort_keys=True),
                 **ctx.provenance}
         onnx_format.place(ctx.dst, ctx.force,

@@ -101,8 +101,9 @@ def _elem(dtype: str) -> int:
 
 class _Decoder:
     def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int,
-                 symmetric: bool = False):
+                 symmetric: bool = False, accuracy_level: int | None = None):
         self.model, self.ops, self.quant, self.block_size, self.symmetric = model, ops, quant, block_size, symmetric
+        self.accuracy_level = accuracy_level  # MatMulNBits' attribute; None writes none (the op's default, 0)
         self.cfg = archs.for_hf(model.arch).normalize(model.config)
         self.storage, self.compute = dtype, compute
         self.n = _Nodes()
@@ -170,8 +171,9 @@ class _Decoder:
         parts = [(f"{name}.{part}", getattr(nbits, part)) for part in ("qweight", "scales", "zero_points")
                  if getattr(nbits, part) is not None]
         self.weights.update(parts)
+        level = {} if self.accuracy_level is None else {"accuracy_level": self.accuracy_level}
         return self.n("MatMulNBits", x, *(n for n, _ in parts), domain=MS, K=nbits.K, N=nbits.N, bits=nbits.bits,
-                      block_size=nbits.block_size)
+                      block_size=nbits.block_size, **level)
 
     def dequantized_matmul(self, x: str, name: str, nbits: nbits_codec.NBits) -> str:
         """x @ DequantizeLinear(W [K, N]): the same values as `nbits`, repacked (contract: `X.weight.quantized`,
@@ -183,12 +185,13 @@ class _Decoder:
         w = self.n("DequantizeLinear", *(n for n, _ in parts), axis=0, block_size=q.block_size)
         return self.n("MatMul", x, w)
 
-    def nbits(self, name: str) -> nbits_codec.NBits | None:
+    def nbits(self, name: str, conv1d: bool | None = None) -> nbits_codec.NBits | None:
         """The quantized weight's operands (MatMulNBits' layout; qdq repacks them): a GGUF-quantized weight
         transcoded as it is where its grid fits the op set (no second quantization), a float weight quantized when
-        `quant` asks; None keeps the float Gemm. A Conv1D weight is quantized as its [out, in] transpose."""
+        `quant` asks; None keeps the float Gemm. A Conv1D weight (`conv1d`, the family's by default; never an
+        embedding) is quantized as its [out, in] transpose."""
         ref = self.model.tensors[name]
-        if self.knobs.conv1d:
+        if self.knobs.conv1d if conv1d is None else conv1d:
             ref = ref.map(np.transpose, shape=ref.shape[::-1])
         if ref.result_dtype not in FLOATS:
             blocks = nbits_codec.from_gguf(ref, self.compute)
@@ -470,8 +473,10 @@ class _Decoder:
     def build(self) -> OnnxGraph:
         self.inputs_info()
         embed = f"{self.knobs.embed}.weight"
-        hidden = self.n("Reshape", self.n("Gather", self.weight(embed), "input_ids", axis=0),
-                        self.i64([-1, self.cfg["hidden_size"]]))
+        tied = self.tied_nbits(embed)
+        rows = self.n("Gather", self.weight(embed), "input_ids", axis=0) if tied is None else \
+            self.gather_nbits(embed, tied)
+        hidden = self.n("Reshape", rows, self.i64([-1, self.cfg["hidden_size"]]))
         if self.knobs.positions:  # learned position embeddings, added as transformers adds them
             positions = self.n("Gather", self.weight(f"{self.knobs.positions}.weight"), "position_ids", axis=0)
             hidden = self.n("Add", hidden, self.n("Reshape", positions, self.i64([-1, self.cfg["hidden_size"]])))
@@ -492,8 +497,10 @@ class _Decoder:
             x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
             x = self.branch(self.mlp(x, p), p, mlp_out)
         x, _ = self.add_norm(x, residual, f"{self.knobs.final_norm}.weight")
-        if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings"):
+        if self.untied():
             logits = self.linear(x, "lm_head")
+        elif tied is not None:  # the GatherBlockQuantized's initializers
+            logits = self.matmul_nbits(x, embed, tied)
         else:  # the embedding's one initializer serves the Gather and this Gemm
             logits = self.n("Gemm", x, self.weight(embed), transB=1)
         if self.logit_divisor:
@@ -502,6 +509,35 @@ class _Decoder:
             logits = self.softcap(logits, self.logit_softcap)
         self.n("Reshape", logits, self.rows_last, outputs=["logits"])
         return OnnxGraph(self.proto(), list(self.weights.items()), self.storage, self.compute, self.notes)
+
+    def untied(self) -> bool:
+        return self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings")
+
+    def tied_nbits(self, embed: str) -> nbits_codec.NBits | None:
+        """A tied embedding quantized once for both its uses (--quant, --ops ort), as onnxruntime-genai's builder
+        shares it: the lm_head's MatMulNBits and a GatherBlockQuantized over the same initializers. Only 4-bit
+        operands with uint8 or default zero points (what the op takes; int8, or a GGUF grid with float zero points,
+        keeps the float table). An untied embedding stays float, as in the builder by default (it quantizes Gather
+        only for shared embeddings): its table is read a row per token, so quantizing it saves only file size."""
+        if self.untied() or not self.quant or self.ops != "ort":
+            return None
+        nbits = self.nbits(embed, conv1d=False)
+        if nbits is None or nbits.bits != 4 or (nbits.zero_points is not None and nbits.zero_points.dtype != "U8"):
+            return None
+        return nbits
+
+    def gather_nbits(self, embed: str, nbits: nbits_codec.NBits) -> str:
+        """Rows of input_ids from MatMulNBits operands [N, blocks, bytes], [N * blocks], [N * packed zero points]:
+        GatherBlockQuantized takes each as [N, -1] (Reshapes onnxruntime folds at load) and dequantizes to the
+        scales' type; the blocks' padding of K is sliced off."""
+        parts = [f"{embed}.{part}" for part in ("qweight", "scales", "zero_points") if getattr(nbits, part) is not None]
+        self.weights.update((name, getattr(nbits, name.rsplit(".", 1)[1])) for name in parts)
+        data, *rest = [self.n("Reshape", name, self.i64([nbits.N, -1])) for name in parts]
+        rows = self.n("GatherBlockQuantized", data, "input_ids", *rest, domain=MS, bits=nbits.bits,
+                      block_size=nbits.block_size, gather_axis=0, quantize_axis=1)
+        if nbits.K % nbits.block_size:
+            rows = self.n("Slice", rows, self.i64([0]), self.i64([nbits.K]), self.i64([-1]))
+        return rows
 
     def mlp(self, x: str, prefix: str) -> str:
         """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
@@ -574,9 +610,10 @@ def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
 
 
 def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,
-          block_size: int = 32, symmetric: bool = False) -> OnnxGraph:
+          block_size: int = 32, symmetric: bool = False, accuracy_level: int | None = None) -> OnnxGraph:
     """The decoder graph of `model` in `ops`' operator set, weights stored as `dtype` (default: the source's
-    float precision); `symmetric` quantizes float weights without zero points."""
+    float precision); `symmetric` quantizes float weights without zero points; `accuracy_level` is every
+    MatMulNBits' (the minimum precision of its activations: 0 unset, 1 f32, 2 f16, 3 bf16, 4 int8)."""
     if ops not in OPS:
         raise Unsupported(None, f"unknown operator set {ops!r}; choose one of {', '.join(OPS)}")
     if quant and quant not in QUANT_BITS:
@@ -590,7 +627,8 @@ def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: 
     dtype = dtype or _source_dtype(model)
     if dtype not in FLOATS:
         raise Unsupported(None, f"ONNX weights are stored as f32, f16 or bf16, not {dtype}")
-    return _Decoder(model, dtype, compute or COMPUTE[dtype], ops, quant, block_size, symmetric).build()
+    return _Decoder(model, dtype, compute or COMPUTE[dtype], ops, quant, block_size, symmetric,
+                    accuracy_level).build()
 
 
 def _quantized(model: Model) -> bool:
