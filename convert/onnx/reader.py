@@ -376,18 +376,20 @@ def _own_tensors(graph: _Graph, hf_names: set[str], conv1d: bool, path: Path) ->
     blobs of the same name: a tied embedding quantized for its lm_head product only is still stored whole for its
     Gather, and the HF checkpoint holds that one tensor. Quantized weights are [N, K] (MatMulNBits) or [K, N]
     (DequantizeLinear); a Conv1D family's HF layout is [K, N] (`conv1d`), its embedding's (a GatherBlockQuantized
-    table) [N, K]."""
-    tensors = {name: ref for name, ref in graph.inits.items() if name in hf_names}
+    table) [N, K]. In the initializers' order."""
+    floats = {name for name in graph.inits if name in hf_names}
     tables = {graph.table(n) for n in graph.nodes}
+    tensors = {}
     for name in graph.inits:
-        if name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names:
+        if name in floats:
+            tensors[name] = graph.inits[name]
+        elif name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names - floats:
             ref = _nbits(graph, name, path)
             transpose = conv1d and (name, NBITS) not in tables
-            tensors.setdefault(name.removesuffix(QWEIGHT), ref.map(np.transpose, shape=ref.shape[::-1]) if transpose
-                               else ref)
-        if name.endswith(QUANTIZED) and name.removesuffix(QUANTIZED) in hf_names:
-            tensors.setdefault(name.removesuffix(QUANTIZED),
-                               _hf_ref(graph, name, "qdq-hf" if conv1d else "qdq-transposed", path))
+            tensors[name.removesuffix(QWEIGHT)] = ref.map(np.transpose, shape=ref.shape[::-1]) if transpose else ref
+        elif name.endswith(QUANTIZED) and name.removesuffix(QUANTIZED) in hf_names - floats:
+            tensors[name.removesuffix(QUANTIZED)] = _hf_ref(graph, name, "qdq-hf" if conv1d else "qdq-transposed",
+                                                            path)
     return tensors
 
 
