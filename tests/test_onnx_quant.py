@@ -518,3 +518,25 @@ def test_accuracy_level_lands_in_every_matmulnbits(checkpoints, tmp_path):
                 ["--quant", "int4", "--ops", "qdq", "--accuracy-level", "1"]):
         r = run_cli("convert", src, tmp_path / "bad.onnx", *bad)
         assert r.returncode == 2 and "accuracy-level" in r.stderr, (bad, r.stderr)
+
+
+def test_lm_head_int8(checkpoints, tmp_path):
+    """--lm-head int8 with --quant int4: the LM head's MatMulNBits is 8-bit, the other projections 4-bit; a tied
+    embedding shares the 8-bit operands through an 8-bit GatherBlockQuantized (onnxruntime 1.32's CPU kernel takes
+    it), whose rows are exactly the head's weight. Without --quant int4 (--ops ort) the option is bad usage."""
+    for family in ("llama", "mistral"):  # tied, untied
+        out = tmp_path / f"{family}.onnx"
+        api.convert(checkpoints(family), out, quant="int4", lm_head="int8")
+        model = onnx.load(str(out))
+        bits = {n.input[1]: {a.name: a.i for a in n.attribute}["bits"] for n in model.graph.node
+                if n.op_type == "MatMulNBits"}
+        head = "model.embed_tokens.weight.qweight" if family == "llama" else "lm_head.weight.qweight"
+        assert bits.pop(head) == 8 and set(bits.values()) == {4}
+        gather = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+        assert len(gather) == (family == "llama")
+        if gather:
+            ids = [1, 5, 9, 200]
+            rows = _outputs(model, ids, ["logits", gather[0].output[0]])[1]
+            assert np.array_equal(rows.reshape(len(ids), -1), nbits_matrix(_nbits_of(out)[head])[ids])
+    r = run_cli("convert", checkpoints("mistral"), tmp_path / "bad.onnx", "--quant", "int8", "--lm-head", "int8")
+    assert r.returncode == 2 and "--lm-head" in r.stderr, r.stderr

@@ -24,6 +24,8 @@ BLOCK_SIZE = Option("block_size", "ONNX --quant: weights per scale block (defaul
 ACCURACY_LEVEL = Option("accuracy_level", "ONNX --quant with --ops ort: MatMulNBits' accuracy_level, the minimum "
                         "precision of its activations (0 unset, the op's default; 1 f32, 2 f16, 3 bf16, 4 int8: "
                         "faster on CPU, activations quantized per block).", ("0", "1", "2", "3", "4"), int)
+LM_HEAD = Option("lm_head", "ONNX --quant int4 with --ops ort: the LM head (and a tied embedding, which shares its "
+                 "operands) in int8 instead: larger, closer logits.", ("int8",))
 TARGET = Option("target", "ONNX: the execution provider to run on; picks the op set, dtype and quantization form it "
                 "runs well and refuses what it cannot run (`modelport targets` lists them).", tuple(targets.TARGETS))
 
@@ -35,7 +37,7 @@ class OnnxCodec(Codec):
     name = "onnx"
     description = "ONNX (+ external data) for ONNX Runtime and onnxruntime-genai"
     extensions = (".onnx",)
-    options = (DTYPE, OPS, QUANT, BLOCK_SIZE, ACCURACY_LEVEL, TARGET)
+    options = (DTYPE, OPS, QUANT, BLOCK_SIZE, ACCURACY_LEVEL, LM_HEAD, TARGET)
     runtime = "onnxruntime"
     other_runtimes = ("openvino",)
 
@@ -64,6 +66,8 @@ class OnnxCodec(Codec):
                                    + " or --ops ".join(graph.QUANTIZED_OPS))
         if out.get("accuracy_level") is not None and (out["ops"] != "ort" or not out.get("quant")):
             raise BadInput(dst, "--accuracy-level is MatMulNBits': it needs --quant int4 or int8 with --ops ort")
+        if out.get("lm_head") and (out["ops"] != "ort" or out.get("quant") != "int4"):
+            raise BadInput(dst, f"--lm-head {out['lm_head']} needs --quant int4 with --ops ort")
         out["notes"] = notes
         return out
 
@@ -74,7 +78,8 @@ class OnnxCodec(Codec):
         if not archs.for_hf(model.arch, ctx.dst).onnx.builder:
             return self._save_optimum(model, options, ctx)
         g = graph.build(model, options.get("dtype"), options["ops"], quant, options["block_size"],
-                        options.get("symmetric", False), options.get("accuracy_level"))
+                        options.get("symmetric", False), options.get("accuracy_level"),
+                        graph.QUANT_BITS.get(options.get("lm_head")))
         meta = {provenance.ARCH: model.arch, provenance.CONFIG: json.dumps(model.config, sort_keys=True),
                 **ctx.provenance}
         onnx_format.place(ctx.dst, ctx.force,
@@ -105,7 +110,8 @@ class OnnxCodec(Codec):
         optimum exports is stored f32."""
         if not archs.for_hf(model.arch).onnx.builder:
             return sum(r.n_elements for r in model.tensors.values()) * 4
-        g = graph.build(model, options.get("dtype"), options["ops"], options.get("quant"), options["block_size"])
+        g = graph.build(model, options.get("dtype"), options["ops"], options.get("quant"), options["block_size"],
+                        lm_head_bits=graph.QUANT_BITS.get(options.get("lm_head")))
         return sum(r.nbytes for _, r in g.weights)
 
     def quantize_file(self, src: Path, dst: Path, quant: str, options: dict, force: bool):

@@ -101,9 +101,10 @@ def _elem(dtype: str) -> int:
 
 class _Decoder:
     def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int,
-                 symmetric: bool = False, accuracy_level: int | None = None):
+                 symmetric: bool = False, accuracy_level: int | None = None, lm_head_bits: int | None = None):
         self.model, self.ops, self.quant, self.block_size, self.symmetric = model, ops, quant, block_size, symmetric
         self.accuracy_level = accuracy_level  # MatMulNBits' attribute; None writes none (the op's default, 0)
+        self.lm_head_bits = lm_head_bits  # the LM head's (and a tied embedding's) width, if not the --quant one
         self.cfg = archs.for_hf(model.arch).normalize(model.config)
         self.storage, self.compute = dtype, compute
         self.n = _Nodes()
@@ -155,11 +156,11 @@ class _Decoder:
     def has(self, name: str) -> bool:
         return name in self.model.tensors
 
-    def linear(self, x: str, prefix: str) -> str:
+    def linear(self, x: str, prefix: str, bits: int | None = None) -> str:
         """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1; a Conv1D's [in, out] as it is), or
-        when quantized MatMulNBits (ort) or DequantizeLinear -> MatMul (qdq)."""
+        when quantized MatMulNBits (ort) or DequantizeLinear -> MatMul (qdq), float weights at `bits` if given."""
         bias = self.weight(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
-        nbits = self.nbits(f"{prefix}.weight") if self.ops in QUANTIZED_OPS else None
+        nbits = self.nbits(f"{prefix}.weight", bits=bits) if self.ops in QUANTIZED_OPS else None
         if nbits is None:
             return self.n("Gemm", x, self.weight(f"{prefix}.weight"), *([bias] if bias else []),
                           transB=int(not self.knobs.conv1d))
@@ -185,11 +186,11 @@ class _Decoder:
         w = self.n("DequantizeLinear", *(n for n, _ in parts), axis=0, block_size=q.block_size)
         return self.n("MatMul", x, w)
 
-    def nbits(self, name: str, conv1d: bool | None = None) -> nbits_codec.NBits | None:
+    def nbits(self, name: str, conv1d: bool | None = None, bits: int | None = None) -> nbits_codec.NBits | None:
         """The quantized weight's operands (MatMulNBits' layout; qdq repacks them): a GGUF-quantized weight
         transcoded as it is where its grid fits the op set (no second quantization), a float weight quantized when
-        `quant` asks; None keeps the float Gemm. A Conv1D weight (`conv1d`, the family's by default; never an
-        embedding) is quantized as its [out, in] transpose."""
+        `quant` asks (at `bits`, else its own); None keeps the float Gemm. A Conv1D weight (`conv1d`, the family's by
+        default; never an embedding) is quantized as its [out, in] transpose."""
         ref = self.model.tensors[name]
         if self.knobs.conv1d if conv1d is None else conv1d:
             ref = ref.map(np.transpose, shape=ref.shape[::-1])
@@ -208,7 +209,7 @@ class _Decoder:
         if block != self.block_size:
             self.notes.append({"name": name, "fallback": f"{ref.shape[1]} inputs are no whole number of blocks of "
                                                          f"{self.block_size}: blocks of {block}"})
-        return nbits_codec.from_float(ref, QUANT_BITS[self.quant], block, self.compute, self.symmetric)
+        return nbits_codec.from_float(ref, bits or QUANT_BITS[self.quant], block, self.compute, self.symmetric)
 
     def c(self, value, dtype=None) -> str:
         return self.n.const(value, dtype or self.np_compute)
@@ -498,7 +499,7 @@ class _Decoder:
             x = self.branch(self.mlp(x, p), p, mlp_out)
         x, _ = self.add_norm(x, residual, f"{self.knobs.final_norm}.weight")
         if self.untied():
-            logits = self.linear(x, "lm_head")
+            logits = self.linear(x, "lm_head", self.lm_head_bits)
         elif tied is not None:  # the GatherBlockQuantized's initializers
             logits = self.matmul_nbits(x, embed, tied)
         else:  # the embedding's one initializer serves the Gather and this Gemm
@@ -516,13 +517,13 @@ class _Decoder:
     def tied_nbits(self, embed: str) -> nbits_codec.NBits | None:
         """A tied embedding quantized once for both its uses (--quant, --ops ort), as onnxruntime-genai's builder
         shares it: the lm_head's MatMulNBits and a GatherBlockQuantized over the same initializers. Only 4-bit
-        operands with uint8 or default zero points (what the op takes; int8, or a GGUF grid with float zero points,
-        keeps the float table). An untied embedding stays float, as in the builder by default (it quantizes Gather
+        operands (8-bit with --lm-head int8) with uint8 or default zero points (what the op takes; --quant int8, or
+        a GGUF grid of another width or with float zero points, keeps the float table). An untied embedding stays float, as in the builder by default (it quantizes Gather
         only for shared embeddings): its table is read a row per token, so quantizing it saves only file size."""
         if self.untied() or not self.quant or self.ops != "ort":
             return None
-        nbits = self.nbits(embed, conv1d=False)
-        if nbits is None or nbits.bits != 4 or (nbits.zero_points is not None and nbits.zero_points.dtype != "U8"):
+        nbits = self.nbits(embed, conv1d=False, bits=self.lm_head_bits)
+        if nbits is None or nbits.bits != (self.lm_head_bits or 4) or (nbits.zero_points is not None and nbits.zero_points.dtype != "U8"):
             return None
         return nbits
 
@@ -610,10 +611,12 @@ def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
 
 
 def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,
-          block_size: int = 32, symmetric: bool = False, accuracy_level: int | None = None) -> OnnxGraph:
+          block_size: int = 32, symmetric: bool = False, accuracy_level: int | None = None,
+          lm_head_bits: int | None = None) -> OnnxGraph:
     """The decoder graph of `model` in `ops`' operator set, weights stored as `dtype` (default: the source's
     float precision); `symmetric` quantizes float weights without zero points; `accuracy_level` is every
-    MatMulNBits' (the minimum precision of its activations: 0 unset, 1 f32, 2 f16, 3 bf16, 4 int8)."""
+    MatMulNBits' (the minimum precision of its activations: 0 unset, 1 f32, 2 f16, 3 bf16, 4 int8); `lm_head_bits`
+    quantizes the LM head (and a tied embedding) at that width instead of `quant`'s."""
     if ops not in OPS:
         raise Unsupported(None, f"unknown operator set {ops!r}; choose one of {', '.join(OPS)}")
     if quant and quant not in QUANT_BITS:
@@ -628,7 +631,7 @@ def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: 
     if dtype not in FLOATS:
         raise Unsupported(None, f"ONNX weights are stored as f32, f16 or bf16, not {dtype}")
     return _Decoder(model, dtype, compute or COMPUTE[dtype], ops, quant, block_size, symmetric,
-                    accuracy_level).build()
+                    accuracy_level, lm_head_bits).build()
 
 
 def _quantized(model: Model) -> bool:
