@@ -64,10 +64,6 @@ class OnnxCodec(Codec):
         if out.get("quant") and out["ops"] not in graph.QUANTIZED_OPS:
             raise Unsupported(dst, f"--quant {out['quant']} with --ops {out['ops']}: quantized weights need --ops "
                                    + " or --ops ".join(graph.QUANTIZED_OPS))
-        if out.get("accuracy_level") is not None and (out["ops"] != "ort" or not out.get("quant")):
-            raise BadInput(dst, "--accuracy-level is MatMulNBits': it needs --quant int4 or int8 with --ops ort")
-        if out.get("lm_head") and (out["ops"] != "ort" or out.get("quant") != "int4"):
-            raise BadInput(dst, f"--lm-head {out['lm_head']} needs --quant int4 with --ops ort")
         out["notes"] = notes
         return out
 

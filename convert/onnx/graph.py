@@ -624,6 +624,11 @@ def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: 
     if quant and ops not in QUANTIZED_OPS:
         raise Unsupported(None, f"--quant {quant} needs an operator set that holds quantized weights: --ops "
                                 + " or --ops ".join(f"{o} ({op})" for o, op in QUANTIZED_OPS.items()))
+    # checked here, not when options resolve: a recipe checks each option alone first
+    if accuracy_level is not None and (ops != "ort" or not quant):
+        raise BadInput(None, "--accuracy-level is MatMulNBits': it needs --quant int4 or int8 with --ops ort")
+    if lm_head_bits and (ops != "ort" or quant != "int4"):
+        raise BadInput(None, f"--lm-head int{lm_head_bits} needs --quant int4 with --ops ort")
     # a GGUF-quantized source, quantized ops, no --dtype: float leftovers stored F16 but computed in F32, whose scales
     # every GGUF grid transcodes to (K-quant scales are products that F16 would round)
     compute = "F32" if dtype is None and ops in QUANTIZED_OPS and _quantized(model) else None
