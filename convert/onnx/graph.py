@@ -518,12 +518,14 @@ class _Decoder:
         """A tied embedding quantized once for both its uses (--quant, --ops ort), as onnxruntime-genai's builder
         shares it: the lm_head's MatMulNBits and a GatherBlockQuantized over the same initializers. Only 4-bit
         operands (8-bit with --lm-head int8) with uint8 or default zero points (what the op takes; --quant int8, or
-        a GGUF grid of another width or with float zero points, keeps the float table). An untied embedding stays float, as in the builder by default (it quantizes Gather
-        only for shared embeddings): its table is read a row per token, so quantizing it saves only file size."""
+        a GGUF grid of another width or with float zero points, keeps the float table). An untied embedding stays
+        float, as in the builder by default (it quantizes Gather only for shared embeddings): its table is read a
+        row per token, so quantizing it would save only file size."""
         if self.untied() or not self.quant or self.ops != "ort":
             return None
         nbits = self.nbits(embed, conv1d=False, bits=self.lm_head_bits)
-        if nbits is None or nbits.bits != (self.lm_head_bits or 4) or (nbits.zero_points is not None and nbits.zero_points.dtype != "U8"):
+        if nbits is None or nbits.bits != (self.lm_head_bits or 4) or \
+                (nbits.zero_points is not None and nbits.zero_points.dtype != "U8"):
             return None
         return nbits
 
