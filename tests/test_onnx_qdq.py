@@ -123,18 +123,21 @@ def test_q4_0_gguf_to_qdq_is_exact_and_runs_in_onnxruntime_and_openvino(q4_0, tm
 @pytest.mark.parametrize("quant,dtype", [("int4", "f32"), ("int8", "f16")])
 def test_hf_qdq_weights_equal_the_matmulnbits_export(checkpoints, tmp_path, quant, dtype):
     """The same HF model to --ops ort (MatMulNBits) and --ops qdq: onnxruntime and OpenVINO dequantize the QDQ weights
-    to the values onnxruntime computes the MatMulNBits ones with, and the reader reads both back alike."""
+    to the values onnxruntime computes the MatMulNBits ones with, and the reader reads both back alike. The tied
+    embedding is int4 only with --ops ort (GatherBlockQuantized, a contrib op); qdq keeps it float."""
     hf, nbits_out, qdq_out = checkpoints("llama"), tmp_path / "nbits.onnx", tmp_path / "qdq.onnx"
     for ops, out in (("ort", nbits_out), ("qdq", qdq_out)):
         api.convert(hf, out, to="onnx", ops=ops, quant=quant, dtype=dtype)
     dq, nbits = dequantize_linear_outputs(qdq_out, tmp_path), matmul_nbits_weights(nbits_out)
-    assert set(dq) == set(nbits)
+    embedding = {"model.embed_tokens.weight"} if quant == "int4" else set()
+    assert set(dq) == set(nbits) - embedding
     for name, got in dq.items():
         want = nbits_matrix(nbits[name], np.float16 if dtype == "f16" else np.float32).T
         assert np.array_equal(got["onnxruntime"], want) and np.array_equal(got["openvino"], want), name
     a, b = api.load(nbits_out), api.load(qdq_out)
     assert list(a.tensors) == list(b.tensors)
-    assert all(np.array_equal(ref.read(), b.tensors[name].read()) for name, ref in a.tensors.items())
+    assert all(np.array_equal(ref.read(), b.tensors[name].read()) for name, ref in a.tensors.items()
+               if name not in embedding)
 
 
 def test_partial_blocks_become_smaller_whole_ones(checkpoints, tmp_path):

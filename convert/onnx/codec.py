@@ -21,6 +21,11 @@ OPS = Option("ops", "ONNX operator set: portable (standard ONNX operators, any r
 QUANT = Option("quant", "ONNX weight quantization: int4 or int8 (MatMulNBits, or DequantizeLinear with --ops qdq).",
                tuple(graph.QUANT_BITS))
 BLOCK_SIZE = Option("block_size", "ONNX --quant: weights per scale block (default 32).", ("32", "64", "128"), int)
+ACCURACY_LEVEL = Option("accuracy_level", "ONNX --quant with --ops ort: MatMulNBits' accuracy_level, the minimum "
+                        "precision of its activations (0 unset, the op's default; 1 f32, 2 f16, 3 bf16, 4 int8: "
+                        "faster on CPU, activations quantized per block).", ("0", "1", "2", "3", "4"), int)
+LM_HEAD = Option("lm_head", "ONNX --quant int4 with --ops ort: the LM head (and a tied embedding, which shares its "
+                 "operands) in int8 instead: larger, closer logits.", ("int8",))
 TARGET = Option("target", "ONNX: the execution provider to run on; picks the op set, dtype and quantization form it "
                 "runs well and refuses what it cannot run (`modelport targets` lists them).", tuple(targets.TARGETS))
 
@@ -32,7 +37,7 @@ class OnnxCodec(Codec):
     name = "onnx"
     description = "ONNX (+ external data) for ONNX Runtime and onnxruntime-genai"
     extensions = (".onnx",)
-    options = (DTYPE, OPS, QUANT, BLOCK_SIZE, TARGET)
+    options = (DTYPE, OPS, QUANT, BLOCK_SIZE, ACCURACY_LEVEL, LM_HEAD, TARGET)
     runtime = "onnxruntime"
     other_runtimes = ("openvino",)
 
@@ -70,7 +75,8 @@ class OnnxCodec(Codec):
             return self._save_optimum(model, options, ctx)
         encodes = archs.for_hf(model.arch).onnx.encoder is not None
         g = _builder(model)(model, options.get("dtype"), options["ops"], quant, options["block_size"],
-                            options.get("symmetric", False))
+                            options.get("symmetric", False), options.get("accuracy_level"),
+                            graph.QUANT_BITS.get(options.get("lm_head")))
         meta = {provenance.ARCH: model.arch, provenance.CONFIG: json.dumps(model.config, sort_keys=True),
                 **(encoder.metadata(model) if encodes else {}), **ctx.provenance}
         onnx_format.place(ctx.dst, ctx.force,
@@ -102,7 +108,8 @@ class OnnxCodec(Codec):
         optimum exports is stored f32."""
         if not archs.for_hf(model.arch).onnx.builder:
             return sum(r.n_elements for r in model.tensors.values()) * 4
-        g = _builder(model)(model, options.get("dtype"), options["ops"], options.get("quant"), options["block_size"])
+        g = _builder(model)(model, options.get("dtype"), options["ops"], options.get("quant"), options["block_size"],
+                            lm_head_bits=graph.QUANT_BITS.get(options.get("lm_head")))
         return sum(r.nbytes for _, r in g.weights)
 
     def quantize_file(self, src: Path, dst: Path, quant: str, options: dict, force: bool):

@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from modelport.formats.errors import Unsupported
+from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.model import Model
 
 from modelport.convert import archs, provenance
@@ -162,11 +162,14 @@ def pooling(model: Model) -> tuple[str, bool]:
 
 
 def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,
-          block_size: int = 32, symmetric: bool = False) -> graph.OnnxGraph:
-    """The encoder graph of `model`, with graph.build's options."""
+          block_size: int = 32, symmetric: bool = False, accuracy_level: int | None = None,
+          lm_head_bits: int | None = None) -> graph.OnnxGraph:
+    """The encoder graph of `model`, with graph.build's options (an encoder has no LM head to size)."""
+    if lm_head_bits:
+        raise BadInput(None, f"--lm-head: {model.arch} is an encoder, it has no LM head")
     model = canonical(model)
-    dtype, compute = graph.resolve(model, dtype, ops, quant)
-    return _Encoder(model, dtype, compute, ops, quant, block_size, symmetric).build()
+    dtype, compute = graph.resolve(model, dtype, ops, quant, accuracy_level)
+    return _Encoder(model, dtype, compute, ops, quant, block_size, symmetric, accuracy_level).build()
 
 
 def metadata(model: Model) -> dict[str, str]:

@@ -102,8 +102,10 @@ def _elem(dtype: str) -> int:
 
 class _Decoder:
     def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int,
-                 symmetric: bool = False):
+                 symmetric: bool = False, accuracy_level: int | None = None, lm_head_bits: int | None = None):
         self.model, self.ops, self.quant, self.block_size, self.symmetric = model, ops, quant, block_size, symmetric
+        self.accuracy_level = accuracy_level  # MatMulNBits' attribute; None writes none (the op's default, 0)
+        self.lm_head_bits = lm_head_bits  # the LM head's (and a tied embedding's) width, if not the --quant one
         self.cfg = archs.for_hf(model.arch).normalize(model.config)
         self.storage, self.compute = dtype, compute
         self.n = _Nodes()
@@ -155,11 +157,11 @@ class _Decoder:
     def has(self, name: str) -> bool:
         return name in self.model.tensors
 
-    def linear(self, x: str, prefix: str) -> str:
+    def linear(self, x: str, prefix: str, bits: int | None = None) -> str:
         """x [rows, in] @ W.T (+ b): Gemm on the HF [out, in] weight (transB=1; a Conv1D's [in, out] as it is), or
-        when quantized MatMulNBits (ort) or DequantizeLinear -> MatMul (qdq)."""
+        when quantized MatMulNBits (ort) or DequantizeLinear -> MatMul (qdq), float weights at `bits` if given."""
         bias = self.weight(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
-        nbits = self.nbits(f"{prefix}.weight") if self.ops in QUANTIZED_OPS else None
+        nbits = self.nbits(f"{prefix}.weight", bits=bits) if self.ops in QUANTIZED_OPS else None
         if nbits is None:
             return self.n("Gemm", x, self.weight(f"{prefix}.weight"), *([bias] if bias else []),
                           transB=int(not self.knobs.conv1d))
@@ -171,8 +173,9 @@ class _Decoder:
         parts = [(f"{name}.{part}", getattr(nbits, part)) for part in ("qweight", "scales", "zero_points")
                  if getattr(nbits, part) is not None]
         self.weights.update(parts)
+        level = {} if self.accuracy_level is None else {"accuracy_level": self.accuracy_level}
         return self.n("MatMulNBits", x, *(n for n, _ in parts), domain=MS, K=nbits.K, N=nbits.N, bits=nbits.bits,
-                      block_size=nbits.block_size)
+                      block_size=nbits.block_size, **level)
 
     def dequantized_matmul(self, x: str, name: str, nbits: nbits_codec.NBits) -> str:
         """x @ DequantizeLinear(W [K, N]): the same values as `nbits`, repacked (contract: `X.weight.quantized`,
@@ -184,12 +187,13 @@ class _Decoder:
         w = self.n("DequantizeLinear", *(n for n, _ in parts), axis=0, block_size=q.block_size)
         return self.n("MatMul", x, w)
 
-    def nbits(self, name: str) -> nbits_codec.NBits | None:
+    def nbits(self, name: str, conv1d: bool | None = None, bits: int | None = None) -> nbits_codec.NBits | None:
         """The quantized weight's operands (MatMulNBits' layout; qdq repacks them): a GGUF-quantized weight
         transcoded as it is where its grid fits the op set (no second quantization), a float weight quantized when
-        `quant` asks; None keeps the float Gemm. A Conv1D weight is quantized as its [out, in] transpose."""
+        `quant` asks (at `bits`, else its own); None keeps the float Gemm. A Conv1D weight (`conv1d`, the family's by
+        default; never an embedding) is quantized as its [out, in] transpose."""
         ref = self.model.tensors[name]
-        if self.knobs.conv1d:
+        if self.knobs.conv1d if conv1d is None else conv1d:
             ref = ref.map(np.transpose, shape=ref.shape[::-1])
         if ref.result_dtype not in FLOATS:
             blocks = nbits_codec.from_gguf(ref, self.compute)
@@ -206,7 +210,7 @@ class _Decoder:
         if block != self.block_size:
             self.notes.append({"name": name, "fallback": f"{ref.shape[1]} inputs are no whole number of blocks of "
                                                          f"{self.block_size}: blocks of {block}"})
-        return nbits_codec.from_float(ref, QUANT_BITS[self.quant], block, self.compute, self.symmetric)
+        return nbits_codec.from_float(ref, bits or QUANT_BITS[self.quant], block, self.compute, self.symmetric)
 
     def c(self, value, dtype=None) -> str:
         return self.n.const(value, dtype or self.np_compute)
@@ -474,8 +478,10 @@ class _Decoder:
     def build(self) -> OnnxGraph:
         self.inputs_info()
         embed = f"{self.knobs.embed}.weight"
-        hidden = self.n("Reshape", self.n("Gather", self.weight(embed), "input_ids", axis=0),
-                        self.i64([-1, self.cfg["hidden_size"]]))
+        tied = self.tied_nbits(embed)
+        rows = self.n("Gather", self.weight(embed), "input_ids", axis=0) if tied is None else \
+            self.gather_nbits(embed, tied)
+        hidden = self.n("Reshape", rows, self.i64([-1, self.cfg["hidden_size"]]))
         if self.knobs.positions:  # learned position embeddings, added as transformers adds them
             positions = self.n("Gather", self.weight(f"{self.knobs.positions}.weight"), "position_ids", axis=0)
             hidden = self.n("Add", hidden, self.n("Reshape", positions, self.i64([-1, self.cfg["hidden_size"]])))
@@ -498,8 +504,10 @@ class _Decoder:
             x, residual = self.add_norm(attn, residual, f"{p}.{mlp_in}.weight")
             x = self.branch(self.mlp(x, p), p, mlp_out)
         x, _ = self.add_norm(x, residual, f"{self.knobs.final_norm}.weight")
-        if self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings"):
-            logits = self.linear(x, "lm_head")
+        if self.untied():
+            logits = self.linear(x, "lm_head", self.lm_head_bits)
+        elif tied is not None:  # the GatherBlockQuantized's initializers
+            logits = self.matmul_nbits(x, embed, tied)
         else:  # the embedding's one initializer serves the Gather and this Gemm
             logits = self.n("Gemm", x, self.weight(embed), transB=1)
         if self.logit_divisor:
@@ -508,6 +516,37 @@ class _Decoder:
             logits = self.softcap(logits, self.logit_softcap)
         self.n("Reshape", logits, self.rows_last, outputs=["logits"])
         return OnnxGraph(self.proto(), list(self.weights.items()), self.storage, self.compute, self.notes)
+
+    def untied(self) -> bool:
+        return self.has("lm_head.weight") and not self.cfg.get("tie_word_embeddings")
+
+    def tied_nbits(self, embed: str) -> nbits_codec.NBits | None:
+        """A tied embedding quantized once for both its uses (--quant, --ops ort), as onnxruntime-genai's builder
+        shares it: the lm_head's MatMulNBits and a GatherBlockQuantized over the same initializers. Only 4-bit
+        operands (8-bit with --lm-head int8) with uint8 or default zero points (what the op takes; --quant int8, or
+        a GGUF grid of another width or with float zero points, keeps the float table). An untied embedding stays
+        float, as in the builder by default (it quantizes Gather only for shared embeddings): its table is read a
+        row per token, so quantizing it would save only file size."""
+        if self.untied() or not self.quant or self.ops != "ort":
+            return None
+        nbits = self.nbits(embed, conv1d=False, bits=self.lm_head_bits)
+        if nbits is None or nbits.bits != (self.lm_head_bits or 4) or \
+                (nbits.zero_points is not None and nbits.zero_points.dtype != "U8"):
+            return None
+        return nbits
+
+    def gather_nbits(self, embed: str, nbits: nbits_codec.NBits) -> str:
+        """Rows of input_ids from MatMulNBits operands [N, blocks, bytes], [N * blocks], [N * packed zero points]:
+        GatherBlockQuantized takes each as [N, -1] (Reshapes onnxruntime folds at load) and dequantizes to the
+        scales' type; the blocks' padding of K is sliced off."""
+        parts = [f"{embed}.{part}" for part in ("qweight", "scales", "zero_points") if getattr(nbits, part) is not None]
+        self.weights.update((name, getattr(nbits, name.rsplit(".", 1)[1])) for name in parts)
+        data, *rest = [self.n("Reshape", name, self.i64([nbits.N, -1])) for name in parts]
+        rows = self.n("GatherBlockQuantized", data, "input_ids", *rest, domain=MS, bits=nbits.bits,
+                      block_size=nbits.block_size, gather_axis=0, quantize_axis=1)
+        if nbits.K % nbits.block_size:
+            rows = self.n("Slice", rows, self.i64([0]), self.i64([nbits.K]), self.i64([-1]))
+        return rows
 
     def mlp(self, x: str, prefix: str) -> str:
         """down(activation(gate(x)) * up(x)), or down(activation(up(x))) without a gate (starcoder2's c_fc, c_proj)."""
@@ -595,16 +634,20 @@ def sliding_windows(arch: archs.Arch, cfg: dict) -> list[int | None]:
 
 
 def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: str | None = None,
-          block_size: int = 32, symmetric: bool = False) -> OnnxGraph:
+          block_size: int = 32, symmetric: bool = False, accuracy_level: int | None = None,
+          lm_head_bits: int | None = None) -> OnnxGraph:
     """The decoder graph of `model` in `ops`' operator set, weights stored as `dtype` (default: the source's
-    float precision); `symmetric` quantizes float weights without zero points."""
-    dtype, compute = resolve(model, dtype, ops, quant)
-    return _Decoder(model, dtype, compute, ops, quant, block_size, symmetric).build()
+    float precision); `symmetric` quantizes float weights without zero points; `accuracy_level` is every
+    MatMulNBits' (the minimum precision of its activations: 0 unset, 1 f32, 2 f16, 3 bf16, 4 int8); `lm_head_bits`
+    quantizes the LM head (and a tied embedding) at that width instead of `quant`'s."""
+    dtype, compute = resolve(model, dtype, ops, quant, accuracy_level, lm_head_bits)
+    return _Decoder(model, dtype, compute, ops, quant, block_size, symmetric, accuracy_level, lm_head_bits).build()
 
 
-def resolve(model: Model, dtype: str | None, ops: str, quant: str | None) -> tuple[str, str]:
-    """(storage, compute) dtypes of `model`'s graph, after refusing an unknown op set or quantization (shared with
-    the encoder builder)."""
+def resolve(model: Model, dtype: str | None, ops: str, quant: str | None, accuracy_level: int | None = None,
+            lm_head_bits: int | None = None) -> tuple[str, str]:
+    """(storage, compute) dtypes of `model`'s graph, after refusing an unknown op set, quantization or option
+    combination (shared with the encoder builder)."""
     if ops not in OPS:
         raise Unsupported(None, f"unknown operator set {ops!r}; choose one of {', '.join(OPS)}")
     if quant and quant not in QUANT_BITS:
@@ -612,6 +655,11 @@ def resolve(model: Model, dtype: str | None, ops: str, quant: str | None) -> tup
     if quant and ops not in QUANTIZED_OPS:
         raise Unsupported(None, f"--quant {quant} needs an operator set that holds quantized weights: --ops "
                                 + " or --ops ".join(f"{o} ({op})" for o, op in QUANTIZED_OPS.items()))
+    # checked here, not when options resolve: a recipe checks each option alone first
+    if accuracy_level is not None and (ops != "ort" or not quant):
+        raise BadInput(None, "--accuracy-level is MatMulNBits': it needs --quant int4 or int8 with --ops ort")
+    if lm_head_bits and (ops != "ort" or quant != "int4"):
+        raise BadInput(None, f"--lm-head int{lm_head_bits} needs --quant int4 with --ops ort")
     # a GGUF-quantized source, quantized ops, no --dtype: float leftovers stored F16 but computed in F32, whose scales
     # every GGUF grid transcodes to (K-quant scales are products that F16 would round)
     compute = "F32" if dtype is None and ops in QUANTIZED_OPS and _quantized(model) else None

@@ -144,6 +144,18 @@ class _Graph:
         return hits[nth]
 
     # --- what a node is
+    def table(self, node) -> tuple[str, str] | None:
+        """(initializer, layout) of an embedding lookup: a Gather's float table, or the MatMulNBits blobs a
+        GatherBlockQuantized reads (through a Reshape to rows), as a tied int4 embedding is stored (ours,
+        onnxruntime-genai's shared embeddings)."""
+        data = node.input[0] if node.input else ""
+        if node.op_type == "GatherBlockQuantized" and data in self.producer:
+            src = self.nodes[self.producer[data]]
+            data = src.input[0] if src.op_type == "Reshape" else data
+        if data not in self.inits or node.op_type not in ("Gather", "GatherBlockQuantized"):
+            return None
+        return data, AS_HF if node.op_type == "Gather" else NBITS
+
     def weight(self, node) -> tuple[str, str] | None:
         """(initializer, layout) of a weighted node: MatMul's B is [K, N] unless it is a Transpose of the HF
         [N, K] initializer; Gemm says so with transB; MatMulNBits blobs are rows of N."""
@@ -306,13 +318,12 @@ class _Walk:
         MLP (gemma2's and gemma3's post norms), its tensor names, a parallel block (falcon's)."""
         attn_in, attn_out, mlp_in, mlp_out = block_norms
         d = self.d
-        hits = [i for i, slot in self.g.consumers.get("input_ids", ()) if self.g.nodes[i].op_type == "Gather"
-                and slot == 1 and self.g.nodes[i].input[0] in self.g.inits]
+        hits = [(i, table) for i, slot in self.g.consumers.get("input_ids", ())
+                if slot == 1 and (table := self.g.table(self.g.nodes[i]))]
         if not hits:
             raise Unsupported(self.path, "ONNX graph: no embedding (a Gather of an initializer by input_ids)")
-        embed = self.g.nodes[hits[0]]
-        self.names[f"{d.embed}.weight"] = (embed.input[0], AS_HF)
-        h = embed.output[0]
+        self.names[f"{d.embed}.weight"] = hits[0][1]
+        h = self.g.nodes[hits[0][0]].output[0]
         for b in range(n_layers):
             prefix = f"{d.layers}.{b}"
             if d.parallel:  # x + (mlp + attn): both read the block's input, through one norm or two
@@ -426,16 +437,21 @@ def _own_tensors(graph: _Graph, hf_names: set[str], conv1d: bool, path: Path) ->
     """Our graphs: initializers named as the HF tensors, MatMulNBits groups dequantized. A float tensor wins over
     blobs of the same name: a tied embedding quantized for its lm_head product only is still stored whole for its
     Gather, and the HF checkpoint holds that one tensor. Quantized weights are [N, K] (MatMulNBits) or [K, N]
-    (DequantizeLinear); a Conv1D family's HF layout is [K, N] (`conv1d`)."""
-    tensors = {name: ref for name, ref in graph.inits.items() if name in hf_names}
+    (DequantizeLinear); a Conv1D family's HF layout is [K, N] (`conv1d`), its embedding's (a GatherBlockQuantized
+    table) [N, K]. In the initializers' order."""
+    floats = {name for name in graph.inits if name in hf_names}
+    tables = {graph.table(n) for n in graph.nodes}
+    tensors = {}
     for name in graph.inits:
-        if name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names:
+        if name in floats:
+            tensors[name] = graph.inits[name]
+        elif name.endswith(QWEIGHT) and name.removesuffix(QWEIGHT) in hf_names - floats:
             ref = _nbits(graph, name, path)
-            tensors.setdefault(name.removesuffix(QWEIGHT), ref.map(np.transpose, shape=ref.shape[::-1]) if conv1d
-                               else ref)
-        if name.endswith(QUANTIZED) and name.removesuffix(QUANTIZED) in hf_names:
-            tensors.setdefault(name.removesuffix(QUANTIZED),
-                               _hf_ref(graph, name, "qdq-hf" if conv1d else "qdq-transposed", path))
+            transpose = conv1d and (name, NBITS) not in tables
+            tensors[name.removesuffix(QWEIGHT)] = ref.map(np.transpose, shape=ref.shape[::-1]) if transpose else ref
+        elif name.endswith(QUANTIZED) and name.removesuffix(QUANTIZED) in hf_names - floats:
+            tensors[name.removesuffix(QUANTIZED)] = _hf_ref(graph, name, "qdq-hf" if conv1d else "qdq-transposed",
+                                                            path)
     return tensors
 
 
