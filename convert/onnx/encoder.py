@@ -38,10 +38,11 @@ class _Encoder(graph._Decoder):
     storage/compute, ops, quant, knobs.conv1d and the node list set here) under an encoder's forward."""
 
     def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int,
-                 symmetric: bool = False):
+                 symmetric: bool = False, accuracy_level: int | None = None):
         arch = archs.for_hf(model.arch)
         self.model = model
         self.ops, self.quant, self.block_size, self.symmetric = ops, quant, block_size, symmetric
+        self.accuracy_level, self.lm_head_bits = accuracy_level, None
         self.cfg = c = arch.normalize(model.config)
         self.storage, self.compute = dtype, compute
         self.np_compute = np.float16 if compute == "F16" else np.float32
