@@ -34,8 +34,7 @@ class Parts:
 
     def __init__(self, source: TensorRef, compute: Compute, row_bytes: tuple[int, ...]):
         self.source, self.compute, self.row_bytes = source, compute, row_bytes
-        # a source whose transforms need the whole tensor may change its rows (a transpose): the result's count
-        self.rows = source.n_rows if source.streams else source.shape[0]
+        self.rows = source.result_rows
         self.group = max(1, GROUP_BYTES // max(1, source.row_bytes))
         self.lock = threading.Lock()
         self.kept: dict[int, np.ndarray] = {}  # part -> its bytes (rows, row_bytes), filled as rows are computed

@@ -149,6 +149,12 @@ class TensorRef:
         return self.stored_shape[0] if self.stored_shape else 1
 
     @property
+    def result_rows(self) -> int:
+        """Rows of the result as chunks() yields them: the stored rows when every transform is row-wise, else the
+        result's first dimension (a whole-tensor transform, a transpose, may change the count)."""
+        return self.n_rows if self.streams else self.shape[0]
+
+    @property
     def n_elements(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 

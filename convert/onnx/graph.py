@@ -275,11 +275,12 @@ class _Decoder:
     def inputs_info(self):
         self.batch_seq = self.n("Shape", "input_ids")  # [B, S]
         self.rows_last = self.n("Concat", self.batch_seq, self.i64([-1]), axis=0)  # [B, S, -1]
+        # the total sequence length T (past + new, attention_mask's), a scalar every subgraph below reads
+        self.total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
         if self.ops == "ort":
             mask_sum = self.n("ReduceSum", "attention_mask", self.i64([1]), keepdims=0)
             self.seqlens_k = self.n("Cast", self.n("Sub", mask_sum, self.i64(1)), to=_elem("I32"))
-            total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
-            self.total_len = self.n("Cast", total, to=_elem("I32"))
+            self.total_len = self.n("Cast", self.total, to=_elem("I32"))
             self.caches = {rope: self.rope_caches(rope) for rope in self.ropes}
         else:
             self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
@@ -304,7 +305,7 @@ class _Decoder:
         if len(tables) == 1:
             return tables[0]
         (cos, sin), (long_cos, long_sin) = tables
-        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64([1]), axis=0)
+        total = self.n("Unsqueeze", self.total, self.i64([0]))  # [1], as Slice's ends
         longer = self.longer_than(self.ropes[rope].switch)
 
         def rows(table: str) -> str:  # the first total_sequence_length rows: what GroupQueryAttention reads
@@ -320,8 +321,7 @@ class _Decoder:
     def longer_than(self, switch: int) -> str:
         """Whether the total sequence length (attention_mask's) passes LongRoPE's switch: transformers'
         max(position_ids) + 1 without left padding."""
-        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
-        return self.n("Greater", total, self.i64(switch))
+        return self.n("Greater", self.total, self.i64(switch))
 
     def trig(self, fn: str, freqs: str, rope: str) -> str:
         """Cos or Sin of the float32 angles, times LongRoPE's attention factor, in the compute type."""
@@ -349,7 +349,7 @@ class _Decoder:
     def causal_mask(self, window: int | None) -> str:
         """[B, 1, S, T] float32: 0 where query i may attend key j (j <= past + i, attention_mask[j], and within the
         sliding window: j > past + i - window), else NEG."""
-        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
+        total = self.total
         seq = self.n("Gather", self.batch_seq, self.i64(1), axis=0)
         past = self.n("Sub", total, seq)
         keys = self.n("Unsqueeze", self.n("Range", self.i64(0), total, self.i64(1)), self.i64([0]))  # [1, T]
@@ -366,8 +366,7 @@ class _Decoder:
     def alibi(self) -> str:
         """[1, heads, 1, T] float32: each head's slope times the key's distance from the last key (<= 0), as
         transformers' build_mpt_alibi_tensor (a row's constant shift leaves its softmax as it is)."""
-        total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
-        distance = self.n("Range", self.n("Sub", self.i64(1), total), self.i64(1), self.i64(1))
+        distance = self.n("Range", self.n("Sub", self.i64(1), self.total), self.i64(1), self.i64(1))
         return self.n("Mul", self.n("Cast", distance, to=_elem("F32")),
                       self.n.const(alibi_slopes(self.heads, self.alibi_bias_max).reshape(1, -1, 1, 1), np.float32))
 

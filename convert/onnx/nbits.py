@@ -46,7 +46,7 @@ class NBits:
 def _nbits(source: TensorRef, K: int, bits: int, block: int, scale_dtype: str, zp_dtype: str | None,
            compute: Compute) -> NBits:
     """NBits whose initializers are the parts of `compute` over the rows of `source` (N = its rows)."""
-    N, nb = source.shape[0], -(-K // block)
+    N, nb = source.result_rows, -(-K // block)
     per_row = {"qweight": (nb, block * bits // 8), "scales": (nb,), "zero_points": (-(-nb * bits // 8),)
                if zp_dtype == "U8" else (nb,)}
     dtypes = {"qweight": "U8", "scales": scale_dtype, "zero_points": zp_dtype}
