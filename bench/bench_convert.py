@@ -5,7 +5,10 @@ Makes the checkpoint with ../shared/bench/make_bench_model.py (once, into bench/
 same run and on the same input times `cp -r` of the input folder and `modelport convert ... --dtype f16`,
 alternately, and measures the converter's peak RSS (os.wait4 on the child).
 
-Targets: convert wall <= 1.5x cp wall; peak RSS <= 0.3x the input size.
+And, unless --no-llama-cpp, llama.cpp's convert_hf_to_gguf.py --outtype f16 on the same input (fetched as
+bench_quantize.py fetches it), the same number of times.
+
+Targets: convert wall <= 1.5x cp wall (and cp + sync); <= 0.3x llama.cpp's convert; peak RSS <= 0.3x the input size.
 
     .venv/bin/python bench/bench_convert.py            # table
     .venv/bin/python bench/bench_convert.py --json     # figures as JSON
@@ -17,18 +20,21 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 
-from common import (MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd,
-                    parser, run)
+from common import (MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, fetch_convert_script, load_average, log,
+                    machine, modelport_cmd, parser, run)
 
 WALL_TARGET = 1.5  # convert wall / cp wall
+LLAMA_CPP_TARGET = 0.3  # convert wall / llama.cpp's convert_hf_to_gguf.py wall
 RSS_TARGET = 0.3  # peak RSS / input bytes
 
 
 def main() -> None:
     ap = parser(__doc__, keep=True)
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions of each of cp and convert (default 3)")
+    ap.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp's convert_hf_to_gguf.py")
     a = ap.parse_args()
 
     src = ensure_model(MODELS / "l32-1b")
@@ -62,10 +68,21 @@ def main() -> None:
         os.sync()
         return run(conv)[:2]
 
+    theirs = OUT / "llama.cpp-f16.gguf"
+    llama = None if a.no_llama_cpp else [sys.executable, str(fetch_convert_script(OUT / "llama.cpp")), str(src),
+                                         "--outtype", "f16", "--outfile", str(theirs)]
+
+    def timed_llama_cpp() -> float:
+        theirs.unlink(missing_ok=True)
+        os.sync()
+        wall = run(llama)[0]
+        theirs.unlink(missing_ok=True)
+        return wall
+
     load_start = load_average(warn=True)
     log("warming the page cache (untimed cp)")
     timed_cp()
-    cp_walls, cps_walls, conv_walls, rsss = [], [], [], []
+    cp_walls, cps_walls, conv_walls, rsss, llama_walls = [], [], [], [], []
     for i in range(a.reps):
         cp_walls.append(timed_cp())
         cps_walls.append(timed_cp_sync())
@@ -74,6 +91,9 @@ def main() -> None:
         conv_walls.append(w)
         rsss.append(r)
         log(f"rep {i + 1}: convert {w:.2f} s, peak RSS {r / 1e9:.3f} GB")
+        if llama:
+            llama_walls.append(timed_llama_cpp())
+            log(f"rep {i + 1}: llama.cpp convert_hf_to_gguf.py {llama_walls[-1]:.2f} s")
     out_bytes = gguf.stat().st_size
     if not a.keep:
         shutil.rmtree(OUT, ignore_errors=True)
@@ -90,6 +110,9 @@ def main() -> None:
         "wall_ratio": conv_best / cp_best,
         "wall_ratio_median": statistics.median(conv_walls) / statistics.median(cp_walls),
         "peak_rss_bytes": rss_peak, "rss_ratio": rss_peak / in_bytes,
+        "llama_cpp_wall_s": llama_walls, "llama_cpp_best_s": min(llama_walls, default=None),
+        "wall_ratio_vs_llama_cpp": conv_best / min(llama_walls) if llama_walls else None,
+        "llama_cpp_target": LLAMA_CPP_TARGET,
         "wall_target": WALL_TARGET, "rss_target": RSS_TARGET,
         "wall_pass": conv_best / cp_best <= WALL_TARGET, "rss_pass": rss_peak / in_bytes <= RSS_TARGET,
         "loadavg_1min_start_end": [load_start, load_average()],
@@ -110,6 +133,9 @@ def main() -> None:
         ("convert / cp (median)", f"{res['wall_ratio_median']:.2f}x"),
         ("cp+sync wall (best)", f"{min(cps_walls):.2f} s   all [{fmt(cps_walls)}]"),
         ("convert / (cp+sync)", f"{res['wall_ratio_vs_cp_sync']:.2f}x   (like for like: modelport fsyncs)"),
+        *([("llama.cpp convert (best)", f"{min(llama_walls):.2f} s   all [{fmt(llama_walls)}]"),
+           ("convert / llama.cpp", f"{res['wall_ratio_vs_llama_cpp']:.2f}x   target <= {LLAMA_CPP_TARGET}x  "
+                                   f"{ok(res['wall_ratio_vs_llama_cpp'] <= LLAMA_CPP_TARGET)}")] if llama_walls else []),
         ("peak RSS (max)", f"{rss_peak / 1e9:.3f} GB   [{fmt([r / 1e9 for r in rsss])}]"),
         ("RSS / input", f"{res['rss_ratio']:.2f}x   target <= {RSS_TARGET}x  {ok(res['rss_pass'])}"),
     ]

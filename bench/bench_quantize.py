@@ -15,14 +15,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-from common import OUT, dir_bytes, ensure_model, log, modelport_cmd, parser, run
+from common import OUT, dir_bytes, ensure_model, fetch_convert_script, log, modelport_cmd, parser, run
 
 WALL_TARGET, RSS_TARGET = 0.6, 0.4
 QUANTIZE = """
@@ -32,27 +29,6 @@ p = llama_cpp.llama_model_quantize_default_params()
 p.ftype = quant_plan.PRESETS[sys.argv[3]]
 sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))
 """
-
-
-def fetch_convert_script(dest: Path) -> Path:
-    """convert_hf_to_gguf.py with the conversion/ package and gguf-py it imports, from the sdist of the installed
-    llama-cpp-python (the same llama.cpp our quantizer comes from)."""
-    script = dest / "convert_hf_to_gguf.py"
-    if script.exists():
-        return script
-    ver = version("llama-cpp-python")
-    sdist = dest.parent / "sdist"
-    log(f"fetching the llama-cpp-python {ver} source distribution for llama.cpp's convert script")
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                    f"llama-cpp-python=={ver}", "-d", str(sdist)], check=True)
-    with tarfile.open(next(sdist.glob("llama_cpp_python-*.tar.gz"))) as tar:
-        prefix = f"llama_cpp_python-{ver}/vendor/llama.cpp/"
-        wanted = [m for m in tar.getmembers() if m.name.startswith(prefix) and
-                  m.name[len(prefix):].split("/")[0] in ("convert_hf_to_gguf.py", "conversion", "gguf-py")]
-        for m in wanted:
-            m.name = m.name[len(prefix):]
-        tar.extractall(dest, members=wanted, filter="data")
-    return script
 
 
 def compare(ours: Path, theirs: Path) -> dict:

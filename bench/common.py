@@ -8,7 +8,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -82,3 +84,24 @@ def run(cmd: list[str], ok: tuple[int, ...] = (0,), stdout: Path | None = None) 
     if code not in ok:
         sys.exit(f"bench: {' '.join(cmd)} failed ({code}):\n{err[-3000:]}")
     return wall, ru.ru_maxrss * 1024, code  # ru_maxrss is KiB on Linux
+
+
+def fetch_convert_script(dest: Path) -> Path:
+    """convert_hf_to_gguf.py with the conversion/ package and gguf-py it imports, from the sdist of the installed
+    llama-cpp-python (the same llama.cpp our quantizer comes from)."""
+    script = dest / "convert_hf_to_gguf.py"
+    if script.exists():
+        return script
+    ver = version("llama-cpp-python")
+    sdist = dest.parent / "sdist"
+    log(f"fetching the llama-cpp-python {ver} source distribution for llama.cpp's convert script")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                    f"llama-cpp-python=={ver}", "-d", str(sdist)], check=True)
+    with tarfile.open(next(sdist.glob("llama_cpp_python-*.tar.gz"))) as tar:
+        prefix = f"llama_cpp_python-{ver}/vendor/llama.cpp/"
+        wanted = [m for m in tar.getmembers() if m.name.startswith(prefix) and
+                  m.name[len(prefix):].split("/")[0] in ("convert_hf_to_gguf.py", "conversion", "gguf-py")]
+        for m in wanted:
+            m.name = m.name[len(prefix):]
+        tar.extractall(dest, members=wanted, filter="data")
+    return script
