@@ -33,7 +33,7 @@ COMPUTED = ("Transformer", "Pooling", "Normalize")
 NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's
 
 
-class _Encoder(graph._Decoder):
+class _Encoder(graph.DecoderBuilder):
     """The decoder builder's weight plumbing (weight, linear, nbits, layer_norm, gelu ..., which read model,
     storage/compute, ops, quant, knobs.conv1d and the node list set here) under an encoder's forward."""
 
@@ -46,7 +46,7 @@ class _Encoder(graph._Decoder):
         self.cfg = c = arch.normalize(model.config)
         self.storage, self.compute = dtype, compute
         self.np_compute = np.float16 if compute == "F16" else np.float32
-        self.n = graph._Nodes()
+        self.n = graph.Nodes()
         self.weights, self.casts, self.notes = {}, {}, []
         self.knobs, self.row = arch.onnx.decoder, arch.onnx.encoder  # knobs: the plumbing's (nn.Linear layouts)
         self.eps = float(self.row.norm_eps(c))
@@ -88,7 +88,7 @@ class _Encoder(graph._Decoder):
 
     def padding_mask(self) -> str:
         """[B, 1, 1, S] float32 added to the scores: 0 for a token, float32's min for padding (transformers')."""
-        keep = self.n("Unsqueeze", self.n("Cast", "attention_mask", to=graph._elem("BOOL")), self.i64([1, 2]))
+        keep = self.n("Unsqueeze", self.n("Cast", "attention_mask", to=graph.elem("BOOL")), self.i64([1, 2]))
         return self.n("Where", keep, self.n.const(0.0, np.float32), self.n.const(graph.NEG, np.float32))
 
     def attention(self, x: str, mask: str, prefix: str) -> str:
@@ -98,15 +98,15 @@ class _Encoder(graph._Decoder):
                    for w, perm in (("query", [0, 2, 1, 3]), ("key", [0, 2, 3, 1]), ("value", [0, 2, 1, 3])))
         scores = self.n("Mul", self.n("MatMul", q, k), self.c(self.head_dim ** -0.5))
         if self.compute != "F32":
-            scores = self.n("Cast", scores, to=graph._elem("F32"))
+            scores = self.n("Cast", scores, to=graph.elem("F32"))
         probs = self.to_compute(self.n("Softmax", self.n("Add", scores, mask), axis=-1))
         out = self.n("Transpose", self.n("MatMul", probs, v), perm=[0, 2, 1, 3])
         return self.n("Reshape", out, self.i64([-1, self.hidden]))
 
     def pool(self, states: str) -> str:
         """The sentence embedding [B, H] in float32, as sentence-transformers' Pooling (and Normalize) compute it."""
-        h = self.n("Cast", states, to=graph._elem("F32")) if self.compute != "F32" else states
-        mask = self.n("Cast", "attention_mask", to=graph._elem("F32"))  # [B, S]
+        h = self.n("Cast", states, to=graph.elem("F32")) if self.compute != "F32" else states
+        mask = self.n("Cast", "attention_mask", to=graph.elem("F32"))  # [B, S]
         if self.pooling == "mean":
             total = self.n("ReduceSum", self.n("Mul", h, self.n("Unsqueeze", mask, self.i64([-1]))), self.i64([1]),
                            keepdims=0)
@@ -125,7 +125,7 @@ class _Encoder(graph._Decoder):
         """A float32 tensor as graph output `output` in the compute type."""
         if self.compute == "F32":
             return self.n("Identity", x32, outputs=[output])
-        return self.n("Cast", x32, to=graph._elem(self.compute), outputs=[output])
+        return self.n("Cast", x32, to=graph.elem(self.compute), outputs=[output])
 
     def proto(self):
         onnx = self.n.onnx
@@ -134,7 +134,7 @@ class _Encoder(graph._Decoder):
         inputs = [h.make_tensor_value_info(name, tp.INT64, dims)
                   for name in ("input_ids", "attention_mask", "token_type_ids")
                   if name != "token_type_ids" or self.has(f"{self.row.embeddings}.token_type_embeddings.weight")]
-        io = graph._elem(self.compute)
+        io = graph.elem(self.compute)
         outputs = [h.make_tensor_value_info("last_hidden_state", io, [*dims, self.hidden]),
                    h.make_tensor_value_info(POOLED, io, ["batch_size", self.hidden])]
         opset = graph.OPSETS[self.ops]

@@ -53,7 +53,7 @@ COMPUTE = {"F32": "F32", "F16": "F16", "BF16": "F32"}  # storage dtype -> its de
 QUANT_BITS = {"int4": 4, "int8": 8}
 GQA_ROTARY_MULTIPLE = 16  # GroupQueryAttention's partial rotation: cos_cache width a multiple of 8 (onnxruntime 1.32)
 NEG = float(np.finfo(np.float32).min)  # the additive mask transformers uses for float32 scores
-# transformers' hidden activation names -> the _Decoder method that spells each out
+# transformers' hidden activation names -> the DecoderBuilder method that spells each out
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 
 
@@ -68,7 +68,7 @@ class OnnxGraph:
     notes: list[dict] = field(default_factory=list)  # weights that fell back, and why (as api.Result.fallbacks)
 
 
-class _Nodes:
+class Nodes:
     """Nodes with deterministic names (`/Op_N`), and small constants as Constant nodes (never initializers, so that
     every float initializer is an HF tensor)."""
 
@@ -95,12 +95,15 @@ class _Nodes:
         return self.consts[key]
 
 
-def _elem(dtype: str) -> int:
+def elem(dtype: str) -> int:
     tp = require_onnx().TensorProto
     return {"F32": tp.FLOAT, "F16": tp.FLOAT16, "I32": tp.INT32, "BOOL": tp.BOOL}[dtype]
 
 
-class _Decoder:
+class DecoderBuilder:
+    """A decoder's graph from the family's Decoder row. Its weight plumbing (weight, linear, nbits, norms,
+    activations) is public because the encoder builder (encoder.py) computes with it too."""
+
     def __init__(self, model: Model, dtype: str, compute: str, ops: str, quant: str | None, block_size: int,
                  symmetric: bool = False, accuracy_level: int | None = None, lm_head_bits: int | None = None):
         self.model, self.ops, self.quant, self.block_size, self.symmetric = model, ops, quant, block_size, symmetric
@@ -108,7 +111,7 @@ class _Decoder:
         self.lm_head_bits = lm_head_bits  # the LM head's (and a tied embedding's) width, if not the --quant one
         self.cfg = archs.for_hf(model.arch).normalize(model.config)
         self.storage, self.compute = dtype, compute
-        self.n = _Nodes()
+        self.n = Nodes()
         self.weights: dict[str, TensorRef] = {}
         self.casts: dict[str, str] = {}  # weight -> its Cast to the compute type (storage != compute)
         self.notes: list[dict] = []
@@ -151,7 +154,7 @@ class _Decoder:
                 raise BadInput(files[0], f"tensor {name!r} is missing: a {self.model.arch} model needs it")
             self.weights[name] = cast(self.model.tensors[name], self.storage, name)
             if self.storage != self.compute:  # one Cast per weight: onnxruntime folds each into one copy at load
-                self.casts[name] = self.n("Cast", name, to=_elem(self.compute))
+                self.casts[name] = self.n("Cast", name, to=elem(self.compute))
         return self.casts.get(name, name)
 
     def has(self, name: str) -> bool:
@@ -226,16 +229,16 @@ class _Decoder:
             return self.n("SimplifiedLayerNormalization", x, self.norm_scale(weight), axis=-1, epsilon=self.eps,
                           stash_type=1)
         w = self.weight(weight)
-        x32 = self.n("Cast", x, to=_elem("F32")) if self.compute != "F32" else x
+        x32 = self.n("Cast", x, to=elem("F32")) if self.compute != "F32" else x
         var = self.reduce_mean(self.n("Mul", x32, x32))
         inv = self.n("Reciprocal", self.n("Sqrt", self.n("Add", var, self.n.const(self.eps, np.float32))))
         y = self.n("Mul", x32, inv)
         if self.knobs.norm_offset:
-            w32 = self.n("Cast", w, to=_elem("F32")) if self.compute != "F32" else w
+            w32 = self.n("Cast", w, to=elem("F32")) if self.compute != "F32" else w
             return self.to_compute(self.n("Mul", y, self.n("Add", w32, self.n.const(self.knobs.norm_offset,
                                                                                     np.float32))))
         if self.compute != "F32":
-            y = self.n("Cast", y, to=_elem(self.compute))
+            y = self.n("Cast", y, to=elem(self.compute))
         return self.n("Mul", y, w)
 
     def layer_norm(self, x: str, weight: str) -> str:
@@ -279,8 +282,8 @@ class _Decoder:
         self.total = self.n("Gather", self.n("Shape", "attention_mask"), self.i64(1), axis=0)
         if self.ops == "ort":
             mask_sum = self.n("ReduceSum", "attention_mask", self.i64([1]), keepdims=0)
-            self.seqlens_k = self.n("Cast", self.n("Sub", mask_sum, self.i64(1)), to=_elem("I32"))
-            self.total_len = self.n("Cast", self.total, to=_elem("I32"))
+            self.seqlens_k = self.n("Cast", self.n("Sub", mask_sum, self.i64(1)), to=elem("I32"))
+            self.total_len = self.n("Cast", self.total, to=elem("I32"))
             self.caches = {rope: self.rope_caches(rope) for rope in self.ropes}
         else:
             self.masks = {w: self.causal_mask(w) for w in sorted(set(self.windows), key=lambda w: w or 0)}
@@ -297,7 +300,7 @@ class _Decoder:
                                     f"--ops ort: GroupQueryAttention rotates part of a head only in multiples of "
                                     f"{GQA_ROTARY_MULTIPLE} dimensions; --ops portable or qdq computes it")
         positions = self.n("Cast", self.n("Range", self.i64(0), self.i64(self.cfg["max_position_embeddings"]),
-                                          self.i64(1)), to=_elem("F32"))
+                                          self.i64(1)), to=elem("F32"))
         tables = []
         for inv in self.inv_freqs(rope):
             freqs = self.n("Mul", self.n("Unsqueeze", positions, self.i64([1])), self.n.const(inv, np.float32))
@@ -330,15 +333,15 @@ class _Decoder:
         return self.to_compute(out if scale == 1.0 else self.n("Mul", out, self.n.const(scale, np.float32)))
 
     def to_f32(self, x: str) -> str:
-        return x if self.compute == "F32" else self.n("Cast", x, to=_elem("F32"))
+        return x if self.compute == "F32" else self.n("Cast", x, to=elem("F32"))
 
     def to_compute(self, x32: str) -> str:
-        return x32 if self.compute == "F32" else self.n("Cast", x32, to=_elem(self.compute))
+        return x32 if self.compute == "F32" else self.n("Cast", x32, to=elem(self.compute))
 
     def rope_cos_sin(self, rope: str) -> tuple[str, str]:
         """cos and sin [B, 1, S, rotated dims] of position_ids, as transformers' rotary embedding computes them
         (LongRoPE: the short or long frequencies as the switch says)."""
-        pos = self.n("Unsqueeze", self.n("Cast", "position_ids", to=_elem("F32")), self.i64([-1]))
+        pos = self.n("Unsqueeze", self.n("Cast", "position_ids", to=elem("F32")), self.i64([-1]))
         invs = [self.n.const(inv, np.float32) for inv in self.inv_freqs(rope)]
         inv = invs[0] if len(invs) == 1 else self.n("Where", self.longer_than(self.ropes[rope].switch), invs[1],
                                                      invs[0])
@@ -355,7 +358,7 @@ class _Decoder:
         keys = self.n("Unsqueeze", self.n("Range", self.i64(0), total, self.i64(1)), self.i64([0]))  # [1, T]
         queries = self.n("Unsqueeze", self.n("Range", past, total, self.i64(1)), self.i64([1]))  # [S, 1]
         causal = self.n("LessOrEqual", keys, queries)
-        padding = self.n("Unsqueeze", self.n("Cast", "attention_mask", to=_elem("BOOL")),
+        padding = self.n("Unsqueeze", self.n("Cast", "attention_mask", to=elem("BOOL")),
                          self.i64([1, 2]))
         allowed = self.n("And", causal, padding)
         if window:
@@ -367,7 +370,7 @@ class _Decoder:
         """[1, heads, 1, T] float32: each head's slope times the key's distance from the last key (<= 0), as
         transformers' build_mpt_alibi_tensor (a row's constant shift leaves its softmax as it is)."""
         distance = self.n("Range", self.n("Sub", self.i64(1), self.total), self.i64(1), self.i64(1))
-        return self.n("Mul", self.n("Cast", distance, to=_elem("F32")),
+        return self.n("Mul", self.n("Cast", distance, to=elem("F32")),
                       self.n.const(alibi_slopes(self.heads, self.alibi_bias_max).reshape(1, -1, 1, 1), np.float32))
 
     # --- attention -----------------------------------------------------------------------------------------------
@@ -415,7 +418,7 @@ class _Decoder:
         if self.attention_softcap:
             scores = self.softcap(scores, self.attention_softcap)
         if self.compute != "F32":
-            scores = self.n("Cast", scores, to=_elem("F32"))
+            scores = self.n("Cast", scores, to=elem("F32"))
         probs = self.to_compute(self.n("Softmax", self.n("Add", scores, self.masks[self.windows[layer]]), axis=-1))
         out = self.n("Transpose", self.n("MatMul", probs, self.repeat_kv(value)), perm=[0, 2, 1, 3])
         return self.n("Reshape", out, self.i64([-1, self.heads * self.head_dim]))
@@ -590,7 +593,7 @@ class _Decoder:
     def proto(self):
         onnx = require_onnx()
         h, tp = onnx.helper, onnx.TensorProto
-        io, kv = _elem(self.compute), [self.kv_heads, self.head_dim]
+        io, kv = elem(self.compute), [self.kv_heads, self.head_dim]
         inputs = [h.make_tensor_value_info("input_ids", tp.INT64, ["batch_size", "sequence_length"]),
                   h.make_tensor_value_info("attention_mask", tp.INT64, ["batch_size", "total_sequence_length"]),
                   h.make_tensor_value_info("position_ids", tp.INT64, ["batch_size", "sequence_length"])]
@@ -640,7 +643,7 @@ def build(model: Model, dtype: str | None = None, ops: str = "portable", quant: 
     MatMulNBits' (the minimum precision of its activations: 0 unset, 1 f32, 2 f16, 3 bf16, 4 int8); `lm_head_bits`
     quantizes the LM head (and a tied embedding) at that width instead of `quant`'s."""
     dtype, compute = resolve(model, dtype, ops, quant, accuracy_level, lm_head_bits)
-    return _Decoder(model, dtype, compute, ops, quant, block_size, symmetric, accuracy_level, lm_head_bits).build()
+    return DecoderBuilder(model, dtype, compute, ops, quant, block_size, symmetric, accuracy_level, lm_head_bits).build()
 
 
 def resolve(model: Model, dtype: str | None, ops: str, quant: str | None, accuracy_level: int | None = None,

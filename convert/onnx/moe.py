@@ -30,7 +30,7 @@ QMOE_BITS = (4,)  # what onnxruntime 1.32's CPU QMoE computes as MatMulNBits doe
 
 
 def block(d, x: str, prefix: str) -> str:
-    """The MoE block of layer `prefix` on the normed hidden rows `x` (d: graph._Decoder)."""
+    """The MoE block of layer `prefix` on the normed hidden rows `x` (d: graph.DecoderBuilder)."""
     e, cfg = d.knobs.experts, d.cfg
     if not e.every_layer(cfg):
         raise Unsupported(None, f"{d.model.arch} with dense MLP layers among the sparse ones (mlp_only_layers / "
