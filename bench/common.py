@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -19,6 +20,7 @@ MAKER = REPO.parent / "shared" / "bench" / "make_bench_model.py"
 MODELS = BENCH / "models"
 OUT = BENCH / "out"
 SHAPE = "llama3.2-1b"
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def log(msg: str) -> None:
@@ -71,19 +73,44 @@ def modelport_cmd() -> list[str]:
     return [sys.executable, "-c", "import sys; from modelport.cli import main; sys.exit(main())"]
 
 
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of pid and its descendants now (Linux /proc; 0 once gone)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def run(cmd: list[str], ok: tuple[int, ...] = (0,), stdout: Path | None = None) -> tuple[float, int, int]:
-    """Run cmd (stdout to a file when given); return (wall seconds, peak RSS bytes of this child alone, exit code).
-    os.wait4 gives the child's own peak, not the largest of every child this process ever had."""
+    """Run cmd (stdout to a file when given); return (wall seconds, peak RSS bytes, exit code). The peak is the
+    larger of the child's own (os.wait4: not the largest of every child this process ever had) and the sum over the
+    child and its descendants (worker processes), sampled every 50 ms."""
     t0 = time.perf_counter()
     with open(stdout or os.devnull, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
+        tree, done = [0], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                tree[0] = max(tree[0], _tree_rss(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         err = proc.stderr.read().decode(errors="replace")
+        done.set()
+        sampler.join()
         _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     if code not in ok:
         sys.exit(f"bench: {' '.join(cmd)} failed ({code}):\n{err[-3000:]}")
-    return wall, ru.ru_maxrss * 1024, code  # ru_maxrss is KiB on Linux
+    return wall, max(ru.ru_maxrss * 1024, tree[0]), code  # ru_maxrss is KiB on Linux
 
 
 def fetch_convert_script(dest: Path) -> Path:

@@ -16,6 +16,7 @@ from support.cli import run_cli
 from support.quantize import ort_matmulnbits
 from modelport import api
 from modelport.convert.gguf import ggml
+from modelport.convert.onnx import kernels
 from modelport.convert.onnx.nbits import GRIDS, NBits, from_float, from_gguf
 from modelport.formats.errors import BadInput, OutputExists, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef
@@ -160,6 +161,21 @@ def test_parts_read_in_any_order_and_streamed_give_the_same_bytes(wide):
     assert not nb.qweight.stored.parts.kept, "parts read in full are not kept"
 
 
+@pytest.mark.parametrize("bits,dtype", [(4, "F32"), (8, "F16")])
+def test_worker_processes_give_the_bytes_of_the_in_process_kernel(wide, monkeypatch, bits, dtype):
+    """Row blocks of POOL_MIN_BYTES and up go to worker processes (the binding holds the GIL): same bytes, all
+    three parts, as quantizing every block here and as onnxruntime's quantizer on the whole weight."""
+    ref = api.load(wide).tensors["lm_head.weight"]  # [32000, 256]: several source row groups
+    here = from_float(ref, bits, 32, dtype)
+    expected = [p.read().tobytes() for p in (here.qweight, here.scales, here.zero_points)]
+    monkeypatch.setattr(kernels, "POOL_MIN_BYTES", 0)
+    pooled = from_float(ref, bits, 32, dtype)
+    assert [p.read().tobytes() for p in (pooled.qweight, pooled.scales, pooled.zero_points)] == expected
+    assert kernels._pool()._processes, "the blocks went to worker processes"
+    want = ort_matmulnbits(ref.read().astype(np.float16 if dtype == "F16" else np.float32), bits, 32)
+    assert [want[k] for k in ("qweight", "scales", "zero_points")] == expected
+
+
 # --- modelport quantize on ONNX models ----------------------------------------------------------------------------
 
 
@@ -222,6 +238,26 @@ def test_quantize_onnx_rewrites_matmul_and_gemm_as_matmulnbits(quant, tmp_path):
     api.quantize(src, again, quant, block_size=32)  # deterministic: the same bytes
     assert again.read_bytes() == dst.read_bytes()
     assert again.with_suffix(".onnx.data").read_bytes() == dst.with_suffix(".onnx.data").read_bytes()
+
+
+def test_quantize_onnx_accuracy_level_reaches_every_matmulnbits(tmp_path):
+    """--accuracy-level on `modelport quantize` as on `convert`: onnxruntime's quantizer and our Gemm rewrite both
+    write it; level 4 (int8 activations per block) runs, close to level 0; without MatMulNBits it is refused."""
+    rng = np.random.default_rng(4)
+    src = tmp_path / "m.onnx"
+    _tiny_onnx(src, rng)
+    x, outs = rng.standard_normal((5, 128)).astype(np.float32), {}
+    for level in ("0", "4"):
+        dst = tmp_path / f"q{level}.onnx"
+        r = run_cli("quantize", src, dst, "--quant", "int4", "--accuracy-level", level)
+        assert r.returncode == 0, r.stderr
+        levels = [next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)  # absent: the default, 0
+                  for n in onnx.load(str(dst)).graph.node if n.op_type == "MatMulNBits"]
+        assert levels == [int(level)] * 2
+        outs[level] = _run(dst, {"x": x})
+    assert np.abs(outs["4"] - outs["0"]).max() <= 0.05 * np.abs(outs["0"]).max()
+    r = run_cli("quantize", src, tmp_path / "h.onnx", "--quant", "fp16", "--accuracy-level", "4")
+    assert r.returncode == 2 and "--accuracy-level" in r.stderr and not (tmp_path / "h.onnx").exists()
 
 
 def test_quantize_onnx_fp16_keeps_float32_io(tmp_path):

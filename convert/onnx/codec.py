@@ -121,14 +121,16 @@ class OnnxCodec(Codec):
         if options.get("imatrix"):
             raise BadInput(options["imatrix"], "--imatrix applies to GGUF quantization, not to ONNX")
         block_size = int(options.get("block_size") or 32)
+        level = options.get("accuracy_level")
         folder = src.is_dir()
         if (dst.suffix == ".onnx") == folder:
             raise BadInput(dst, "a model folder quantizes into a folder, a .onnx file into a .onnx file")
         contents = onnx_format.read(src)  # a valid graph whose external data stays in its folder
         hashes = SourceHashes(contents.files)
-        proto = quantize.quantize(contents, quant.lower(), block_size)
+        proto = quantize.quantize(contents, quant.lower(), block_size, level)
         tensors = quantize.detach_weights(proto)
-        prov = provenance.record(self.name, {"quant": quant.lower(), "block_size": block_size})
+        prov = provenance.record(self.name, {"quant": quant.lower(), "block_size": block_size}
+                                 | ({} if level is None else {"accuracy_level": level}))
         late = Late(provenance.HASHES, hashes.placeholder, hashes.text)
 
         def write(model: Path, data: Path, location: str) -> None:

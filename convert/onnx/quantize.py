@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from modelport.formats.errors import RuntimeMissing, Unsupported
+from modelport.formats.errors import BadInput, RuntimeMissing, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef
 from modelport.formats.onnx import ONNX_DTYPES, OnnxContents
 
@@ -73,7 +73,7 @@ def _linear_gemm(node, inits: dict, producers: dict, onnx):
     return weight, compute, bias
 
 
-def _gemms_to_nbits(graph, bits: int, block_size: int, onnx) -> int:
+def _gemms_to_nbits(graph, bits: int, block_size: int, level: dict, onnx) -> int:
     """Rewrite the linear Gemms of `graph` as MatMulNBits (a weight two Gemms share is quantized once); returns
     how many weights. Casts and float weights that nothing reads any more are dropped."""
     inits = {t.name: t for t in graph.initializer}
@@ -96,7 +96,7 @@ def _gemms_to_nbits(graph, bits: int, block_size: int, onnx) -> int:
         nb, names = done[weight.name]
         inputs = [node.input[0], *names] + (["", bias] if bias else [])
         nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name, domain=MS,
-                                      K=nb.K, N=nb.N, bits=nb.bits, block_size=nb.block_size))
+                                      K=nb.K, N=nb.N, bits=nb.bits, block_size=nb.block_size, **level))
     used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
     nodes = [n for n in nodes if n.op_type != "Cast" or any(o in used for o in n.output)]
     del graph.node[:]
@@ -120,16 +120,18 @@ def _attach_weights(contents: OnnxContents, onnx):
     return proto
 
 
-def quantize(contents: OnnxContents, quant: str, block_size: int = 32):
+def quantize(contents: OnnxContents, quant: str, block_size: int = 32, accuracy_level: int | None = None):
     """The model read by formats.onnx.read, loaded whole and quantized as `quant`; returns the new
     onnx.ModelProto. onnxruntime's quantizers work on the whole model in memory, so this holds it all, unlike our
-    converters."""
+    converters. `accuracy_level` is every MatMulNBits' attribute (None writes none: the op's default, 0)."""
     onnx = _onnx()
     path = contents.path
     if quant not in QUANTS:
         raise Unsupported(None, f"unknown ONNX quantization {quant!r}; valid: {', '.join(QUANTS)}")
-    proto = _attach_weights(contents, onnx)
     bits = QUANTS[quant]
+    if accuracy_level is not None and bits is None:
+        raise BadInput(None, "--accuracy-level is MatMulNBits': it needs --quant int4 or int8")
+    proto = _attach_weights(contents, onnx)
     if bits is None:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -138,9 +140,10 @@ def quantize(contents: OnnxContents, quant: str, block_size: int = 32):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)  # a line per node otherwise
-    if _gemms_to_nbits(proto.graph, bits, block_size, onnx) and not any(o.domain == MS for o in proto.opset_import):
+    level = {} if accuracy_level is None else {"accuracy_level": accuracy_level}
+    if _gemms_to_nbits(proto.graph, bits, block_size, level, onnx) and not any(o.domain == MS for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(MS, 1))
-    quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=block_size)
+    quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=block_size, accuracy_level=accuracy_level)
     quantizer.process()
     out = quantizer.model.model
     if not any(n.op_type == "MatMulNBits" for n in out.graph.node):
