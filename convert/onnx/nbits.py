@@ -20,14 +20,14 @@ from typing import Callable
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from modelport.formats.errors import Unsupported
+from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.model import NUMPY_DTYPES, TensorRef
 
 from modelport.convert.dtypes import cast
-from modelport.convert.onnx import kernels
 from modelport.convert.parts import Compute, Parts, PartSlice
 
 SCALE_DTYPES = ("F32", "F16")
+TRANSPOSED_ROWS = 32  # rows per kernel call: their transpose stays in cache (a 4 MiB one costs as much as quantizing)
 
 
 @dataclass(frozen=True)
@@ -217,9 +217,35 @@ def from_gguf(ref: TensorRef, scale_dtype: str = "F32") -> NBits | None:
 # --- float weights -> MatMulNBits through onnxruntime's kernels ----------------------------------------------------
 
 
-def _quantizer(bits: int, block: int, dtype: type, symmetric: bool) -> Compute:
-    """Rows [n, K] of an HF weight -> onnxruntime's MatMulNBits operands (convert.onnx.kernels)."""
-    return lambda rows: kernels.quantize_anywhere(rows.astype(dtype, copy=False), bits, block, symmetric)
+def _kernels(bits: int):
+    try:
+        from onnxruntime.capi import _pybind_state as ort
+    except ImportError:
+        raise RuntimeMissing(None, "MatMulNBits quantization needs onnxruntime: pip install 'modelport[onnx]'") \
+            from None
+    return {4: ort.quantize_matmul_4bits, 8: ort.quantize_matmul_8bits}[bits]
+
+
+def _quantizer(bits: int, block: int, K: int, dtype: type, symmetric: bool) -> Compute:
+    """Rows [n, K] of an HF weight -> onnxruntime's MatMulNBits operands. The kernel quantizes a MatMul B [K, N]
+    column by column, so a few rows of the HF weight, transposed, are a complete input of their own. The binding
+    holds the GIL and runs the kernel on a thread pool of its own (measured: two Python threads calling it take as
+    long as one after the other), so row blocks overlap only their reading and casting with it."""
+    kernel, nb, kpack = _kernels(bits), -(-K // block), 8 // bits
+
+    def compute(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        n = rows.shape[0]
+        rows = rows.astype(dtype, copy=False)
+        packed = np.zeros((n, nb, block // kpack), dtype=np.uint8)
+        scales = np.zeros((n, nb), dtype=dtype)
+        zero_points = np.zeros((n, -(-nb // kpack)), dtype=np.uint8)
+        for a in range(0, n, TRANSPOSED_ROWS):
+            b = min(n, a + TRANSPOSED_ROWS)
+            kernel(packed[a:b], np.ascontiguousarray(rows[a:b].T), scales[a:b], zero_points[a:b], block, b - a, K,
+                   symmetric)
+        return (packed, scales) if symmetric else (packed, scales, zero_points)
+
+    return compute
 
 
 def from_float(ref: TensorRef, bits: int, block_size: int, scale_dtype: str = "F32",
@@ -239,5 +265,5 @@ def from_float(ref: TensorRef, bits: int, block_size: int, scale_dtype: str = "F
     source = cast(ref, scale_dtype)
     K = ref.shape[1]
     return _nbits(source, K, bits, block_size, scale_dtype, None if symmetric else "U8",
-                  _quantizer(bits, block_size, NUMPY_DTYPES[scale_dtype], symmetric))
+                  _quantizer(bits, block_size, K, NUMPY_DTYPES[scale_dtype], symmetric))
 
