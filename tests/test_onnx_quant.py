@@ -16,7 +16,6 @@ from support.cli import run_cli
 from support.quantize import ort_matmulnbits
 from modelport import api
 from modelport.convert.gguf import ggml
-from modelport.convert.onnx import kernels
 from modelport.convert.onnx.nbits import GRIDS, NBits, from_float, from_gguf
 from modelport.formats.errors import BadInput, OutputExists, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef
@@ -159,21 +158,6 @@ def test_parts_read_in_any_order_and_streamed_give_the_same_bytes(wide):
         streamed[i] = b"".join(np.ascontiguousarray(c).tobytes() for c in part.chunks(chunk_bytes=1 << 16))
     assert [streamed[i] for i in range(3)] == expected
     assert not nb.qweight.stored.parts.kept, "parts read in full are not kept"
-
-
-@pytest.mark.parametrize("bits,dtype", [(4, "F32"), (8, "F16")])
-def test_worker_processes_give_the_bytes_of_the_in_process_kernel(wide, monkeypatch, bits, dtype):
-    """Row blocks of POOL_MIN_BYTES and up go to worker processes (the binding holds the GIL): same bytes, all
-    three parts, as quantizing every block here and as onnxruntime's quantizer on the whole weight."""
-    ref = api.load(wide).tensors["lm_head.weight"]  # [32000, 256]: several source row groups
-    here = from_float(ref, bits, 32, dtype)
-    expected = [p.read().tobytes() for p in (here.qweight, here.scales, here.zero_points)]
-    monkeypatch.setattr(kernels, "POOL_MIN_BYTES", 0)
-    pooled = from_float(ref, bits, 32, dtype)
-    assert [p.read().tobytes() for p in (pooled.qweight, pooled.scales, pooled.zero_points)] == expected
-    assert kernels._pool()._processes, "the blocks went to worker processes"
-    want = ort_matmulnbits(ref.read().astype(np.float16 if dtype == "F16" else np.float32), bits, 32)
-    assert [want[k] for k in ("qweight", "scales", "zero_points")] == expected
 
 
 # --- modelport quantize on ONNX models ----------------------------------------------------------------------------
