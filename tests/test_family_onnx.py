@@ -27,8 +27,6 @@ from modelport.validators.runtimes import OnnxRuntime, Transformers
 from support.cli import run_cli
 from support.families import FAMILIES as BUILT
 
-pytest.importorskip("optimum.exporters.onnx")
-
 PROMPT = 40  # tokens of the mixed text
 BOUND = 1e-4  # issue 5's fp32 max |logit diff|
 # samples that differ from tiny.SAMPLES' in config.json only: a LongRoPE switch or a dynamic NTK rope limit near
@@ -47,7 +45,10 @@ def test_every_family_has_a_graph_builder():
 @pytest.fixture
 def builderless(monkeypatch):
     """llama as a family without a graph builder (a plugin's, say), with `limits` its ONNX section gives optimum:
-    what optimum's fallback is for, now that every family of ours has a builder."""
+    what optimum's fallback is for, now that every family of ours has a builder. optimum is an optional extra (it
+    caps transformers below 4.58): without it the tests of the fallback skip."""
+    pytest.importorskip("optimum.exporters.onnx")
+
     def make(*limits):
         arch = archs.for_hf("llama")
         monkeypatch.setitem(archs.registry(), "llama",
@@ -57,7 +58,8 @@ def builderless(monkeypatch):
 
 @pytest.fixture(scope="module")
 def sample(checkpoints, tmp_path_factory):
-    """name (a tiny.SAMPLES name or a VARIANTS key) -> HF folder."""
+    """name (a tiny.SAMPLES name or a VARIANTS key) -> HF folder, for tests of optimum's own exports."""
+    pytest.importorskip("optimum.exporters.onnx")
     made = {}
 
     def get(name: str):
