@@ -167,6 +167,7 @@ class WriteBehind:
 
     def __init__(self, f):
         self.f, self.done = f, f.tell()
+        self.dropped = self.done
 
     def __call__(self) -> None:
         pos = self.f.tell()
@@ -176,8 +177,10 @@ class WriteBehind:
         fd = self.f.fileno()
         if _SYNC_FILE_RANGE is not None:
             _SYNC_FILE_RANGE(fd, self.done, pos - self.done, SYNC_FILE_RANGE_WRITE)
-            if self.done - self.STEP > 0:
-                os.posix_fadvise(fd, 0, self.done - self.STEP, os.POSIX_FADV_DONTNEED)
+            clean = self.done - self.STEP  # written back by now: dropped once, from where the last drop ended
+            if clean > self.dropped:
+                os.posix_fadvise(fd, self.dropped, clean - self.dropped, os.POSIX_FADV_DONTNEED)
+                self.dropped = clean
         elif hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, self.done, pos - self.done, os.POSIX_FADV_DONTNEED)
         self.done = pos
