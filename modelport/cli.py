@@ -94,6 +94,10 @@ def _run_conversion(src: Path, dst: Path, as_json: bool, run) -> None:
         f"{r['bytes_written'] / 1e6:.1f} MB)"))
 
 
+# the ONNX codec's option, which `quantize` takes for a whole ONNX model too
+ACCURACY_LEVEL = codecs.all_options()["accuracy_level"][0][1]
+
+
 def _codec_options(fn):
     """One click option per option any codec declares (convert.codec.all_options): choices where every codec that
     takes it lists them, help naming the formats that take it. The codec checks its own values."""
@@ -138,9 +142,8 @@ def convert(src: Path, dst: Path, to, force, as_json, **options) -> None:
 @click.option("--imatrix", type=click.Path(path_type=Path), help="llama-imatrix importance matrix (.gguf or .dat).")
 @click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), help="ONNX int4 / int8: weights per "
               "scale block (default 32).")
-@click.option("--accuracy-level", type=click.Choice(["0", "1", "2", "3", "4"]), help="ONNX int4 / int8: "
-              "MatMulNBits' accuracy_level, the minimum precision of its activations (0 unset; 1 f32, 2 f16, 3 bf16, "
-              "4 int8: faster on CPU, activations quantized per block).")
+@click.option(ACCURACY_LEVEL.flag, "accuracy_level", type=click.Choice(ACCURACY_LEVEL.choices), help="ONNX int4 / "
+              "int8: MatMulNBits' accuracy_level, as `convert --help` describes it.")
 @click.option("--force", is_flag=True, help="Overwrite DST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
@@ -150,7 +153,7 @@ def quantize(src: Path, dst: Path, quant, to, imatrix, block_size, accuracy_leve
     onnxruntime's quantizers (int4 / int8 weight-only MatMulNBits, or fp16), which hold the whole model in
     memory."""
     options = {"imatrix": imatrix, "block_size": int(block_size) if block_size else None,
-               "accuracy_level": int(accuracy_level) if accuracy_level else None}
+               "accuracy_level": ACCURACY_LEVEL.type(accuracy_level) if accuracy_level else None}
     _run_conversion(src, dst, as_json, lambda progress: api.quantize(src, dst, quant, to, force, progress, **options))
 
 
