@@ -90,7 +90,7 @@ def _tree_rss(pid: int) -> int:
 def run(cmd: list[str], ok: tuple[int, ...] = (0,), stdout: Path | None = None) -> tuple[float, int, int]:
     """Run cmd (stdout to a file when given); return (wall seconds, peak RSS bytes, exit code). The peak is the
     larger of the child's own (os.wait4: not the largest of every child this process ever had) and the sum over the
-    child and its descendants (worker processes), sampled every 50 ms."""
+    child and its descendants (validate's isolated runtimes, the references' own workers), sampled every 50 ms."""
     t0 = time.perf_counter()
     with open(stdout or os.devnull, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
