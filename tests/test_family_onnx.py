@@ -46,8 +46,7 @@ def test_every_family_has_a_graph_builder():
 def builderless(monkeypatch):
     """llama as a family without a graph builder (a plugin's, say), with `limits` its ONNX section gives optimum:
     what optimum's fallback is for, now that every family of ours has a builder. optimum is an optional extra (it
-    caps transformers below 4.58): without it the tests of the fallback skip."""
-    pytest.importorskip("optimum.exporters.onnx")
+    caps transformers below 4.58): its tests are marked `optimum`."""
 
     def make(*limits):
         arch = archs.for_hf("llama")
@@ -59,7 +58,6 @@ def builderless(monkeypatch):
 @pytest.fixture(scope="module")
 def sample(checkpoints, tmp_path_factory):
     """name (a tiny.SAMPLES name or a VARIANTS key) -> HF folder, for tests of optimum's own exports."""
-    pytest.importorskip("optimum.exporters.onnx")
     made = {}
 
     def get(name: str):
@@ -76,6 +74,7 @@ def sample(checkpoints, tmp_path_factory):
     return get
 
 
+@pytest.mark.optimum
 def test_a_family_without_a_builder_goes_through_optimum(builderless, checkpoints, mixed_text, tmp_path):
     builderless()
     src = checkpoints("llama")
@@ -102,6 +101,7 @@ def _stepwise(onnx: OnnxRuntime, ids: list[int]) -> np.ndarray:
     return np.stack(rows)
 
 
+@pytest.mark.optimum
 def test_gguf_source_exports_through_optimum(builderless, checkpoints, mixed_text, tmp_path):
     """A GGUF of a family optimum exports goes the same way (an HF folder written from it first)."""
     builderless()
@@ -118,6 +118,7 @@ def test_gguf_source_exports_through_optimum(builderless, checkpoints, mixed_tex
     assert not list(tmp_path.glob(".modelport-hf-*"))
 
 
+@pytest.mark.optimum
 def test_a_limit_optimum_gets_wrong_is_refused_and_writes_nothing(builderless, checkpoints, tmp_path):
     builderless(ROPE_BY_LENGTH)
     src = tmp_path / "src"
@@ -139,6 +140,7 @@ def _optimum_logits(src, out, ids):
     return OnnxRuntime(out).logits(ids)
 
 
+@pytest.mark.optimum
 @pytest.mark.parametrize("name", ["phi3-longrope64", "gemma-dynamic64"])
 def test_refused_configs_are_wrong_in_optimums_export(name, sample, mixed_text, tmp_path):
     """The refusals are optimum's limits, not modelport's caution: its export computes something else over 96
@@ -151,6 +153,7 @@ def test_refused_configs_are_wrong_in_optimums_export(name, sample, mixed_text, 
     assert diff > BOUND
 
 
+@pytest.mark.optimum
 def test_falcon_new_decoder_fails_in_optimums_trace(sample, tmp_path):
     """Falcon 40B's layout, which falcon's ONNX section says optimum does not export (the builder does; the read-back
     test exports the other samples): optimum's dummy cache has num_kv_heads heads, transformers' num_attention_heads."""

@@ -53,11 +53,10 @@ def _optimum_export(src, out):
 @pytest.fixture(scope="module")
 def exported(checkpoints, tmp_path_factory):
     """family -> (original HF folder, optimum's ONNX export of it), made on first use. optimum is an optional
-    extra (it caps transformers below 4.58): without it the tests of its exports skip, the others run."""
+    extra (it caps transformers below 4.58): the tests of its exports are marked `optimum`."""
     made = {}
 
     def get(family):
-        pytest.importorskip("optimum.exporters.onnx")
         if family not in made:
             src = checkpoints(family)
             made[family] = src, _optimum_export(src, tmp_path_factory.mktemp(f"optimum-{family}"))
@@ -71,6 +70,7 @@ def _tensors(folder):
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
+@pytest.mark.optimum
 @pytest.mark.parametrize("family", EXPORTED_FAMILIES)
 def test_optimum_export_to_safetensors_gives_the_original_tensors(exported, family, tmp_path):
     src, onnx_dir = exported(family)
@@ -87,6 +87,7 @@ def test_optimum_export_to_safetensors_gives_the_original_tensors(exported, fami
     assert json.loads((out / "config.json").read_text())["model_type"] == tiny.SAMPLES[family].family
 
 
+@pytest.mark.optimum
 def test_optimum_export_result_validates_against_the_original(exported, tmp_path, mixed_text):
     src, onnx_dir = exported("llama")
     out = tmp_path / "hf"
@@ -99,6 +100,7 @@ def test_optimum_export_result_validates_against_the_original(exported, tmp_path
     assert report["passed"] and report["overall"]["kl_mean"] == 0, report
 
 
+@pytest.mark.optimum
 def test_optimum_export_to_gguf_runs_in_llama_cpp(exported, tmp_path, mixed_text):
     from modelport.validators.metrics import logit_parity
     from modelport.validators.runtimes import LlamaCpp, Transformers
@@ -116,6 +118,7 @@ def test_optimum_export_to_gguf_runs_in_llama_cpp(exported, tmp_path, mixed_text
     assert parity["kl_mean"] < 1e-4 and parity["top1"] == 1.0, parity
 
 
+@pytest.mark.optimum
 def test_exported_walk_needs_no_node_names(exported):
     """The contract is the structure: with every node and intermediate value renamed, the walk finds the same
     tensors."""
@@ -196,7 +199,7 @@ def test_our_fp32_onnx_to_safetensors_is_bit_identical(family, ops, ours, tmp_pa
 
 # each builder family through our int4 graph, and llama through optimum's export quantized afterwards
 INT4_MADE = [(family, "modelport convert --quant int4") for family in FAMILIES] + [
-    ("llama", "optimum, then modelport quantize int4")]
+    pytest.param("llama", "optimum, then modelport quantize int4", marks=pytest.mark.optimum)]
 
 
 @pytest.mark.parametrize("family,made_by", INT4_MADE)
