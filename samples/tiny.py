@@ -15,6 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from modelport.convert import archs
+from modelport.convert.archs.base import hub_layout
+
 SHAPES = {
     # rows of 64 and 192: not multiples of 256, so llama.cpp's K-quant fallbacks apply
     "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
@@ -114,8 +117,12 @@ def gemma_tokenizer(out: Path) -> Path:
     proto.normalizer_spec.add_dummy_prefix = False
     (out / "tokenizer.model").write_bytes(proto.SerializeToString())
     tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    # Gemma's own tokenizer.json pipeline (transformers 5 saves a Metaspace pre-tokenizer and decoder that prepend
+    # and strip the "▁"; transformers 4 a Prepend normalizer and a Strip decoder)
     tj["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
-    tj["decoder"]["decoders"] = [d for d in tj["decoder"]["decoders"] if d["type"] != "Strip"]
+    tj["pre_tokenizer"] = None
+    tj["decoder"] = {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                                                      {"type": "ByteFallback"}, {"type": "Fuse"}]}
     (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     return out
 
@@ -366,6 +373,10 @@ def make(family: str, out: str | Path, dtype: str = "float32", seed: int = 0, sh
             else:
                 p.copy_(0.05 * torch.randn_like(p))
     model.to(getattr(torch, dtype)).save_pretrained(out)
+    # as the hub's checkpoints are: rope settings at the top, not in transformers 5's rope_parameters
+    saved = json.loads((out / "config.json").read_text())
+    hub = hub_layout(saved, archs.for_hf(saved["model_type"]).t5_names)
+    (out / "config.json").write_text(json.dumps(hub, indent=2, sort_keys=True) + "\n")
     sample.tokenizer(out)
     return out
 

@@ -158,6 +158,8 @@ class Arch:
     derived: tuple[str, ...] = ()  # names extra_tensors may make: skipped on the way back, whatever the config
     hf_defaults: dict[str, Any] = field(default_factory=dict)  # fixed config.json fields for GGUF -> HF
     also_hf_types: tuple[str, ...] = ()  # other model_type values this module reads
+    # config keys transformers 5 saves under another name than the hub's checkpoints: hub name -> transformers 5's
+    t5_names: dict[str, str] = field(default_factory=dict)
     # an HF tensor name as `tensors` spells it, or None for one llama.cpp's converter leaves out (its filter_tensors:
     # BERT's "bert." prefix and pooler); GGUF -> HF gives the canonical names
     canonical: Callable[[str], str | None] = lambda name: name
@@ -258,10 +260,47 @@ QK_UNPERMUTATION = {k: (lambda w, cfg, k=k: unpermute(w, _heads(cfg, k)))
                     for k in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)}
 
 
+# transformers 5 keeps a model's rope in `rope_parameters`, one entry per layer type where they differ (gemma3)
+LAYER_ROPES = {"full_attention": "rope_theta", "sliding_attention": "rope_local_base_freq"}
+HUB_ROPE_KEYS = ("rope_theta", "partial_rotary_factor")  # taken out of rope_parameters to the top level
+# and per rope type: Phi-3's LongRoPE configs keep the switch length beside max_position_embeddings (llama3's keep
+# theirs in rope_scaling)
+HUB_TOP_BY_TYPE = {"longrope": ("original_max_position_embeddings",)}
+T5_ONLY = ("rope_parameters", "ignore_keys_at_rope_validation")
+
+
+def hub_layout(config: dict, t5_names: dict[str, str] | None = None) -> dict:
+    """A config as the hub's checkpoints lay it out (rope_theta, rope_scaling, rope_local_base_freq at the top; a
+    family's keys by their hub names), which llama.cpp's converter, mlx-lm and transformers 4 read, from what
+    transformers 5 saves. transformers 5 reads both layouts; rope_parameters wins where a config holds both, as there."""
+    params = config.get("rope_parameters")
+    cfg = {k: v for k, v in config.items() if k not in T5_ONLY}
+    for hub, renamed in (t5_names or {}).items():
+        if renamed in cfg:
+            value = cfg.pop(renamed)
+            cfg.setdefault(hub, value)
+    if not isinstance(params, dict):
+        return cfg
+    if params.keys() & LAYER_ROPES.keys():
+        for layer_type, key in LAYER_ROPES.items():
+            if "rope_theta" in (params.get(layer_type) or {}):
+                cfg[key] = params[layer_type]["rope_theta"]
+        params = params.get("full_attention") or {}
+    params = dict(params)
+    for key in HUB_ROPE_KEYS + HUB_TOP_BY_TYPE.get(params.get("rope_type", params.get("type")), ()):
+        if key in params:
+            cfg[key] = params.pop(key)
+    cfg["rope_scaling"] = params if params.get("rope_type", params.get("type", "default")) != "default" else None
+    return cfg
+
+
 def rope(config: dict) -> dict:
-    """Rope settings whether the config is transformers 4 style (rope_theta, rope_scaling) or 5 (rope_parameters)."""
-    params = {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
+    """Rope settings (rope_theta and the rope_scaling entries, `rope_type` named so) of a config in either layout."""
+    cfg = hub_layout(config)
+    params = dict(cfg.get("rope_scaling") or {})
     if "type" in params and "rope_type" not in params:
         params["rope_type"] = params["type"]
-    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    params.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    if "partial_rotary_factor" in cfg:
+        params.setdefault("partial_rotary_factor", cfg["partial_rotary_factor"])
     return params

@@ -16,7 +16,7 @@ from gguf import MODEL_TENSOR
 from modelport.formats.errors import BadInput, ModelportError
 from modelport.formats.model import TensorRef
 
-from .base import Arch
+from .base import Arch, hub_layout
 
 # upper bounds well above any published model (Llama 3.1 405B: 126 layers, 128 heads, 16384 hidden, 128256 vocab)
 BOUNDS = {"num_hidden_layers": 1 << 12, "num_attention_heads": 1 << 12, "num_key_value_heads": 1 << 12,
@@ -47,7 +47,7 @@ def normalized(arch: Arch, config: object, where: Path | str | None) -> dict:
         raise BadInput(where, "the model configuration is not a JSON object")
     _check_counts(config, where, required=())  # as given, so the message names the culprit, not what follows
     try:
-        cfg = arch.normalize(config)
+        cfg = arch.normalize(hub_layout(config, arch.t5_names))
     except ModelportError:
         raise
     except KeyError as e:

@@ -2,7 +2,6 @@
 ffn_*_exps and one shared expert behind a sigmoid gate (ffn_*_shexp, ffn_gate_inp_shexp), as convert_hf_to_gguf.py's
 Qwen2MoeModel writes them. llama.cpp's qwen2moe never renormalises the top-k routing weights: norm_topk_prob false."""
 from dataclasses import replace
-from typing import Callable
 
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
@@ -17,8 +16,7 @@ EXPERT_HPARAMS = (
     HParam(Keys.LLM.EXPERT_USED_COUNT, "num_experts_per_tok"),
     HParam(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, "moe_intermediate_size"),
 )
-# config keys transformers 5 saves under another name than the hub's checkpoints (Qwen MoE: num_local_experts)
-RENAMED = {"num_experts": "num_local_experts"}
+T5_NAMES = {"num_experts": "num_local_experts"}  # transformers 5 saves the expert count under mixtral's name
 ATTENTION = tuple(t for t in TENSORS if ".mlp." not in t)
 EXPERTS = {f"{MLP}.experts.{p}.weight": f"{MLP}.experts.{{xid}}.{p}.weight" for p in PROJS}
 
@@ -30,17 +28,6 @@ def experts(**shared) -> Experts:
                    renormalize=lambda cfg: bool(cfg.get("norm_topk_prob")), count=lambda cfg: cfg["num_experts"],
                    every_layer=lambda cfg: not cfg.get("mlp_only_layers") and cfg.get("decoder_sparse_step", 1) == 1,
                    **shared)
-
-
-def normalize(base: Callable[[dict], dict]) -> Callable[[dict], dict]:
-    """`base`, reading either name of a RENAMED key (transformers 4's and the hub's, or transformers 5's)."""
-    def normalized(config: dict) -> dict:
-        cfg = base(config)
-        for key, renamed in RENAMED.items():
-            if cfg.get(key) is None and renamed in cfg:
-                cfg[key] = cfg[renamed]
-        return cfg
-    return normalized
 
 
 def _gate_row(w, cfg):
@@ -56,7 +43,7 @@ ARCH = replace(
         HParam(Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH, "shared_expert_intermediate_size"),),
     tensors=ATTENTION + QKV_BIASES + (f"{MLP}.gate.weight", f"{MLP}.shared_expert_gate.weight") + tuple(
         f"{MLP}.shared_expert.{p}.weight" for p in PROJS),
-    experts=EXPERTS, from_gguf={MODEL_TENSOR.FFN_GATE_INP_SHEXP: _gate_row}, normalize=normalize(QWEN2.normalize),
+    experts=EXPERTS, from_gguf={MODEL_TENSOR.FFN_GATE_INP_SHEXP: _gate_row}, t5_names=T5_NAMES,
     hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False},
     # onnxruntime-genai has no qwen2_moe / qwen3_moe type; its generic decoder type runs the builder's graph (greedy
     # tokens equal transformers', tests/test_onnx_export.py). Our graphs read back by their names; read_back stays

@@ -33,7 +33,7 @@ def _section(chosen: dict[str, tuple[int, int]], entries: dict[str, dict], top: 
     bits, group = top or Counter(chosen.values()).most_common(1)[0][0]
     listed = {**{m: {"group_size": g, "bits": b} for m, (b, g) in chosen.items() if (b, g) != (bits, group)},
               **entries}
-    return {"group_size": group, "bits": bits, "mode": "affine", **dict(sorted(listed.items()))}
+    return {"group_size": group, "bits": bits, "mode": plan.MODE, **dict(sorted(listed.items()))}
 
 
 def to_mlx(model: Model, dtype: str | None, quant: str | None, group: int, path: Path | None = None

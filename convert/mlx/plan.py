@@ -1,4 +1,4 @@
-"""Which layers mlx_lm.convert quantizes, and how (mlx-lm 0.29.1: utils.quantize_model, convert.py
+"""Which layers mlx_lm.convert quantizes, and how (mlx-lm 0.31: utils.quantize_model, convert.py
 mixed_quant_predicate_builder, the models' own quant_predicate), as data and one small function.
 
 A layer is quantized when it is a Linear, Embedding or SwitchLinear (here: a 2-D or stacked 3-D `.weight`) whose
@@ -17,6 +17,7 @@ FAMILY_RULES = {"qwen3_moe": (("mlp.gate", {"group_size": 64, "bits": 8}),)}
 # mixed recipes give these layers more bits where a layer uses more bits (llama.cpp's Q4_K_M choices), lm_head always
 MORE_BITS = ("v_proj", "v_a_proj", "v_b_proj", "down_proj")
 HEAD = "lm_head"
+MODE = "affine"  # mlx's quantization mode for integer bits with scales and biases, the one mlx-lm's recipes use
 
 
 RECIPE_TOP_BITS = 4  # mlx_lm.convert's --q-bits default, written as the top-level bits under a recipe
@@ -40,7 +41,7 @@ def _recipe(quant: str, group: int, modules: list[str], n_layers: int):
         index = int(parts[where]) if len(parts) > where else 0
         more = index < n_layers // 8 or index >= 7 * n_layers // 8 or (index - n_layers // 8) % 3 == 2
         bits = high if ((more and any(k in path for k in MORE_BITS)) or HEAD in path) else low
-        return {"group_size": group, "bits": bits}
+        return {"group_size": group, "bits": bits, "mode": MODE}  # mlx-lm 0.30+ names the mode per layer
 
     return params
 
