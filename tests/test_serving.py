@@ -21,14 +21,18 @@ from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp 
 from safetensors.numpy import load_file as load_np  # noqa: E402
 from safetensors.numpy import save_file as save_np  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from modelport import api  # noqa: E402
 from modelport.cli import main as cli  # noqa: E402
 from modelport.convert import dtypes  # noqa: E402
+from modelport.formats.errors import Unsupported  # noqa: E402
 
 CT = "compressed-tensors"
 FAMILIES = ("llama", "qwen2", "mistral", "mixtral")
+# transformers 5 fuses MoE experts and leaves per-expert compressed weights unloaded: validate refuses to run them
+UNLOADED_BY_TRANSFORMERS_5 = {"mixtral"}
 # scheme id -> (--quant, --group-size, the tiny shape whose rows the group size divides)
 SCHEMES = {"W4A16-g128": ("W4A16", 128, "g128"), "W8A16-g32": ("W8A16", 32, "tiny")}
 Q8_TIER = dict(max_kl=0.02, min_top1=0.95, max_ppl_ratio=1.05)  # validate's q8 tier, for float candidates
@@ -41,8 +45,22 @@ def texts(mixed_text):
 
 def library_compressed(src: Path, qconfig: dict) -> dict[str, torch.Tensor]:
     """What compressed-tensors itself writes for `src` under `qconfig`: the float model with the config applied,
-    each module's scale and zero point from the library's own min/max over groups, compressed by ModelCompressor."""
+    each module's scale and zero point from the library's own min/max over groups, compressed by ModelCompressor.
+    transformers 5 fuses a layer's MoE experts into 3-D parameters, which `targets: [Linear]` does not match: the
+    experts are compressed as the nn.Linear modules they are in the hub's layout (and in vLLM), one per expert; its
+    renamed router stays the float tensor it is."""
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    hub = load_file(src / "model.safetensors")
+    renamed = {n: w for n, w in hub.items() if n not in model.state_dict()}
+    state = _compressed(model, qconfig)
+    if renamed:
+        state = {n: t for n, t in state.items() if n in hub or n.rsplit(".", 1)[0] + ".weight" in hub}
+        experts = {n: w for n, w in renamed.items() if ".experts." in n}
+        state |= _compressed(_linears(experts), qconfig) | {n: w for n, w in renamed.items() if n not in experts}
+    return state
+
+
+def _compressed(model: torch.nn.Module, qconfig: dict) -> dict[str, torch.Tensor]:
     qc = QuantizationConfig.model_validate({k: v for k, v in qconfig.items() if k in QuantizationConfig.model_fields})
     apply_quantization_config(model, qc)
     with torch.no_grad():
@@ -56,6 +74,22 @@ def library_compressed(src: Path, qconfig: dict) -> dict[str, torch.Tensor]:
                 module.weight_zero_point.data = zero_point.to(module.weight_zero_point.dtype)
     ModelCompressor(quantization_config=qc).compress_model(model)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _linears(weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A module tree holding an nn.Linear (no bias) at each weight's path."""
+    root = torch.nn.Module()
+    for name, w in weights.items():
+        *path, leaf = name.removesuffix(".weight").split(".")
+        parent = root
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, torch.nn.Module())
+            parent = getattr(parent, part)
+        linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        linear.weight.data = w.clone()
+        parent.add_module(leaf, linear)
+    return root
 
 
 def decompressed(model) -> dict[str, torch.Tensor]:
@@ -87,7 +121,10 @@ def test_hf_to_compressed_tensors(checkpoints, tmp_path, family, scheme, texts):
             theirs[name].view(torch.uint8 if t.dtype.itemsize == 1 else torch.int16 if t.dtype.itemsize == 2 else
                               torch.int32 if t.dtype.itemsize == 4 else torch.int64)), name
     assert set(theirs) - set(ours) <= {"lm_head.weight"}  # tied: stored once, as save_pretrained does
-    if quant == "W8A16":  # random tiny weights make 4-bit error large: W4A16 is held to byte identity
+    if family in UNLOADED_BY_TRANSFORMERS_5 and int(transformers.__version__.split(".")[0]) >= 5:
+        with pytest.raises(Unsupported, match="finds .* of its weights nowhere in this checkpoint"):
+            api.validate(src, out, texts=texts)
+    elif quant == "W8A16":  # random tiny weights make 4-bit error large: W4A16 is held to byte identity
         report = api.validate(src, out, texts=texts)
         assert report.passed and report.tier == "q8", report.failed_gates
     else:

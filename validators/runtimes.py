@@ -108,8 +108,14 @@ class Transformers:
         torch, transformers = _torch()
         self.torch = torch
         config = transformers.AutoConfig.from_pretrained(path)
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=torch.float32, attn_implementation=_attention(config)).eval()
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=torch.float32, attn_implementation=_attention(config), output_loading_info=True)
+        if missing := sorted(info["missing_keys"]):
+            # transformers initialises what it did not find at random: such a run proves nothing (transformers 5
+            # fuses a layer's MoE experts and does not load per-expert compressed-tensors weights into them)
+            raise Unsupported(path, f"transformers {transformers.__version__} finds {len(missing)} of its weights "
+                                    f"nowhere in this checkpoint (such as {missing[0]}), so it cannot run it")
+        self.model = model.eval()
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:

@@ -17,7 +17,7 @@ from compressed_tensors.quantization.utils import calculate_qparams
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
-from modelport.convert import dtypes
+from modelport.convert import archs, dtypes, experts
 from modelport.formats.errors import RuntimeMissing, Unsupported
 from modelport.formats.model import NUMPY_DTYPES, Model, TensorRef
 
@@ -50,7 +50,11 @@ def linear_modules(config: dict, path: Path | None) -> list[str]:
         raise Unsupported(path, f"transformers does not know this model type: {e}") from None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config)
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    # each expert's projections too: nn.Linear modules in the hub's per-expert layout that vLLM / SGLang load, though
+    # transformers 5 fuses a layer's experts into one module of 3-D parameters
+    family = archs.registry().get(config.get("model_type"))
+    per_expert = [n.removesuffix(".weight") for n in experts.per_expert(family, config)] if family else []
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)] + per_expert
 
 
 def _float_weight(ref: TensorRef) -> torch.Tensor:
