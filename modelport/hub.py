@@ -39,7 +39,10 @@ def snapshot(ref: str) -> Path:
                                                 "the hub cannot be reached (HF_HUB_OFFLINE or no network)"),
                (errors.HfHubHTTPError, "hub request failed")]
     try:
-        return Path(huggingface_hub.snapshot_download(repo, revision=revision, ignore_patterns=IGNORE))
+        # local_files_only as HF_HUB_OFFLINE says: huggingface_hub 1.x asks the hub for a commit hash's file list
+        # even when offline, and fails on a snapshot its cache holds
+        return Path(huggingface_hub.snapshot_download(repo, revision=revision, ignore_patterns=IGNORE,
+                                                      local_files_only=huggingface_hub.constants.HF_HUB_OFFLINE))
     except tuple(kind for kind, _ in reasons) as e:
         why = next(reason for kind, reason in reasons if isinstance(e, kind))
         raise BadInput(ref, why) from None
