@@ -24,7 +24,8 @@ from pathlib import Path
 from common import (MODELS, OUT, REPO, SHAPE, dir_bytes, ensure_model, load_average, log, machine, modelport_cmd,
                     parser, run)
 
-REF_PYTHON = Path(__file__).resolve().parent / ".venv-ref" / "bin" / "python"
+# optimum-onnx caps transformers below 4.58, so its CLI lives in the environment `make test` keeps for it
+OPTIMUM_CLI = REPO / ".venv-optimum" / "bin" / "optimum-cli"
 WALL_TARGET_S = 20.0
 RSS_TARGET_BYTES = 1.5e9
 
@@ -49,7 +50,7 @@ def jobs(src, a) -> list[tuple[str, list[str], bool]]:
     ]
     if not a.no_optimum:
         refs.append(("optimum-cli export onnx (fp32)",
-                     [str(Path(sys.executable).with_name("optimum-cli")), "export", "onnx", "--model", str(src), "--task",
+                     [str(a.optimum_cli), "export", "onnx", "--model", str(src), "--task",
                       "text-generation-with-past", str(OUT / "optimum")], False))
     return ours + refs
 
@@ -58,9 +59,10 @@ def main() -> None:
     ap = parser(__doc__, keep=True)
     ap.add_argument("--no-reference", action="store_true", help="time modelport only")
     ap.add_argument("--no-optimum", action="store_true", help="skip optimum's exporter (about 2 minutes, 12 GB)")
-    ap.add_argument("--ref-python", type=Path, default=REF_PYTHON if REF_PYTHON.exists() else Path(sys.executable),
-                    help="python with onnxruntime-genai and the transformers its builder imports (default: "
-                         "bench/.venv-ref if present; see bench/README.md)")
+    ap.add_argument("--ref-python", type=Path, default=Path(sys.executable),
+                    help="python with onnxruntime-genai and the transformers 5 its builder imports (default: this one)")
+    ap.add_argument("--optimum-cli", type=Path, default=OPTIMUM_CLI,
+                    help="optimum-cli with transformers < 4.58 (default: .venv-optimum's, which `make test` sets up)")
     ap.add_argument("--reps", type=int, default=1, help="rounds of every run; the best wall and largest peak count")
     a = ap.parse_args()
 
