@@ -14,6 +14,7 @@ OPTIONS = "modelport.options"
 HASHES = "modelport.source.sha256"  # written late: the source hashes are computed while the output streams
 ARCH = "modelport.arch"  # the HF model_type, where the format has no architecture key of its own
 CONFIG = "modelport.source.config"  # the source config.json, for what a format's own keys cannot say
+CONFIG_REBUILT = "modelport.source.config_rebuilt_from"  # the file a source without config.json had it rebuilt from
 SENTENCE_TRANSFORMERS = "modelport.source.sentence_transformers"  # {relative path: file text} of the source folder
 EXPORTER = "modelport.exporter"  # who built an ONNX graph when it was not modelport's builder
 

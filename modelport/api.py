@@ -68,7 +68,7 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, force: bool
     codec = codecs.for_output(dst, to)
     given = codecs.parse_options(codec, options, dst)  # bad options fail before any reading
     model = load(src)
-    prov = provenance.record(model.metadata["format"], {"to": to, **given})
+    prov = provenance.record(model.metadata["format"], {"to": to, **given}) | model.metadata.get("provenance", {})
     with protecting([src, *model.metadata["source_files"]]):  # --force never replaces what is being read
         result = _write(model, codec, dst, given, force, prov, SourceHashes(model.metadata["source_files"]),
                         progress)

@@ -41,8 +41,9 @@ from modelport.convert.archs import dims
 from modelport.convert.archs.base import Decoder
 from modelport.convert.dtypes import FLOATS, cast
 from modelport.convert.gguf import sentence_transformers
-from modelport.convert.onnx import qdq
+from modelport.convert.onnx import genai_config, qdq
 from modelport.convert.provenance import CONFIG as CONFIG_KEY
+from modelport.convert.provenance import CONFIG_REBUILT
 
 # families whose block the walk knows: norm, attention (q, k, v, o), norm, gated MLP, with llama's tensor names
 QWEIGHT = ".qweight"  # contract: HF `X.weight` as MatMulNBits is `X.weight.qweight`, `.scales`, `.zero_points`
@@ -53,7 +54,10 @@ WEIGHTED = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1}  # op -> input slot of its
 AS_HF, TRANSPOSED, NBITS = "hf", "transposed", "nbits"
 NORM = "norm"  # a norm's scale: w, or for a family whose norms apply (offset + w) the exporter's folded offset + w
 DEQUANTIZED = {"qdq-hf": AS_HF, "qdq-transposed": TRANSPOSED}  # a DequantizeLinear's weight, then laid out as named
-NORM_OPS = {"SimplifiedLayerNormalization": 1, "RMSNormalization": 1, "LayerNormalization": 1}  # op -> scale slot
+NORM_OPS = {"SimplifiedLayerNormalization": 1, "RMSNormalization": 1, "LayerNormalization": 1,  # op -> scale slot
+            "SkipSimplifiedLayerNormalization": 2, "SkipLayerNormalization": 2}
+# norms that add their inputs 0 and 1 first (the residual, output 3) and normalise the sum (output 0)
+SKIP_NORMS = {"SkipSimplifiedLayerNormalization", "SkipLayerNormalization"}
 # RMSNorm pieces, and the Reshape of our graphs' embedding to rows before the first norm
 NORM_PATH = {"Cast", "Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Identity", "Reshape"}
 FUSED_ATTENTION = {"Attention", "GroupQueryAttention", "MultiHeadAttention"}  # inputs 0, 1, 2 = q, k, v
@@ -61,6 +65,7 @@ ACTIVATIONS = {"Sigmoid", "Tanh", "Erf", "Relu", "Gelu", "FastGelu", "QuickGelu"
                "Softplus", "Elu", "Selu", "Mish"}
 LAYOUT_OPS = {"Cast", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Slice"}  # between a norm and its products
 METADATA_OPS = {"Shape", "Size"}  # their outputs are sizes, not values: the walk never goes through them
+PACKED = ("q_proj", "k_proj", "v_proj")  # a packed projection's rows, as onnxruntime-genai's builder packs them
 ATTENTION_SLOTS = {("scores", 0): "q_proj", ("scores", 1): "k_proj", ("context", 1): "v_proj", ("fused", 0): "q_proj",
                    ("fused", 1): "k_proj", ("fused", 2): "v_proj"}
 QK_NORMS = {"q_proj": "q_norm", "k_proj": "k_norm"}  # qwen3's per-head norms between a projection and attention
@@ -145,16 +150,22 @@ class _Graph:
 
     # --- what a node is
     def table(self, node) -> tuple[str, str] | None:
-        """(initializer, layout) of an embedding lookup: a Gather's float table, or the MatMulNBits blobs a
-        GatherBlockQuantized reads (through a Reshape to rows), as a tied int4 embedding is stored (ours,
-        onnxruntime-genai's shared embeddings)."""
+        """(initializer, layout) of an embedding lookup: a Gather's float table (or the Transpose of a tied LM
+        head's, onnxruntime-genai's float tied embeddings), or the MatMulNBits blobs a GatherBlockQuantized reads
+        (through a Reshape to rows), as a tied int4 embedding is stored (ours, onnxruntime-genai's shared
+        embeddings)."""
         data = node.input[0] if node.input else ""
-        if node.op_type == "GatherBlockQuantized" and data in self.producer:
+        layout = AS_HF if node.op_type == "Gather" else NBITS
+        if data in self.producer:
             src = self.nodes[self.producer[data]]
-            data = src.input[0] if src.op_type == "Reshape" else data
+            if node.op_type == "GatherBlockQuantized" and src.op_type == "Reshape":
+                data = src.input[0]
+            elif node.op_type == "Gather" and src.op_type == "Transpose" and src.input[0] in self.inits and \
+                    next((list(a.ints) for a in src.attribute if a.name == "perm"), [1, 0]) == [1, 0]:
+                data, layout = src.input[0], TRANSPOSED  # the LM head's [K, N] weight, shared (genai's tied)
         if data not in self.inits or node.op_type not in ("Gather", "GatherBlockQuantized"):
             return None
-        return data, AS_HF if node.op_type == "Gather" else NBITS
+        return data, layout
 
     def weight(self, node) -> tuple[str, str] | None:
         """(initializer, layout) of a weighted node: MatMul's B is [K, N] unless it is a Transpose of the HF
@@ -213,6 +224,7 @@ class _Walk:
     def __init__(self, graph: _Graph, path: Path, decoder: Decoder):
         self.g, self.path, self.d = graph, path, decoder
         self.names: dict[str, tuple[str, str]] = {}
+        self.parts: dict[str, tuple[int, int]] = {}  # HF name -> its rows of a packed initializer
 
     def _not_weighted(self, node) -> bool:
         return self.g.weight(node) is None
@@ -250,9 +262,13 @@ class _Walk:
         return self.g.first(x, lambda n, s: self.g.weight(n) is not None, lambda n: True, what, self.path)[0]
 
     def _residual(self, x: str, what: str) -> str:
-        i, _ = self.g.first(x, lambda n, s: n.op_type == "Add" and all(self.g.computed(y) for y in n.input),
-                            self._not_weighted, what, self.path)
-        return self.g.nodes[i].output[0]
+        """The residual sum after `x`: an Add of two computed tensors (its output), or a skip norm that adds `x` in
+        (the tensor entering it, from which _norm finds that norm)."""
+        i, slot = self.g.first(x, lambda n, s: (n.op_type in SKIP_NORMS and s < 2) or
+                               (n.op_type == "Add" and all(self.g.computed(y) for y in n.input)),
+                               self._not_weighted, what, self.path)
+        node = self.g.nodes[i]
+        return node.input[slot] if node.op_type in SKIP_NORMS else node.output[0]
 
     def _attention(self, x: str, prefix: str) -> str:
         roles, context = {}, None
@@ -263,6 +279,8 @@ class _Walk:
                 continue
             if len(set(self.d.qkv)) == 1:  # one fused projection: q, k and v all come from it
                 return self._fused_attention(i, hits, prefix)
+            if self._packed(hits):
+                return self._packed_attention(i, hits, prefix)
             j, slot = self.g.first(out, lambda n, s: self.g.attention_use(n, s) is not None, self._not_weighted,
                                    f"attention input of {prefix}", self.path)
             use = self.g.attention_use(self.g.nodes[j], slot)
@@ -284,6 +302,49 @@ class _Walk:
         for role, i in roles.items():
             self._linear(i, f"{prefix}.{role}")
         return self._linear(self._next_weighted(context, f"o_proj of {prefix}"), f"{prefix}.{self.d.attention[1]}")
+
+    def _packed(self, hits: list[tuple[int, int]]) -> bool:
+        """One projection for q, k and v of a family whose checkpoint has three: it enters one fused attention op at
+        q, k and v (through a Split), or at q alone with k and v left empty (packed, onnxruntime-genai's)."""
+        nodes = {j for j, _ in hits}
+        if len(nodes) != 1 or self.g.nodes[hits[0][0]].op_type not in FUSED_ATTENTION:
+            return False
+        node, slots = self.g.nodes[hits[0][0]], {slot for _, slot in hits}
+        return slots == {0, 1, 2} or (slots == {0} and len(node.input) > 2 and not node.input[1] and
+                                      not node.input[2])
+
+    def _packed_attention(self, i: int, hits: list[tuple[int, int]], prefix: str) -> str:
+        """q, k and v as row ranges of the packed weight (and bias): num_heads, then kv_num_heads twice, heads of
+        equal size; qwen3's per-head norms told by the slot they reach."""
+        attention = self.g.nodes[hits[0][0]]
+        attrs = {a.name: a.i for a in attention.attribute}
+        heads, kv = attrs.get("num_heads", 0), attrs.get("kv_num_heads") or attrs.get("num_heads", 0)
+        packed = f"{prefix}.qkv"
+        self._linear(i, packed)
+        init, layout = self.names[packed + ".weight"]
+        rows = _hf_ref(self.g, init, layout, self.path).shape[0]
+        if not heads or rows % (heads + 2 * kv):
+            raise Unsupported(self.path, f"ONNX graph: the packed projection of {prefix} ({rows} rows) is not "
+                                         f"{heads} query and 2 x {kv} key/value heads of one size")
+        size = rows // (heads + 2 * kv)
+        bounds = np.cumsum([0, heads * size, kv * size, kv * size])
+        for kind in (".weight", ".bias"):
+            if packed + kind in self.names:
+                whole = self.names.pop(packed + kind)
+                for role, start, stop in zip(PACKED, bounds, bounds[1:]):
+                    self.names[f"{prefix}.{role}{kind}"] = whole
+                    self.parts[f"{prefix}.{role}{kind}"] = (int(start), int(stop))
+        out = self.g.nodes[i].output[0]
+        for j, _ in self.g.reach(out, lambda n, s: self.g.norm_scale(n) is not None,
+                                 lambda n: self._not_weighted(n) and n.op_type not in FUSED_ATTENTION):
+            norm = self.g.nodes[j]
+            slots = [s for k, s in self.g.reach(norm.output[0], lambda n, s: n.op_type in FUSED_ATTENTION,
+                                                self._not_weighted) if k == hits[0][0]]
+            role = PACKED[slots[0]] if slots and slots[0] < len(PACKED) else None
+            if role in QK_NORMS:
+                self.names[f"{prefix}.{QK_NORMS[role]}.weight"] = (self.g.norm_scale(norm), NORM)
+        return self._linear(self._next_weighted(attention.output[0], f"o_proj of {prefix}"),
+                            f"{prefix}.{self.d.attention[1]}")
 
     def _fused_attention(self, i: int, hits: list[tuple[int, int]], prefix: str) -> str:
         """The one projection whose output is q, k and v (falcon's query_key_value), and the output projection
@@ -461,14 +522,23 @@ def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, hf_names: set[
         walked = sorted(a.name for a in archs.registry().values() if a.onnx.read_back)
         raise Unsupported(path, f"reading an exported {arch.name} ONNX model back is not supported; the graph walk "
                                 f"knows {', '.join(walked)}")
-    names = _Walk(graph, path, arch.onnx.decoder).run(cfg["num_hidden_layers"], arch.onnx.decoder.norms(cfg))
+    walk = _Walk(graph, path, arch.onnx.decoder)
+    names = walk.run(cfg["num_hidden_layers"], arch.onnx.decoder.norms(cfg))
     # the HF checkpoint stores a tied weight once, as the embedding; a family without an lm_head (gemma's, whose
     # config.json leaves its tie_word_embeddings default out) has the exporter's copy of the embedding as its head
     if cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in hf_names:
         names.pop("lm_head.weight", None)
     offset = arch.onnx.decoder.norm_offset
-    return {hf: _norm_ref(graph.inits[init], offset) if layout == NORM else _hf_ref(graph, init, layout, path)
-            for hf, (init, layout) in names.items()}
+    return {hf: _norm_ref(graph.inits[init], offset) if layout == NORM else
+            _rows(_hf_ref(graph, init, layout, path), walk.parts.get(hf)) for hf, (init, layout) in names.items()}
+
+
+def _rows(ref: TensorRef, part: tuple[int, int] | None) -> TensorRef:
+    """Rows start:stop of an HF-laid tensor (q, k or v of a packed projection), lazily; all of it without a part."""
+    if part is None:
+        return ref
+    start, stop = part
+    return ref.map(lambda a: a[start:stop], shape=(stop - start,) + ref.shape[1:])
 
 
 def _norm_ref(ref: TensorRef, offset: float) -> TensorRef:
@@ -479,24 +549,41 @@ def _norm_ref(ref: TensorRef, offset: float) -> TensorRef:
     return ref.map(lambda a: (a.astype(np.float32) - np.float32(offset)).astype(a.dtype))
 
 
-def _config(contents: OnnxContents, folder: Path) -> dict:
+def _config(contents: OnnxContents, folder: Path, graph: _Graph, path: Path) -> tuple[object, bool]:
+    """The source config: recorded in our graphs' metadata, config.json beside the model, or rebuilt from
+    onnxruntime-genai's genai_config.json and the graph (then True)."""
     if CONFIG_KEY in contents.metadata:
-        return jsonfile.loads(contents.metadata[CONFIG_KEY], contents.path, f"metadata {CONFIG_KEY}")
-    if not os.path.lexists(folder / "config.json"):  # a well-formed model we cannot map: whose config is not said
-        raise Unsupported(contents.path, "no config.json beside the model and none recorded in its metadata; "
-                                         "modelport needs the Hugging Face config to read ONNX back")
-    return jsonfile.load(folder / "config.json", folder)
+        return jsonfile.loads(contents.metadata[CONFIG_KEY], contents.path, f"metadata {CONFIG_KEY}"), False
+    if os.path.lexists(folder / "config.json"):
+        return jsonfile.load(folder / "config.json", folder), False
+    genai = genai_config.load(folder)
+    if genai is None:  # a well-formed model we cannot map: whose config is not said
+        raise Unsupported(contents.path, "no config.json (or genai_config.json) beside the model and none recorded "
+                                         "in its metadata; modelport needs the Hugging Face config to read ONNX back")
+    return _genai_config(genai, graph, folder, path), True
+
+
+def _genai_config(genai: dict, graph: _Graph, folder: Path, path: Path) -> dict:
+    """config.json rebuilt for an onnxruntime-genai builder's folder: genai_config.json's fields, then a walk of the
+    graph for what only the graph says (the MLP width, whether the embedding is the LM head's)."""
+    arch = genai_config.family(genai, folder / genai_config.FILE)
+    cfg = genai_config.partial(genai, arch, folder)
+    d = arch.onnx.decoder
+    names = _Walk(graph, path, d).run(cfg["num_hidden_layers"], d.norms(cfg))
+    up = names[f"{d.layers}.0.{d.mlp_module}.{d.mlp[1]}.weight"]
+    tied = names[f"{d.embed}.weight"] == names.get("lm_head.weight")
+    return genai_config.rebuilt(cfg, _hf_ref(graph, *up, path).shape[0], tied, graph.nodes, graph.inits, path)
 
 
 def from_onnx(contents: OnnxContents, path: Path) -> Model:
     """The pivot from an ONNX model's native view; weights stay lazy (transposes and dequantization on read)."""
     folder = contents.path.parent
-    cfg = _config(contents, folder)
+    graph = _Graph.of(contents)
+    cfg, rebuilt = _config(contents, folder, graph, path)
     if not isinstance(cfg, dict):
         raise BadInput(contents.path, "its config is not a JSON object")
     arch = archs.for_hf(cfg.get("model_type", ""), path)
     norm = dims.normalized(arch, cfg, path)
-    graph = _Graph.of(contents)
     hf_names = set(arch.name_map(norm["num_hidden_layers"], norm)) | set(experts.per_expert(arch, norm))
     own = CONFIG_KEY in contents.metadata
     if own:  # in the graph's order, the source's
@@ -508,6 +595,7 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
         raise Unsupported(path, f"tensor {unknown[0]!r} has no place in the {arch.name} family")
     first = next((r for r in tensors.values() if len(r.shape) > 1), None)
     config_file = [] if own or not (folder / "config.json").is_file() else [folder / "config.json"]
+    config_file += [folder / genai_config.FILE] if rebuilt else []
     gen = folder / "generation_config.json"
     return Model(arch=arch.name, config=cfg, tensors=tensors,
                  tokenizer=inputs.side_files(folder, TOKENIZER_FILES),
@@ -516,4 +604,6 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
                            "dtype": first.result_dtype if first is not None and first.result_dtype in FLOATS
                            else None,
                            # an encoder's sentence-transformers files, which its graph's metadata carries (checked)
-                           "sentence_transformers": sentence_transformers.carried(contents.metadata)})
+                           "sentence_transformers": sentence_transformers.carried(contents.metadata),
+                           # keys for the output's provenance: where its config.json came from
+                           "provenance": {CONFIG_REBUILT: genai_config.FILE} if rebuilt else {}})

@@ -1,0 +1,159 @@
+"""The Hugging Face config.json of an ONNX folder written by onnxruntime-genai's model builder, rebuilt: the builder
+keeps no config.json, only genai_config.json (family, sizes, heads, vocab, context, special token ids), and the graph
+says the rest (the MLP width by its weights, rms_norm_eps by the norms' epsilon, tied embeddings by a Gather over the
+LM head's Transpose, sliding windows by attention's local_window_size, rope_theta by the cos/sin caches).
+
+The rope is trusted only when the caches the builder computes from the recovered rope_theta equal the stored ones
+bit for bit; scaled ropes (llama3, LongRoPE, YaRN) cannot be told from their caches and are refused, never guessed.
+The caches are recomputed with torch, as the builder computes them: numpy's float32 cos and pow differ from torch's
+in the last bit."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from modelport.formats import jsonfile
+from modelport.formats.errors import BadInput, RuntimeMissing, Unsupported
+from modelport.formats.model import TensorRef
+
+from modelport.convert import archs
+
+FILE = "genai_config.json"
+# genai_config.json "model" -> config.json fields it says outright (decoder section, then the model section)
+DECODER_FIELDS = {"hidden_size": "hidden_size", "num_attention_heads": "num_attention_heads",
+                  "num_key_value_heads": "num_key_value_heads", "head_size": "head_dim",
+                  "num_hidden_layers": "num_hidden_layers"}
+MODEL_FIELDS = {"vocab_size": "vocab_size", "context_length": "max_position_embeddings", "bos_token_id": "bos_token_id",
+                "eos_token_id": "eos_token_id", "pad_token_id": "pad_token_id"}
+# op -> input slots of its cos and sin caches (GroupQueryAttention rotates when do_rotary is set)
+ROPE_CACHES = {"GroupQueryAttention": (7, 8), "RotaryEmbedding": (2, 3)}
+NORMS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "LayerNormalization",
+         "SkipLayerNormalization"}
+DEFAULT_EPSILON = 1e-5  # the contrib norm ops' default epsilon
+MAX_DIGITS = 9  # a float32 theta round-trips through 9 significant digits
+
+
+def load(folder: Path) -> dict | None:
+    """genai_config.json's "model" section, or None without the file."""
+    path = folder / FILE
+    if not os.path.lexists(path):
+        return None
+    data = jsonfile.load(path, folder)
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("decoder"), dict):
+        raise BadInput(path, "no \"model\" section with a \"decoder\" in it")
+    return model
+
+
+def family(genai: dict, path: Path) -> archs.Arch:
+    """The family the builder named: its type is the HF architecture class up to "For", lowercased."""
+    kind = genai.get("type")
+    found = [a for a in archs.registry().values() if a.onnx.read_back and a.hf_class.split("For")[0].lower() == kind]
+    if not found:
+        raise Unsupported(path, f"onnxruntime-genai model type {kind!r}: no family whose graph modelport reads back")
+    return found[0]
+
+
+def partial(genai: dict, arch: archs.Arch, path: Path) -> dict:
+    """The config.json fields genai_config.json says."""
+    decoder = genai["decoder"]
+    missing = [k for k in DECODER_FIELDS if k not in decoder] + [k for k in ("vocab_size", "context_length")
+                                                                 if k not in genai]
+    if missing:
+        raise BadInput(path / FILE, f"genai_config.json has no {missing[0]!r}")
+    cfg = {"architectures": [arch.hf_class], "model_type": arch.name, **arch.hf_defaults}
+    cfg |= {hf: decoder[k] for k, hf in DECODER_FIELDS.items()}
+    cfg |= {hf: genai[k] for k, hf in MODEL_FIELDS.items() if genai.get(k) is not None}
+    return cfg
+
+
+def epsilon(nodes: list, path: Path) -> float:
+    """The one epsilon of the graph's norms, as the decimal it was written as (the attribute is float32)."""
+    found = {next((a.f for a in n.attribute if a.name == "epsilon"), DEFAULT_EPSILON) for n in nodes
+             if n.op_type in NORMS}
+    if len(found) != 1:
+        raise Unsupported(path, f"ONNX graph: its norms have {len(found)} epsilon values; expected one")
+    return float(str(np.float32(found.pop())))
+
+
+def sliding_window(nodes: list, path: Path) -> int | None:
+    """Attention's local_window_size (-1 or absent: none); one value for every layer."""
+    found = {next((a.i for a in n.attribute if a.name == "local_window_size"), -1) for n in nodes
+             if n.op_type == "GroupQueryAttention"}
+    if len(found) > 1:
+        raise Unsupported(path, "ONNX graph: layers with different attention windows are not read back")
+    window = found.pop() if found else -1
+    return None if window < 0 else window
+
+
+def rope_caches(nodes: list, inits: dict[str, TensorRef], path: Path) -> tuple[TensorRef, TensorRef]:
+    """The one pair of cos/sin cache initializers the rotations read."""
+    pairs = set()
+    for n in nodes:
+        slots = ROPE_CACHES.get(n.op_type)
+        if slots and len(n.input) > slots[1] and n.input[slots[0]] and n.input[slots[1]]:
+            pairs.add((n.input[slots[0]], n.input[slots[1]]))
+    if len(pairs) != 1 or not all(x in inits for x in next(iter(pairs))):
+        raise Unsupported(path, f"ONNX graph: {len(pairs)} pairs of rotary cos/sin caches; expected one pair of "
+                                "initializers")
+    cos, sin = (inits[x] for x in pairs.pop())
+    return cos, sin
+
+
+def _caches(theta: float, dim: int, length: int):
+    """cos and sin caches [length, dim / 2] as the builder computes them (make_rotary_embedding_caches_from_scratch:
+    the halves of cat(freqs, freqs), float32)."""
+    import torch
+
+    inv_freq = 1.0 / (1 * (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)))
+    t = torch.arange(length, dtype=torch.int64).type_as(inv_freq)
+    emb = torch.cat((torch.outer(t, inv_freq),) * 2, dim=-1)
+    return (emb.cos() * 1)[:, :dim // 2].numpy(), (emb.sin() * 1)[:, :dim // 2].numpy()
+
+
+def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path) -> float:
+    """rope_theta from the caches: the angles at position 1 are the inverse frequencies theta^(-2i/dim); the
+    shortest decimal whose recomputed caches equal the stored ones bit for bit, else Unsupported."""
+    try:
+        import torch  # noqa: F401  (the builder's arithmetic, to compare bit for bit)
+    except ImportError:
+        raise RuntimeMissing(path, "reading onnxruntime-genai's rope caches back needs torch") from None
+    cos, sin = cos_ref.read(), sin_ref.read()
+    length, half = cos.shape if cos.ndim == 2 else (0, 0)
+    if cos.shape != sin.shape or length < 2 or 2 * half != head_dim:
+        raise Unsupported(path, f"rotary caches {list(cos.shape)} do not rotate whole heads of {head_dim}: partial "
+                                "rotary embeddings are not read back")
+    angles = np.arctan2(sin[1].astype(np.float64), cos[1].astype(np.float64))
+    i = np.arange(1, half)
+    fitted = float(np.exp(np.mean(-np.log(angles[1:]) * head_dim / (2 * i)))) if half > 1 and (angles > 0).all() \
+        else 0.0
+    for digits in range(1, MAX_DIGITS + 1):
+        theta = float(f"{fitted:.{digits}g}") if fitted > 1 else 0.0
+        if theta <= 1:
+            break
+        c, s = _caches(theta, head_dim, length)
+        if c.astype(cos.dtype).tobytes() == cos.tobytes() and s.astype(sin.dtype).tobytes() == sin.tobytes():
+            return float(theta) if theta != int(theta) else float(int(theta))
+    raise Unsupported(path, "the rotary cos/sin caches are not an unscaled rope of any rope_theta (llama3, "
+                            "LongRoPE or YaRN scaling?): the rope could not be recovered")
+
+
+def rebuilt(cfg: dict, intermediate_size: int, tied: bool, nodes: list, inits: dict[str, TensorRef],
+            path: Path) -> dict:
+    """The whole config.json: genai_config.json's fields and what the graph says."""
+    cos, sin = rope_caches(nodes, inits, path)
+    out = {**cfg, "intermediate_size": intermediate_size, "rms_norm_eps": epsilon(nodes, path),
+           "tie_word_embeddings": tied,
+           "rope_theta": rope_theta(cos, sin, cfg["head_dim"], path)}
+    window = sliding_window(nodes, path)
+    if window is not None:
+        out["sliding_window"] = window
+    return out
+
+
+def describe(cfg: dict) -> str:
+    """The rebuilt config as provenance records it."""
+    return json.dumps(cfg, sort_keys=True)
