@@ -1,0 +1,138 @@
+"""Reading back ONNX folders written by onnxruntime-genai's model builder (issue 13): no config.json beside them, so
+config.json is rebuilt from genai_config.json and the graph; fp32 exports give every original HF tensor back bit for
+bit and transformers computes the original's logits from the result; int4 exports give the weights onnxruntime
+computes with; a rope that cannot be recovered from its caches (llama3's scaling) is refused, never guessed."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from support.cli import run_cli
+from modelport import api
+from modelport.convert import provenance
+from modelport.formats.errors import Unsupported
+from modelport.validators.runtimes import Transformers
+
+pytest.importorskip("onnxruntime_genai.models.builder")
+
+# the families whose builder exports read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is
+# w to within half an ulp of 1 + w (the builder folds gemma's offset into its norms)
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+NORM_ATOL = {"gemma": 2 ** -24}
+# config.json fields the rebuilt config must give as the original has them (transformers' defaults fill the rest)
+KEPT = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps",
+        "tie_word_embeddings", "bos_token_id", "eos_token_id")
+
+
+def _unscaled(src, out):
+    """A copy of HF folder `src` whose rope is the default one of its rope_theta (the llama sample has llama3's
+    scaling, which the caches cannot tell)."""
+    shutil.copytree(src, out)
+    cfg = json.loads((out / "config.json").read_text())
+    theta = (cfg.pop("rope_parameters", None) or {}).get("rope_theta", cfg.get("rope_theta"))
+    cfg.pop("rope_scaling", None)
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def genai(checkpoints, tmp_path_factory):
+    """(family, precision, scaled rope) -> (HF folder, the builder's export of it), made on first use."""
+    made = {}
+
+    def get(family, precision="fp32", scaled=False):
+        key = family, precision, scaled
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"genai-{family}-{precision}")
+            src = checkpoints(family)
+            if family == "llama" and not scaled:
+                src = _unscaled(src, root / "hf")
+            out = root / "onnx"
+            r = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(src), "-o",
+                                str(out), "-p", precision, "-e", "cpu", "-c", str(root / "cache")],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+            made[key] = src, out
+        return made[key]
+
+    return get
+
+
+def _tensors(folder):
+    with safe_open(folder / "model.safetensors", "np") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp32_export_gives_the_original_tensors_and_config(genai, family, tmp_path):
+    src, onnx_dir = genai(family)
+    assert not (onnx_dir / "config.json").exists(), "the builder wrote config.json: nothing would be rebuilt"
+    out = tmp_path / "hf"
+    api.convert(onnx_dir, out, to="safetensors")
+    (original, _), (back, meta) = _tensors(src), _tensors(out)
+    assert sorted(back) == sorted(original)
+    for name, arr in original.items():
+        atol = NORM_ATOL.get(family, 0.0) if arr.ndim == 1 and "norm" in name else 0.0
+        assert back[name].dtype == arr.dtype, name
+        assert back[name].tobytes() == arr.tobytes() if not atol else np.allclose(back[name], arr, rtol=0, atol=atol)
+    want, got = json.loads((src / "config.json").read_text()), json.loads((out / "config.json").read_text())
+    assert {k: got.get(k) for k in KEPT if k in want} == {k: want[k] for k in KEPT if k in want}
+    theta = (want.get("rope_parameters") or {}).get("rope_theta", want.get("rope_theta"))
+    assert got["rope_theta"] == theta
+    assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
+
+
+@pytest.mark.parametrize("family", ("llama", "qwen3"))
+def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, family, tmp_path):
+    src, onnx_dir = genai(family)
+    out = tmp_path / "hf"
+    assert run_cli("convert", onnx_dir, out, "--to", "safetensors").returncode == 0
+    ref = Transformers(src)
+    ids = ref.tokenize(mixed_text)
+    assert Transformers(out).tokenize(mixed_text) == ids
+    assert np.array_equal(Transformers(out).logits(ids), ref.logits(ids))
+
+
+def test_int4_export_gives_the_weights_onnxruntime_computes_with(genai, tmp_path):
+    """MatMulNBits and the tied GatherBlockQuantized table dequantize onto the int4 grid within one step of the
+    original; norms and the rebuilt config are as in fp32."""
+    src, onnx_dir = genai("llama", "int4")
+    out = tmp_path / "hf"
+    api.convert(onnx_dir, out, to="safetensors")
+    (original, _), (back, _) = _tensors(src), _tensors(out)
+    assert sorted(back) == sorted(original)
+    for name, arr in original.items():
+        if arr.ndim == 1:
+            assert back[name].tobytes() == arr.tobytes(), name
+            continue
+        blocks = arr.reshape(arr.shape[0], -1, 32)
+        step = np.abs(blocks).max(-1, keepdims=True) / 8  # symmetric int4: scale = block absmax / 8
+        assert (np.abs(back[name].reshape(blocks.shape) - blocks) <= step * (1 + 1e-6)).all(), name
+    assert json.loads((out / "config.json").read_text())["rope_theta"] == 500000.0
+
+
+def test_scaled_rope_is_refused_not_guessed(genai, tmp_path):
+    """llama3's rope scaling leaves caches no unscaled rope_theta reproduces: refused (exit 3), one line, no
+    output."""
+    _, onnx_dir = genai("llama", scaled=True)
+    with pytest.raises(Unsupported, match="rope could not be recovered"):
+        api.load(onnx_dir)
+    r = run_cli("convert", onnx_dir, tmp_path / "hf", "--to", "safetensors")
+    assert r.returncode == 3 and "rope could not be recovered" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "hf").exists()
+
+
+def test_inspect_reads_the_export_back(genai):
+    _, onnx_dir = genai("qwen2")
+    r = run_cli("inspect", onnx_dir, "--json")
+    assert r.returncode == 0, r.stderr
+    view = json.loads(r.stdout)
+    assert view["arch"] == "qwen2" and "read_back" not in view.get("metadata", {}), view.get("metadata")
