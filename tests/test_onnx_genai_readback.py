@@ -21,30 +21,22 @@ from modelport.validators.runtimes import Transformers
 
 pytest.importorskip("onnxruntime_genai.models.builder")
 
-# the families whose builder exports read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is
-# w to within half an ulp of 1 + w (the builder folds gemma's offset into its norms)
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+# the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). The llama
+# sample's llama3 rope scaling cannot be told from its caches: "llama" has the default rope of its rope_theta, and
+# "llama3-rope" the sample's own; "mistral-window" a sliding window shorter than the test text.
+UNSCALED = {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}, "rope_scaling": None}
+VARIANTS = {"llama": ("llama", UNSCALED), "llama3-rope": ("llama", {}), "mistral": ("mistral", {}),
+            "mistral-window": ("mistral", {"sliding_window": 32}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
+            "gemma": ("gemma", {})}
+EXPORTS = [(name, "fp32") for name in VARIANTS] + [("llama", "int4")]
+# those read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is w to within half an ulp of
+# 1 + w (the builder folds gemma's offset into its norms)
+READ_BACK = tuple(name for name in VARIANTS if name != "llama3-rope")
 NORM_ATOL = {"gemma": 2 ** -24}
 # config.json fields the rebuilt config must give as the original has them (transformers' defaults fill the rest)
 KEPT = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps",
-        "tie_word_embeddings", "bos_token_id", "eos_token_id")
-
-
-def _unscaled(src, out):
-    """A copy of HF folder `src` whose rope is the default one of its rope_theta (the llama sample has llama3's
-    scaling, which the caches cannot tell)."""
-    shutil.copytree(src, out)
-    cfg = json.loads((out / "config.json").read_text())
-    theta = (cfg.pop("rope_parameters", None) or {}).get("rope_theta", cfg.get("rope_theta"))
-    cfg.pop("rope_scaling", None)
-    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    return out
-
-
-# the builder's exports these tests read: (sample, precision, rope scaled as the sample has it)
-EXPORTS = [(family, "fp32", False) for family in FAMILIES] + [("llama", "int4", False), ("llama", "fp32", True)]
+        "tie_word_embeddings", "bos_token_id", "eos_token_id", "sliding_window")
 # the builder's command line run once per export in one interpreter, which imports torch and the builder only once
 BUILDER = """import runpy, sys
 for argv in sys.argv[1].split("\\n"):
@@ -53,24 +45,31 @@ for argv in sys.argv[1].split("\\n"):
 """
 
 
+def _variant(src, out, changes):
+    """A copy of HF folder `src` with `changes` made to its config.json (a None value drops the field)."""
+    shutil.copytree(src, out)
+    cfg = json.loads((out / "config.json").read_text()) | changes
+    (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2))
+    return out
+
+
 @pytest.fixture(scope="module")
 def genai(checkpoints, tmp_path_factory):
-    """(family, precision, scaled rope) -> (HF folder, the builder's export of it: `python -m
-    onnxruntime_genai.models.builder -m HF -o OUT -p PRECISION -e cpu`), all exported on first use."""
+    """(variant, precision) -> (HF folder, the builder's export of it: `python -m onnxruntime_genai.models.builder
+    -m HF -o OUT -p PRECISION -e cpu`), all exported on first use."""
     made, jobs = {}, []
-    for family, precision, scaled in EXPORTS:
-        root = tmp_path_factory.mktemp(f"genai-{family}-{precision}")
-        src = checkpoints(family)
-        if family == "llama" and not scaled:
-            src = _unscaled(src, root / "hf")
-        made[family, precision, scaled] = src, root / "onnx"
+    for name, precision in EXPORTS:
+        root = tmp_path_factory.mktemp(f"genai-{name}-{precision}")
+        sample, changes = VARIANTS[name]
+        src = _variant(checkpoints(sample), root / "hf", changes) if changes else checkpoints(sample)
+        made[name, precision] = src, root / "onnx"
         jobs.append(["-m", str(src), "-o", str(root / "onnx"), "-p", precision, "-e", "cpu", "-c", str(root / "c")])
     r = subprocess.run([sys.executable, "-c", BUILDER, "\n".join("\t".join(job) for job in jobs)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
-    def get(family, precision="fp32", scaled=False):
-        return made[family, precision, scaled]
+    def get(name, precision="fp32"):
+        return made[name, precision]
 
     return get
 
@@ -80,18 +79,20 @@ def _tensors(folder):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_fp32_export_gives_the_original_tensors_and_config(genai, family, tmp_path):
-    src, onnx_dir = genai(family)
+@pytest.mark.parametrize("name", READ_BACK)
+def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path):
+    src, onnx_dir = genai(name)
     assert not (onnx_dir / "config.json").exists(), "the builder wrote config.json: nothing would be rebuilt"
     out = tmp_path / "hf"
     api.convert(onnx_dir, out, to="safetensors")
     (original, _), (back, meta) = _tensors(src), _tensors(out)
     assert sorted(back) == sorted(original)
-    for name, arr in original.items():
-        atol = NORM_ATOL.get(family, 0.0) if arr.ndim == 1 and "norm" in name else 0.0
-        assert back[name].dtype == arr.dtype, name
-        assert back[name].tobytes() == arr.tobytes() if not atol else np.allclose(back[name], arr, rtol=0, atol=atol)
+    for tensor, arr in original.items():
+        atol = NORM_ATOL.get(name, 0.0) if arr.ndim == 1 and "norm" in tensor else 0.0
+        assert back[tensor].dtype == arr.dtype, tensor
+        same = back[tensor].tobytes() == arr.tobytes() if not atol else \
+            np.allclose(back[tensor], arr, rtol=0, atol=atol)
+        assert same, tensor
     want, got = json.loads((src / "config.json").read_text()), json.loads((out / "config.json").read_text())
     assert {k: got.get(k) for k in KEPT if k in want} == {k: want[k] for k in KEPT if k in want}
     theta = (want.get("rope_parameters") or {}).get("rope_theta", want.get("rope_theta"))
@@ -99,9 +100,9 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, family, tmp_pa
     assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
 
 
-@pytest.mark.parametrize("family", ("llama", "qwen3"))
-def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, family, tmp_path):
-    src, onnx_dir = genai(family)
+@pytest.mark.parametrize("name", ("llama", "qwen3", "mistral-window"))
+def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
+    src, onnx_dir = genai(name)
     out = tmp_path / "hf"
     assert run_cli("convert", onnx_dir, out, "--to", "safetensors").returncode == 0
     ref = Transformers(src)
@@ -131,7 +132,7 @@ def test_int4_export_gives_the_weights_onnxruntime_computes_with(genai, tmp_path
 def test_scaled_rope_is_refused_not_guessed(genai, tmp_path):
     """llama3's rope scaling leaves caches no unscaled rope_theta reproduces: refused (exit 3), one line, no
     output."""
-    _, onnx_dir = genai("llama", scaled=True)
+    _, onnx_dir = genai("llama3-rope")
     with pytest.raises(Unsupported, match="rope could not be recovered"):
         api.load(onnx_dir)
     r = run_cli("convert", onnx_dir, tmp_path / "hf", "--to", "safetensors")

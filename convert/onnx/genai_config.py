@@ -79,8 +79,13 @@ def epsilon(nodes: list, path: Path) -> float:
     return float(str(np.float32(found.pop())))
 
 
-def sliding_window(nodes: list, path: Path) -> int | None:
-    """Attention's local_window_size (-1 or absent: none); one value for every layer."""
+def sliding_window(genai: dict, nodes: list, path: Path) -> int | None:
+    """The attention window: genai_config.json's decoder.sliding_window.window_size (the source config's, which
+    the builder copies there even where its graph leaves the window out: transformers 5's mistral has no
+    layer_types for it to mark), else attention's local_window_size (-1 or absent: none), one for every layer."""
+    said = genai["decoder"].get("sliding_window")
+    if isinstance(said, dict) and isinstance(said.get("window_size"), int) and said["window_size"] > 0:
+        return said["window_size"]
     found = {next((a.i for a in n.attribute if a.name == "local_window_size"), -1) for n in nodes
              if n.op_type == "GroupQueryAttention"}
     if len(found) > 1:
@@ -141,15 +146,16 @@ def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path
                             "LongRoPE or YaRN scaling?): the rope could not be recovered")
 
 
-def rebuilt(cfg: dict, intermediate_size: int, tied: bool, nodes: list, inits: dict[str, TensorRef],
+def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: list, inits: dict[str, TensorRef],
             path: Path) -> dict:
-    """The whole config.json: genai_config.json's fields and what the graph says."""
+    """The whole config.json: genai_config.json's fields and what the graph says. A family whose one window applies
+    to every layer is told "none" outright: transformers' mistral defaults to a 4096-token window."""
     cos, sin = rope_caches(nodes, inits, path)
     out = {**cfg, "intermediate_size": intermediate_size, "rms_norm_eps": epsilon(nodes, path),
            "tie_word_embeddings": tied,
            "rope_theta": rope_theta(cos, sin, cfg["head_dim"], path)}
-    window = sliding_window(nodes, path)
-    if window is not None:
+    window = sliding_window(genai, nodes, path)
+    if window is not None or archs.for_hf(cfg["model_type"]).onnx.sliding_window_everywhere:
         out["sliding_window"] = window
     return out
 

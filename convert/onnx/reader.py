@@ -572,7 +572,7 @@ def _genai_config(genai: dict, graph: _Graph, folder: Path, path: Path) -> dict:
     names = _Walk(graph, path, d).run(cfg["num_hidden_layers"], d.norms(cfg))
     up = names[f"{d.layers}.0.{d.mlp_module}.{d.mlp[1]}.weight"]
     tied = names[f"{d.embed}.weight"] == names.get("lm_head.weight")
-    return genai_config.rebuilt(cfg, _hf_ref(graph, *up, path).shape[0], tied, graph.nodes, graph.inits, path)
+    return genai_config.rebuilt(genai, cfg, _hf_ref(graph, *up, path).shape[0], tied, graph.nodes, graph.inits, path)
 
 
 def from_onnx(contents: OnnxContents, path: Path) -> Model:
