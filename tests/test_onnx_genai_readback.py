@@ -16,7 +16,7 @@ from safetensors import safe_open
 from support.cli import run_cli
 from modelport import api
 from modelport.convert import provenance
-from modelport.formats.errors import Unsupported
+from modelport.formats.errors import ModelportError, Unsupported
 from modelport.validators.runtimes import Transformers
 
 pytest.importorskip("onnxruntime_genai.models.builder")
@@ -28,7 +28,8 @@ UNSCALED = {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
 VARIANTS = {"llama": ("llama", UNSCALED), "llama3-rope": ("llama", {}), "mistral": ("mistral", {}),
             "mistral-window": ("mistral", {"sliding_window": 32}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
             "gemma": ("gemma", {})}
-EXPORTS = [(name, "fp32") for name in VARIANTS] + [("llama", "int4")]
+INT4 = ("llama", "qwen3")  # a tied int4 embedding (GatherBlockQuantized); a packed projection split for q/k norms
+EXPORTS = [(name, "fp32") for name in VARIANTS] + [(name, "int4") for name in INT4]
 # those read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is w to within half an ulp of
 # 1 + w (the builder folds gemma's offset into its norms)
 READ_BACK = tuple(name for name in VARIANTS if name != "llama3-rope")
@@ -104,29 +105,31 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
 def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
     src, onnx_dir = genai(name)
     out = tmp_path / "hf"
-    assert run_cli("convert", onnx_dir, out, "--to", "safetensors").returncode == 0
-    ref = Transformers(src)
+    api.convert(onnx_dir, out, to="safetensors")
+    ref, back = Transformers(src), Transformers(out)
     ids = ref.tokenize(mixed_text)
-    assert Transformers(out).tokenize(mixed_text) == ids
-    assert np.array_equal(Transformers(out).logits(ids), ref.logits(ids))
+    assert back.tokenize(mixed_text) == ids
+    assert np.array_equal(back.logits(ids), ref.logits(ids))
 
 
-def test_int4_export_gives_the_weights_onnxruntime_computes_with(genai, tmp_path):
+@pytest.mark.parametrize("name", INT4)
+def test_int4_export_gives_the_weights_onnxruntime_computes_with(genai, name, tmp_path):
     """MatMulNBits and the tied GatherBlockQuantized table dequantize onto the int4 grid within one step of the
     original; norms and the rebuilt config are as in fp32."""
-    src, onnx_dir = genai("llama", "int4")
+    src, onnx_dir = genai(name, "int4")
     out = tmp_path / "hf"
     api.convert(onnx_dir, out, to="safetensors")
+    api.convert(genai(name)[1], tmp_path / "fp32", to="safetensors")
     (original, _), (back, _) = _tensors(src), _tensors(out)
     assert sorted(back) == sorted(original)
-    for name, arr in original.items():
+    for tensor, arr in original.items():
         if arr.ndim == 1:
-            assert back[name].tobytes() == arr.tobytes(), name
+            assert back[tensor].tobytes() == arr.tobytes(), tensor
             continue
         blocks = arr.reshape(arr.shape[0], -1, 32)
         step = np.abs(blocks).max(-1, keepdims=True) / 8  # symmetric int4: scale = block absmax / 8
-        assert (np.abs(back[name].reshape(blocks.shape) - blocks) <= step * (1 + 1e-6)).all(), name
-    assert json.loads((out / "config.json").read_text())["rope_theta"] == 500000.0
+        assert (np.abs(back[tensor].reshape(blocks.shape) - blocks) <= step * (1 + 1e-6)).all(), tensor
+    assert (out / "config.json").read_text() == (tmp_path / "fp32" / "config.json").read_text()
 
 
 def test_scaled_rope_is_refused_not_guessed(genai, tmp_path):
@@ -146,3 +149,41 @@ def test_inspect_reads_the_export_back(genai):
     assert r.returncode == 0, r.stderr
     view = json.loads(r.stdout)
     assert view["arch"] == "qwen2" and "read_back" not in view.get("metadata", {}), view.get("metadata")
+
+
+def _edited(onnx_dir, out, edit):
+    """A copy of a builder folder whose genai_config.json text `edit` rewrites."""
+    shutil.copytree(onnx_dir, out)
+    (out / "genai_config.json").write_text(edit((out / "genai_config.json").read_text()))
+    return out
+
+
+def _set(path, value):
+    def edit(text):
+        data = json.loads(text)
+        *outer, last = path
+        inner = data
+        for key in outer:
+            inner = inner[key]
+        if value is None:
+            del inner[last]
+        else:
+            inner[last] = value
+        return json.dumps(data)
+    return edit
+
+
+@pytest.mark.parametrize("edit,code,problem", [
+    (_set(("model", "type"), "nonesuch"), 3, "onnxruntime-genai model type 'nonesuch'"),
+    (_set(("model", "decoder", "hidden_size"), None), 2, "genai_config.json has no 'hidden_size'"),
+    (_set(("model", "decoder"), None), 2, "no \"model\" section with a \"decoder\""),
+    (lambda text: text[:40], 2, "genai_config.json"),
+], ids=["unknown-type", "no-hidden-size", "no-decoder", "truncated"])
+def test_bad_genai_config_is_one_line_naming_the_file(genai, tmp_path, edit, code, problem):
+    _, onnx_dir = genai("llama")
+    bad = _edited(onnx_dir, tmp_path / "bad", edit)
+    with pytest.raises(ModelportError) as e:
+        api.convert(bad, tmp_path / "hf", to="safetensors")
+    assert e.value.exit_code == code and problem in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert e.value.path.endswith("genai_config.json") or e.value.path == str(bad)
+    assert not (tmp_path / "hf").exists()
