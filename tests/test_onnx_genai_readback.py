@@ -21,18 +21,22 @@ from modelport.validators.runtimes import Transformers
 
 pytest.importorskip("onnxruntime_genai.models.builder")
 
-# the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). The llama
-# sample's llama3 rope scaling cannot be told from its caches: "llama" has the default rope of its rope_theta, and
-# "llama3-rope" the sample's own; "mistral-window" a sliding window shorter than the test text.
+# the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). Scaled
+# ropes cannot be told from their caches: "llama" has the default rope of its rope_theta, "llama3-rope" the llama
+# sample's own llama3 scaling; "phi3" is Phi-3-mini-4k's layout (no LongRoPE, a 2047-token window), "phi3-longrope"
+# the phi3 sample's Phi-3-mini-128k one; "mistral-window" has a sliding window shorter than the test text.
 UNSCALED = {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}, "rope_scaling": None}
+PHI3_4K = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "rope_scaling": None,
+           "max_position_embeddings": 4096, "sliding_window": 2047}
 VARIANTS = {"llama": ("llama", UNSCALED), "llama3-rope": ("llama", {}), "mistral": ("mistral", {}),
             "mistral-window": ("mistral", {"sliding_window": 32}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
-            "gemma": ("gemma", {})}
+            "gemma": ("gemma", {}), "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
+SCALED = ("llama3-rope", "phi3-longrope")
 INT4 = ("llama", "qwen3")  # a tied int4 embedding (GatherBlockQuantized); a packed projection split for q/k norms
 EXPORTS = [(name, "fp32") for name in VARIANTS] + [(name, "int4") for name in INT4]
 # those read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is w to within half an ulp of
 # 1 + w (the builder folds gemma's offset into its norms)
-READ_BACK = tuple(name for name in VARIANTS if name != "llama3-rope")
+READ_BACK = tuple(name for name in VARIANTS if name not in SCALED)
 NORM_ATOL = {"gemma": 2 ** -24}
 # config.json fields the rebuilt config must give as the original has them (transformers' defaults fill the rest)
 KEPT = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -101,7 +105,7 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
     assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
 
 
-@pytest.mark.parametrize("name", ("llama", "qwen3", "mistral-window"))
+@pytest.mark.parametrize("name", ("llama", "mistral-window", "phi3"))
 def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
     src, onnx_dir = genai(name)
     out = tmp_path / "hf"
@@ -132,10 +136,11 @@ def test_int4_export_gives_the_weights_onnxruntime_computes_with(genai, name, tm
     assert (out / "config.json").read_text() == (tmp_path / "fp32" / "config.json").read_text()
 
 
-def test_scaled_rope_is_refused_not_guessed(genai, tmp_path):
-    """llama3's rope scaling leaves caches no unscaled rope_theta reproduces: refused (exit 3), one line, no
-    output."""
-    _, onnx_dir = genai("llama3-rope")
+@pytest.mark.parametrize("name", SCALED)
+def test_scaled_rope_is_refused_not_guessed(genai, name, tmp_path):
+    """llama3's rope scaling leaves caches no unscaled rope_theta reproduces, LongRoPE two pairs the graph picks
+    from: refused (exit 3), one line, no output."""
+    _, onnx_dir = genai(name)
     with pytest.raises(Unsupported, match="rope could not be recovered"):
         api.load(onnx_dir)
     r = run_cli("convert", onnx_dir, tmp_path / "hf", "--to", "safetensors")

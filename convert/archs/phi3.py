@@ -98,4 +98,5 @@ DECODER = Decoder(qkv=("qkv_proj",) * 3, mlp=("gate_up_proj", "gate_up_proj", "d
 ARCH = replace(LAYOUT, name="phi3", mlx="phi3", hf_class="Phi3ForCausalLM", gguf_arch=MODEL_ARCH.PHI3, hparams=HPARAMS,
                tensors=TENSORS, extra_tensors=rope_factors, extra_kv=extra_kv,
                derived=FACTOR_NAMES, hf_from_gguf=hf_from_gguf,
-               onnx=OnnxSupport(builder=True, genai_type="phi3", sliding_window_everywhere=True, decoder=DECODER))
+               onnx=OnnxSupport(builder=True, genai_type="phi3", read_back=True, sliding_window_everywhere=True,
+                                decoder=DECODER))

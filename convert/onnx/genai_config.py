@@ -102,8 +102,8 @@ def rope_caches(nodes: list, inits: dict[str, TensorRef], path: Path) -> tuple[T
         if slots and len(n.input) > slots[1] and n.input[slots[0]] and n.input[slots[1]]:
             pairs.add((n.input[slots[0]], n.input[slots[1]]))
     if len(pairs) != 1 or not all(x in inits for x in next(iter(pairs))):
-        raise Unsupported(path, f"ONNX graph: {len(pairs)} pairs of rotary cos/sin caches; expected one pair of "
-                                "initializers")
+        raise Unsupported(path, "the rotary cos/sin caches are not one pair of initializers (picked in the graph, as "
+                                "LongRoPE's short and long ones are?): the rope could not be recovered")
     cos, sin = (inits[x] for x in pairs.pop())
     return cos, sin
 

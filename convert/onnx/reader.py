@@ -225,6 +225,7 @@ class _Walk:
         self.g, self.path, self.d = graph, path, decoder
         self.names: dict[str, tuple[str, str]] = {}
         self.parts: dict[str, tuple[int, int]] = {}  # HF name -> its rows of a packed initializer
+        self.joined: dict[str, tuple[str, str]] = {}  # HF name -> the (initializer, layout) of its second rows
 
     def _not_weighted(self, node) -> bool:
         return self.g.weight(node) is None
@@ -347,8 +348,16 @@ class _Walk:
                             f"{prefix}.{self.d.attention[1]}")
 
     def _fused_attention(self, i: int, hits: list[tuple[int, int]], prefix: str) -> str:
-        """The one projection whose output is q, k and v (falcon's query_key_value), and the output projection
+        """The one projection whose output is q, k and v (falcon's query_key_value; phi3's qkv_proj, which
+        onnxruntime-genai's builder hands its attention op packed, in the same row order), and the output projection
         after the context product."""
+        if self._packed(hits):
+            if self.d.qkv_grouped:  # the builder packs all queries, then keys, then values
+                raise Unsupported(self.path, f"ONNX graph: the packed projection of {prefix} is not in the grouped "
+                                             f"row order of {self.d.qkv[0]}")
+            self._linear(i, f"{prefix}.{self.d.qkv[0]}")
+            return self._linear(self._next_weighted(self.g.nodes[hits[0][0]].output[0], f"o_proj of {prefix}"),
+                                f"{prefix}.{self.d.attention[1]}")
         uses = {ATTENTION_SLOTS.get((self.g.attention_use(self.g.nodes[j], slot), slot)): j for j, slot in hits}
         if not {"q_proj", "k_proj", "v_proj"} <= set(uses):
             raise Unsupported(self.path, f"ONNX graph: the fused projection of {prefix} does not reach attention's "
@@ -366,9 +375,19 @@ class _Walk:
         gates = [i for i in found if self.g.reach(self.g.nodes[i].output[0], lambda n, s: n.op_type in ACTIVATIONS,
                                                   self._not_weighted)]
         ups = gates if gate_name is None else [i for i in found if i not in gates]
+        if gate_name == up_name and len(found) == 1 and gates == found:  # phi3's gate_up_proj, one product
+            up = self._linear(found[0], f"{prefix}.{up_name}")
+            return self._linear(self._next_weighted(up, f"{down_name} of {prefix}"), f"{prefix}.{down_name}")
         if len(gates) != 1 or len(ups) != 1:
             raise Unsupported(self.path, f"ONNX graph: expected a{' gated' if gate_name else 'n'} MLP "
                                          f"({', '.join(n for n in self.d.mlp if n)}) in {prefix}")
+        if gate_name == up_name:  # gate_up_proj as two products (onnxruntime-genai's): its rows joined, gate first
+            up = self._linear(ups[0], f"{prefix}.{up_name}.up")
+            self._linear(gates[0], f"{prefix}.{gate_name}")
+            for kind in (".weight", ".bias"):
+                if f"{prefix}.{up_name}.up{kind}" in self.names:
+                    self.joined[f"{prefix}.{up_name}{kind}"] = self.names.pop(f"{prefix}.{up_name}.up{kind}")
+            return self._linear(self._next_weighted(up, f"{down_name} of {prefix}"), f"{prefix}.{down_name}")
         if gate_name:
             self._linear(gates[0], f"{prefix}.{gate_name}")
         up = self._linear(ups[0], f"{prefix}.{up_name}")
@@ -529,8 +548,17 @@ def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, hf_names: set[
     if cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in hf_names:
         names.pop("lm_head.weight", None)
     offset = arch.onnx.decoder.norm_offset
-    return {hf: _norm_ref(graph.inits[init], offset) if layout == NORM else
-            _rows(_hf_ref(graph, init, layout, path), walk.parts.get(hf)) for hf, (init, layout) in names.items()}
+    tensors = {hf: _norm_ref(graph.inits[init], offset) if layout == NORM else
+               _rows(_hf_ref(graph, init, layout, path), walk.parts.get(hf)) for hf, (init, layout) in names.items()}
+    for hf, (init, layout) in walk.joined.items():
+        tensors[hf] = _joined(tensors[hf], _hf_ref(graph, init, layout, path))
+    return tensors
+
+
+def _joined(first: TensorRef, second: TensorRef) -> TensorRef:
+    """The rows of `first`, then those of `second` (phi3's gate_up_proj from its two products), made when read."""
+    return first.map(lambda a: np.concatenate([a, second.read()]), shape=(first.shape[0] + second.shape[0],)
+                     + first.shape[1:])
 
 
 def _rows(ref: TensorRef, part: tuple[int, int] | None) -> TensorRef:
@@ -570,9 +598,10 @@ def _genai_config(genai: dict, graph: _Graph, folder: Path, path: Path) -> dict:
     cfg = genai_config.partial(genai, arch, folder)
     d = arch.onnx.decoder
     names = _Walk(graph, path, d).run(cfg["num_hidden_layers"], d.norms(cfg))
-    up = names[f"{d.layers}.0.{d.mlp_module}.{d.mlp[1]}.weight"]
+    down = names[f"{d.layers}.0.{d.mlp_module}.{d.mlp[2]}.weight"]  # [hidden, intermediate] as HF lays it
     tied = names[f"{d.embed}.weight"] == names.get("lm_head.weight")
-    return genai_config.rebuilt(genai, cfg, _hf_ref(graph, *up, path).shape[0], tied, graph.nodes, graph.inits, path)
+    return genai_config.rebuilt(genai, cfg, _hf_ref(graph, *down, path).shape[1], tied, graph.nodes, graph.inits,
+                                path)
 
 
 def from_onnx(contents: OnnxContents, path: Path) -> Model:
