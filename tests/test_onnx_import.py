@@ -141,12 +141,19 @@ def test_exported_walk_needs_no_node_names(exported):
         assert np.array_equal(anonymous.tensors[name].read(), ref.read()), name
 
 
-@pytest.mark.parametrize("family", PARALLEL)
-def test_walk_reads_parallel_blocks_of_any_layout(ours, family, tmp_path):
-    """Our portable graph with every initializer renamed and the metadata dropped, as an exporter would leave it:
-    the walk names falcon's tensors in each layout (one norm or two; one KV group or several), optimum's export of
-    7B reads back by test_optimum_export_to_safetensors_gives_the_original_tensors."""
-    src, onnx_dir = ours(family=family)
+# fused projections: phi3's qkv_proj and gate_up_proj, one product each, split in the graph
+FUSED = tuple(name for name in READ_BACK if len(set(archs.for_hf(tiny.SAMPLES[name].family).onnx.decoder.qkv)) == 1
+              and not archs.for_hf(tiny.SAMPLES[name].family).onnx.decoder.parallel)
+
+
+@pytest.mark.parametrize("family,ops", [(name, "portable") for name in PARALLEL] +
+                         [(name, ops) for name in FUSED for ops in ("portable", "ort")])
+def test_walk_reads_parallel_blocks_and_fused_projections_of_any_layout(ours, family, ops, tmp_path):
+    """Our graph with every initializer renamed and the metadata dropped, as an exporter would leave it: the walk
+    names falcon's tensors in each layout (one norm or two; one KV group or several), optimum's export of 7B reads
+    back by test_optimum_export_to_safetensors_gives_the_original_tensors; and phi3's fused projections, split by
+    Slice/Split into attention's MatMuls or its fused op, and into the activation and the up half."""
+    src, onnx_dir = ours(*(("--ops", ops) if ops != "portable" else ()), family=family)
     model = onnx.load(str(onnx_dir / "model.onnx"))
     renamed = {t.name: f"onnx::W_{i}" for i, t in enumerate(model.graph.initializer)}
     for t in model.graph.initializer:
