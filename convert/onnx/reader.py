@@ -19,6 +19,11 @@ around attention and the MLP their Decoder row names (gemma2's and gemma3's post
 gives; and falcon's block: a LayerNormalization's bias beside its scale, one fused projection that reaches q, k and
 v, attention and an ungated MLP side by side on one norm's output (or on two norms, attention's first), summed
 before the residual Add. onnx has no library for it.
+
+onnxruntime-genai's builder fuses more: a skip norm adds the residual in and normalises the sum (the walk takes it as
+both residual and norm), q, k and v are one packed MatMul into GroupQueryAttention (split by its heads, or kept whole
+for phi3's qkv_proj), phi3's gate_up_proj is two MatMuls (joined), and a tied float embedding is a Gather over the
+Transpose of the LM head's weight. Its folders keep no config.json: convert/onnx/genai_config.py rebuilds one.
 """
 from __future__ import annotations
 
