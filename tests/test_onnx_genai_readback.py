@@ -33,7 +33,8 @@ VARIANTS = {"llama": ("llama", UNSCALED), "llama3-rope": ("llama", {}), "mistral
             "gemma": ("gemma", {}), "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
 SCALED = ("llama3-rope", "phi3-longrope")
 INT4 = ("llama", "qwen3")  # a tied int4 embedding (GatherBlockQuantized); a packed projection split for q/k norms
-EXPORTS = [(name, "fp32") for name in VARIANTS] + [(name, "int4") for name in INT4]
+HALF = ("fp16", "bf16")  # fp16 on CPU: MultiHeadAttention with q, k, v apart and RotaryEmbedding nodes
+EXPORTS = [(name, "fp32") for name in VARIANTS] + [(name, "int4") for name in INT4] + [("llama", p) for p in HALF]
 # those read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is w to within half an ulp of
 # 1 + w (the builder folds gemma's offset into its norms)
 READ_BACK = tuple(name for name in VARIANTS if name not in SCALED)
@@ -105,7 +106,7 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
     assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
 
 
-@pytest.mark.parametrize("name", ("llama", "mistral-window", "phi3"))
+@pytest.mark.parametrize("name", ("llama", "mistral-window"))
 def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
     src, onnx_dir = genai(name)
     out = tmp_path / "hf"
@@ -134,6 +135,23 @@ def test_int4_export_gives_the_weights_onnxruntime_computes_with(genai, name, tm
         step = np.abs(blocks).max(-1, keepdims=True) / 8  # symmetric int4: scale = block absmax / 8
         assert (np.abs(back[tensor].reshape(blocks.shape) - blocks) <= step * (1 + 1e-6)).all(), tensor
     assert (out / "config.json").read_text() == (tmp_path / "fp32" / "config.json").read_text()
+
+
+@pytest.mark.parametrize("precision", HALF)
+def test_half_export_gives_the_original_tensors_cast(genai, precision, tmp_path):
+    """The builder casts the weights and its caches: the weights come back as the original's cast, the rope from
+    caches compared in their own type."""
+    import torch
+    from safetensors.torch import load_file
+
+    src, onnx_dir = genai("llama", precision)
+    api.convert(onnx_dir, tmp_path / "hf", to="safetensors")
+    original, back = load_file(src / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    assert sorted(back) == sorted(original)
+    for tensor, t in original.items():
+        assert back[tensor].dtype == dtype and torch.equal(back[tensor], t.to(dtype)), tensor
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["rope_theta"] == 500000.0
 
 
 @pytest.mark.parametrize("name", SCALED)

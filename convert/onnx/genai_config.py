@@ -20,6 +20,7 @@ from modelport.formats.errors import BadInput, RuntimeMissing, Unsupported
 from modelport.formats.model import TensorRef
 
 from modelport.convert import archs
+from modelport.convert.dtypes import cast
 
 FILE = "genai_config.json"
 # genai_config.json "model" -> config.json fields it says outright (decoder section, then the model section)
@@ -34,6 +35,7 @@ NORMS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "La
          "SkipLayerNormalization"}
 DEFAULT_EPSILON = 1e-5  # the contrib norm ops' default epsilon
 MAX_DIGITS = 9  # a float32 theta round-trips through 9 significant digits
+CACHE_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # the caches' types -> torch's
 
 
 def load(folder: Path) -> dict | None:
@@ -108,15 +110,20 @@ def rope_caches(nodes: list, inits: dict[str, TensorRef], path: Path) -> tuple[T
     return cos, sin
 
 
-def _caches(theta: float, dim: int, length: int):
-    """cos and sin caches [length, dim / 2] as the builder computes them (make_rotary_embedding_caches_from_scratch:
-    the halves of cat(freqs, freqs), float32)."""
+def _caches(theta: float, dim: int, length: int, dtype: str) -> tuple[bytes, bytes]:
+    """The bytes of the cos and sin caches [length, dim / 2] as the builder computes them
+    (make_rotary_embedding_caches_from_scratch: the halves of cat(freqs, freqs) in float32, then cast)."""
     import torch
 
     inv_freq = 1.0 / (1 * (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)))
     t = torch.arange(length, dtype=torch.int64).type_as(inv_freq)
     emb = torch.cat((torch.outer(t, inv_freq),) * 2, dim=-1)
-    return (emb.cos() * 1)[:, :dim // 2].numpy(), (emb.sin() * 1)[:, :dim // 2].numpy()
+
+    def stored(x):
+        x = x.to(getattr(torch, CACHE_TYPES[dtype]))[:, :dim // 2].contiguous()
+        return x.view(torch.int16 if x.element_size() == 2 else torch.int32).numpy().tobytes()
+
+    return stored(emb.cos() * 1), stored(emb.sin() * 1)
 
 
 def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path) -> float:
@@ -126,7 +133,9 @@ def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path
         import torch  # noqa: F401  (the builder's arithmetic, to compare bit for bit)
     except ImportError:
         raise RuntimeMissing(path, "reading onnxruntime-genai's rope caches back needs torch") from None
-    cos, sin = cos_ref.read(), sin_ref.read()
+    if cos_ref.dtype not in CACHE_TYPES or sin_ref.dtype != cos_ref.dtype:
+        raise Unsupported(path, f"rotary caches of type {cos_ref.dtype}: the rope could not be recovered")
+    cos, sin = cast(cos_ref, "F32").read(), cast(sin_ref, "F32").read()
     length, half = cos.shape if cos.ndim == 2 else (0, 0)
     if cos.shape != sin.shape or length < 2 or 2 * half != head_dim:
         raise Unsupported(path, f"rotary caches {list(cos.shape)} do not rotate whole heads of {head_dim}: partial "
@@ -139,8 +148,7 @@ def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path
         theta = float(f"{fitted:.{digits}g}") if fitted > 1 else 0.0
         if theta <= 1:
             break
-        c, s = _caches(theta, head_dim, length)
-        if c.astype(cos.dtype).tobytes() == cos.tobytes() and s.astype(sin.dtype).tobytes() == sin.tobytes():
+        if _caches(theta, head_dim, length, cos_ref.dtype) == (cos_ref.read().tobytes(), sin_ref.read().tobytes()):
             return float(theta) if theta != int(theta) else float(int(theta))
     raise Unsupported(path, "the rotary cos/sin caches are not an unscaled rope of any rope_theta (llama3, "
                             "LongRoPE or YaRN scaling?): the rope could not be recovered")
