@@ -198,10 +198,12 @@ def _set(path, value):
 
 @pytest.mark.parametrize("edit,code,problem", [
     (_set(("model", "type"), "nonesuch"), 3, "onnxruntime-genai model type 'nonesuch'"),
+    # granite's multipliers live only in graph constants: its config is not rebuilt, whatever the walk would find
+    (_set(("model", "type"), "granite"), 3, "rebuilds the config.json of gemma, llama, mistral, phi3, qwen2, qwen3"),
     (_set(("model", "decoder", "hidden_size"), None), 2, "genai_config.json has no 'hidden_size'"),
     (_set(("model", "decoder"), None), 2, "no \"model\" section with a \"decoder\""),
     (lambda text: text[:40], 2, "genai_config.json"),
-], ids=["unknown-type", "no-hidden-size", "no-decoder", "truncated"])
+], ids=["unknown-type", "granite", "no-hidden-size", "no-decoder", "truncated"])
 def test_bad_genai_config_is_one_line_naming_the_file(genai, tmp_path, edit, code, problem):
     _, onnx_dir = genai("llama")
     bad = _edited(onnx_dir, tmp_path / "bad", edit)
@@ -210,3 +212,21 @@ def test_bad_genai_config_is_one_line_naming_the_file(genai, tmp_path, edit, cod
     assert e.value.exit_code == code and problem in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert e.value.path.endswith("genai_config.json") or e.value.path == str(bad)
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("attribute,value", [("scale", 0.3), ("softcap", 50.0)])
+def test_attention_the_config_cannot_say_is_refused(genai, tmp_path, attribute, value):
+    """An attention scale other than 1/sqrt(head_dim) (gemma2's query_pre_attn_scalar) or a soft-cap would be a
+    config field the rebuild does not say: refused, not dropped."""
+    import onnx
+
+    _, onnx_dir = genai("llama")
+    bad = shutil.copytree(onnx_dir, tmp_path / "bad")
+    model = onnx.load(str(bad / "model.onnx"), load_external_data=False)
+    for node in model.graph.node:
+        for a in node.attribute:
+            if node.op_type == "GroupQueryAttention" and a.name == attribute:
+                a.f = value
+    onnx.save(model, str(bad / "model.onnx"))
+    with pytest.raises(Unsupported, match="config.json could not be rebuilt"):
+        api.load(bad)

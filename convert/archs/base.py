@@ -133,6 +133,10 @@ class OnnxSupport:
     builder: bool = False  # modelport's graph builder (convert/onnx/graph.py, encoder.py) builds it
     genai_type: str | None = None  # onnxruntime-genai's model type, for genai_config.json (builder families)
     read_back: bool = False  # convert/onnx/reader.py's graph walk gives exported graphs their HF names back
+    # an onnxruntime-genai builder folder's config.json is rebuilt whole from genai_config.json and the graph
+    # (convert/onnx/genai_config.py): nothing transformers computes with lives only in graph constants (granite's
+    # multipliers, gemma2's soft-caps and query scale do)
+    genai_config: bool = False
     # optimum-onnx exports it, except for these configurations (checked by tests/test_family_onnx.py); None: optimum
     # does not export the family (not in its TasksManager)
     optimum: tuple[Limit, ...] | None = None

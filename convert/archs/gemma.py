@@ -38,4 +38,5 @@ ARCH = replace(LAYOUT, name="gemma", mlx="gemma",
                hf_class="GemmaForCausalLM", gguf_arch=MODEL_ARCH.GEMMA, tensors=TENSORS,
                to_gguf=TO_GGUF, from_gguf=FROM_GGUF,
                hf_defaults={"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"},
-               onnx=OnnxSupport(builder=True, genai_type="gemma", read_back=True, decoder=DECODER))
+               onnx=OnnxSupport(builder=True, genai_type="gemma", read_back=True, decoder=DECODER,
+                                genai_config=True))

@@ -79,4 +79,4 @@ LAYOUT = Arch(
     tensors=TENSORS + QKV_BIASES, normalize=normalize, hf_defaults={"hidden_act": "silu"},
 )
 ARCH = replace(LAYOUT, mlx="llama", qk_permute=True, extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
-               onnx=OnnxSupport(builder=True, genai_type="llama", read_back=True))
+               onnx=OnnxSupport(builder=True, genai_type="llama", read_back=True, genai_config=True))

@@ -6,4 +6,5 @@ from .llama import LAYOUT, ROPE_FREQS, llama3_rope_freqs
 
 ARCH = replace(LAYOUT, name="mistral", mlx="llama", hf_class="MistralForCausalLM", qk_permute=True,
                extra_tensors=llama3_rope_freqs, derived=(ROPE_FREQS,),
-               onnx=OnnxSupport(builder=True, genai_type="mistral", read_back=True, sliding_window_everywhere=True))
+               onnx=OnnxSupport(builder=True, genai_type="mistral", read_back=True, sliding_window_everywhere=True,
+                                genai_config=True))

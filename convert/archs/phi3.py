@@ -99,4 +99,4 @@ ARCH = replace(LAYOUT, name="phi3", mlx="phi3", hf_class="Phi3ForCausalLM", gguf
                tensors=TENSORS, extra_tensors=rope_factors, extra_kv=extra_kv,
                derived=FACTOR_NAMES, hf_from_gguf=hf_from_gguf,
                onnx=OnnxSupport(builder=True, genai_type="phi3", read_back=True, sliding_window_everywhere=True,
-                                decoder=DECODER))
+                                decoder=DECODER, genai_config=True))

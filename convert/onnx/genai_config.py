@@ -31,6 +31,7 @@ MODEL_FIELDS = {"vocab_size": "vocab_size", "context_length": "max_position_embe
                 "eos_token_id": "eos_token_id", "pad_token_id": "pad_token_id"}
 # op -> input slots of its cos and sin caches (GroupQueryAttention rotates when do_rotary is set)
 ROPE_CACHES = {"GroupQueryAttention": (7, 8), "RotaryEmbedding": (2, 3)}
+ATTENTION = {"GroupQueryAttention", "MultiHeadAttention"}
 NORMS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "LayerNormalization",
          "SkipLayerNormalization"}
 DEFAULT_EPSILON = 1e-5  # the contrib norm ops' default epsilon
@@ -53,9 +54,11 @@ def load(folder: Path) -> dict | None:
 def family(genai: dict, path: Path) -> archs.Arch:
     """The family the builder named: its type is the HF architecture class up to "For", lowercased."""
     kind = genai.get("type")
-    found = [a for a in archs.registry().values() if a.onnx.read_back and a.hf_class.split("For")[0].lower() == kind]
-    if not found:
-        raise Unsupported(path, f"onnxruntime-genai model type {kind!r}: no family whose graph modelport reads back")
+    found = [a for a in archs.registry().values() if a.hf_class.split("For")[0].lower() == kind]
+    if not found or not (found[0].onnx.read_back and found[0].onnx.genai_config):
+        known = sorted(a.name for a in archs.registry().values() if a.onnx.read_back and a.onnx.genai_config)
+        raise Unsupported(path, f"onnxruntime-genai model type {kind!r}: modelport rebuilds the config.json of "
+                                f"{', '.join(known)} builder exports only")
     return found[0]
 
 
@@ -94,6 +97,19 @@ def sliding_window(genai: dict, nodes: list, path: Path) -> int | None:
         raise Unsupported(path, "ONNX graph: layers with different attention windows are not read back")
     window = found.pop() if found else -1
     return None if window < 0 else window
+
+
+def check_attention(nodes: list, head_dim: int, path: Path) -> None:
+    """Attention as the rebuilt config computes it: scores scaled by 1/sqrt(head_dim), no soft-cap; any other scale
+    or cap would be a config field the rebuild does not say, so it is refused rather than dropped."""
+    for n in nodes:
+        if n.op_type not in ATTENTION:
+            continue
+        attrs = {a.name: a.f for a in n.attribute if a.type == a.FLOAT}
+        scale, cap = attrs.get("scale", 0.0) or head_dim ** -0.5, attrs.get("softcap", 0.0)
+        if np.float32(scale) != np.float32(head_dim ** -0.5) or cap:
+            raise Unsupported(path, f"ONNX graph: attention scale {scale:g} or soft-cap {cap:g} is not what a config "
+                                    f"of head_dim {head_dim} says: config.json could not be rebuilt")
 
 
 def rope_caches(nodes: list, inits: dict[str, TensorRef], path: Path) -> tuple[TensorRef, TensorRef]:
@@ -158,6 +174,7 @@ def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: l
             path: Path) -> dict:
     """The whole config.json: genai_config.json's fields and what the graph says. A family whose one window applies
     to every layer is told "none" outright: transformers' mistral defaults to a 4096-token window."""
+    check_attention(nodes, cfg["head_dim"], path)
     cos, sin = rope_caches(nodes, inits, path)
     out = {**cfg, "intermediate_size": intermediate_size, "rms_norm_eps": epsilon(nodes, path),
            "tie_word_embeddings": tied,
