@@ -16,7 +16,9 @@ from safetensors import safe_open
 from support.cli import run_cli
 from modelport import api
 from modelport.convert import provenance
+from modelport.convert.onnx import genai_config
 from modelport.formats.errors import ModelportError, Unsupported
+from modelport.formats.model import MemorySlice
 from modelport.validators.runtimes import Transformers
 
 pytest.importorskip("onnxruntime_genai.models.builder")
@@ -230,3 +232,28 @@ def test_attention_the_config_cannot_say_is_refused(genai, tmp_path, attribute, 
     onnx.save(model, str(bad / "model.onnx"))
     with pytest.raises(Unsupported, match="config.json could not be rebuilt"):
         api.load(bad)
+
+
+def _builder_caches(theta, dim, length):
+    """cos and sin caches as onnxruntime-genai's builder computes them (make_rotary_embedding_caches_from_scratch)."""
+    import torch
+
+    inv_freq = 1.0 / (1 * (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)))
+    freqs = torch.outer(torch.arange(length, dtype=torch.int64).type_as(inv_freq), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return [MemorySlice.tensor(x[:, :dim // 2].contiguous().numpy(), "F32") for x in (emb.cos(), emb.sin())]
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0, 1000000.0, 75000.0, 999999.4420358813, 10000000.0])
+def test_rope_theta_is_the_shortest_decimal_giving_the_caches(theta):
+    """Any theta reads back as the shortest decimal whose caches are the stored ones bit for bit (starcoder2's
+    999999.4420358813 as the float32 the builder computes with)."""
+    import torch
+
+    cos, sin = _builder_caches(theta, 64, 4096)
+    found = genai_config.rope_theta(cos, sin, 64, "m")
+    assert len(repr(found)) <= len(repr(theta)) and np.float32(found) == np.float32(theta)
+    again = _builder_caches(found, 64, 4096)
+    assert all(a.read().tobytes() == b.read().tobytes() for a, b in zip(again, (cos, sin)))
+    with pytest.raises(Unsupported, match="partial rotary"):  # Phi-4-mini's 0.75 of each head
+        genai_config.rope_theta(*_builder_caches(theta, 48, 16), 64, "m")

@@ -36,6 +36,7 @@ NORMS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "La
          "SkipLayerNormalization"}
 DEFAULT_EPSILON = 1e-5  # the contrib norm ops' default epsilon
 MAX_DIGITS = 9  # a float32 theta round-trips through 9 significant digits
+PREFIX = 64  # cache rows compared before the whole cache (64 x head_dim values: whole vectors for torch's kernels)
 CACHE_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # the caches' types -> torch's
 
 
@@ -144,27 +145,32 @@ def _caches(theta: float, dim: int, length: int, dtype: str) -> tuple[bytes, byt
 
 def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path) -> float:
     """rope_theta from the caches: the angles at position 1 are the inverse frequencies theta^(-2i/dim); the
-    shortest decimal whose recomputed caches equal the stored ones bit for bit, else Unsupported."""
+    shortest decimal whose recomputed caches equal the stored ones bit for bit (its first PREFIX rows tried first,
+    so that a wrong candidate costs no whole cache), else Unsupported."""
     try:
         import torch  # noqa: F401  (the builder's arithmetic, to compare bit for bit)
     except ImportError:
         raise RuntimeMissing(path, "reading onnxruntime-genai's rope caches back needs torch") from None
     if cos_ref.dtype not in CACHE_TYPES or sin_ref.dtype != cos_ref.dtype:
         raise Unsupported(path, f"rotary caches of type {cos_ref.dtype}: the rope could not be recovered")
-    cos, sin = cast(cos_ref, "F32").read(), cast(sin_ref, "F32").read()
-    length, half = cos.shape if cos.ndim == 2 else (0, 0)
-    if cos.shape != sin.shape or length < 2 or 2 * half != head_dim:
-        raise Unsupported(path, f"rotary caches {list(cos.shape)} do not rotate whole heads of {head_dim}: partial "
-                                "rotary embeddings are not read back")
-    angles = np.arctan2(sin[1].astype(np.float64), cos[1].astype(np.float64))
+    length, half = cos_ref.shape if len(cos_ref.shape) == 2 else (0, 0)
+    if cos_ref.shape != sin_ref.shape or length < 2 or 2 * half != head_dim:
+        raise Unsupported(path, f"rotary caches {list(cos_ref.shape)} do not rotate whole heads of {head_dim}: "
+                                "partial rotary embeddings are not read back, the rope could not be recovered")
+    stored = cos_ref.read().tobytes(), sin_ref.read().tobytes()
+    row = len(stored[0]) // length
+    cos, sin = (cast(r, "F32").read()[1].astype(np.float64) for r in (cos_ref, sin_ref))
+    angles = np.arctan2(sin, cos)
     i = np.arange(1, half)
     fitted = float(np.exp(np.mean(-np.log(angles[1:]) * head_dim / (2 * i)))) if half > 1 and (angles > 0).all() \
         else 0.0
+    rows = min(PREFIX, length)
     for digits in range(1, MAX_DIGITS + 1):
         theta = float(f"{fitted:.{digits}g}") if fitted > 1 else 0.0
         if theta <= 1:
             break
-        if _caches(theta, head_dim, length, cos_ref.dtype) == (cos_ref.read().tobytes(), sin_ref.read().tobytes()):
+        if _caches(theta, head_dim, rows, cos_ref.dtype) == tuple(b[:rows * row] for b in stored) and \
+                _caches(theta, head_dim, length, cos_ref.dtype) == stored:
             return float(theta) if theta != int(theta) else float(int(theta))
     raise Unsupported(path, "the rotary cos/sin caches are not an unscaled rope of any rope_theta (llama3, "
                             "LongRoPE or YaRN scaling?): the rope could not be recovered")
