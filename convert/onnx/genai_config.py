@@ -1,7 +1,9 @@
 """The Hugging Face config.json of an ONNX folder written by onnxruntime-genai's model builder, rebuilt: the builder
 keeps no config.json, only genai_config.json (family, sizes, heads, vocab, context, special token ids), and the graph
 says the rest (the MLP width by its weights, rms_norm_eps by the norms' epsilon, tied embeddings by a Gather over the
-LM head's Transpose, sliding windows by attention's local_window_size, rope_theta by the cos/sin caches).
+LM head's Transpose, rope_theta by the cos/sin caches); the sliding window is genai_config.json's or attention's.
+What the rebuilt config cannot say is refused: families whose graphs hold more (granite's multipliers), attention
+scaled otherwise than by 1/sqrt(head_dim) or soft-capped.
 
 The rope is trusted only when the caches the builder computes from the recovered rope_theta equal the stored ones
 bit for bit; scaled ropes (llama3, LongRoPE, YaRN) cannot be told from their caches and are refused, never guessed.
@@ -9,7 +11,6 @@ The caches are recomputed with torch, as the builder computes them: numpy's floa
 in the last bit."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path
             break
         if _caches(theta, head_dim, rows, cos_ref.dtype) == tuple(b[:rows * row] for b in stored) and \
                 _caches(theta, head_dim, length, cos_ref.dtype) == stored:
-            return float(theta) if theta != int(theta) else float(int(theta))
+            return theta
     raise Unsupported(path, "the rotary cos/sin caches are not an unscaled rope of any rope_theta (llama3, "
                             "LongRoPE or YaRN scaling?): the rope could not be recovered")
 
@@ -189,8 +190,3 @@ def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: l
     if window is not None or archs.for_hf(cfg["model_type"]).onnx.sliding_window_everywhere:
         out["sliding_window"] = window
     return out
-
-
-def describe(cfg: dict) -> str:
-    """The rebuilt config as provenance records it."""
-    return json.dumps(cfg, sort_keys=True)
