@@ -17,6 +17,7 @@ from support.cli import run_cli
 from modelport import api
 from modelport.convert import provenance
 from modelport.convert.onnx import genai_config
+from modelport.convert.onnx import reader as onnx_reader
 from modelport.formats.errors import ModelportError, Unsupported
 from modelport.formats.model import MemorySlice
 from modelport.validators.runtimes import Transformers
@@ -35,8 +36,10 @@ VARIANTS = {"llama": ("llama", UNSCALED), "llama3-rope": ("llama", {}), "mistral
             "gemma": ("gemma", {}), "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
 SCALED = ("llama3-rope", "phi3-longrope")
 INT4 = ("llama", "qwen3")  # a tied int4 embedding (GatherBlockQuantized); a packed projection split for q/k norms
-HALF = ("fp16", "bf16")  # fp16 on CPU: MultiHeadAttention with q, k, v apart and RotaryEmbedding nodes
-EXPORTS = [(name, "fp32") for name in VARIANTS] + [(name, "int4") for name in INT4] + [("llama", p) for p in HALF]
+# fp16 for CPU: MultiHeadAttention with q, k, v apart and RotaryEmbedding nodes; fp16 for CUDA (built without a GPU):
+# GroupQueryAttention computing qwen3's per-head norms itself
+HALF = [("llama", "fp16"), ("llama", "bf16"), ("qwen3", "fp16-cuda")]
+EXPORTS = [(name, "fp32") for name in VARIANTS] + [(name, "int4") for name in INT4] + HALF
 # those read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is w to within half an ulp of
 # 1 + w (the builder folds gemma's offset into its norms)
 READ_BACK = tuple(name for name in VARIANTS if name not in SCALED)
@@ -71,7 +74,8 @@ def genai(checkpoints, tmp_path_factory):
         sample, changes = VARIANTS[name]
         src = _variant(checkpoints(sample), root / "hf", changes) if changes else checkpoints(sample)
         made[name, precision] = src, root / "onnx"
-        jobs.append(["-m", str(src), "-o", str(root / "onnx"), "-p", precision, "-e", "cpu", "-c", str(root / "c")])
+        dtype, _, ep = precision.partition("-")
+        jobs.append(["-m", str(src), "-o", str(root / "onnx"), "-p", dtype, "-e", ep or "cpu", "-c", str(root / "c")])
     r = subprocess.run([sys.executable, "-c", BUILDER, "\n".join("\t".join(job) for job in jobs)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -139,21 +143,30 @@ def test_int4_export_gives_the_weights_onnxruntime_computes_with(genai, name, tm
     assert (out / "config.json").read_text() == (tmp_path / "fp32" / "config.json").read_text()
 
 
-@pytest.mark.parametrize("precision", HALF)
-def test_half_export_gives_the_original_tensors_cast(genai, precision, tmp_path):
+@pytest.mark.parametrize("name,precision", HALF)
+def test_half_export_gives_the_original_tensors_cast(genai, name, precision, tmp_path):
     """The builder casts the weights and its caches: the weights come back as the original's cast, the rope from
     caches compared in their own type."""
     import torch
     from safetensors.torch import load_file
 
-    src, onnx_dir = genai("llama", precision)
+    src, onnx_dir = genai(name, precision)
     api.convert(onnx_dir, tmp_path / "hf", to="safetensors")
     original, back = load_file(src / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision.partition("-")[0]]
     assert sorted(back) == sorted(original)
     for tensor, t in original.items():
         assert back[tensor].dtype == dtype and torch.equal(back[tensor], t.to(dtype)), tensor
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["rope_theta"] == 500000.0
+    want = json.loads((src / "config.json").read_text())["rope_parameters"]["rope_theta"]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["rope_theta"] == want
+
+
+def test_a_weight_the_walk_misses_is_refused(genai, monkeypatch):
+    """Were the walk blind to where a builder puts a weight (here GroupQueryAttention's own q/k norm scales), the
+    export is refused rather than read back without it."""
+    monkeypatch.setattr(onnx_reader, "FUSED_QK_NORMS", {})
+    with pytest.raises(Unsupported, match="no model.layers.0.self_attn.k_norm.weight found"):
+        api.load(genai("qwen3", "fp16-cuda")[1])
 
 
 @pytest.mark.parametrize("name", SCALED)

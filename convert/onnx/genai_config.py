@@ -78,9 +78,11 @@ def partial(genai: dict, arch: archs.Arch, path: Path) -> dict:
 
 
 def epsilon(nodes: list, path: Path) -> float:
-    """The one epsilon of the graph's norms, as the decimal it was written as (the attribute is float32)."""
+    """The one epsilon of the graph's norms (attention's own per-head ones too), as the decimal it was written as
+    (the attribute is float32)."""
     found = {next((a.f for a in n.attribute if a.name == "epsilon"), DEFAULT_EPSILON) for n in nodes
              if n.op_type in NORMS}
+    found |= {a.f for n in nodes if n.op_type in ATTENTION for a in n.attribute if a.name == "qk_norm_epsilon"}
     if len(found) != 1:
         raise Unsupported(path, f"ONNX graph: its norms have {len(found)} epsilon values; expected one")
     return float(str(np.float32(found.pop())))

@@ -74,6 +74,7 @@ PACKED = ("q_proj", "k_proj", "v_proj")  # a packed projection's rows, as onnxru
 ATTENTION_SLOTS = {("scores", 0): "q_proj", ("scores", 1): "k_proj", ("context", 1): "v_proj", ("fused", 0): "q_proj",
                    ("fused", 1): "k_proj", ("fused", 2): "v_proj"}
 QK_NORMS = {"q_proj": "q_norm", "k_proj": "k_norm"}  # qwen3's per-head norms between a projection and attention
+FUSED_QK_NORMS = {"GroupQueryAttention": {14: "q_norm", 15: "k_norm"}}  # op -> slot of its own per-head norm scales
 
 
 def _dequantize(q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, k: int, n: int, bits: int,
@@ -349,6 +350,9 @@ class _Walk:
             role = PACKED[slots[0]] if slots and slots[0] < len(PACKED) else None
             if role in QK_NORMS:
                 self.names[f"{prefix}.{QK_NORMS[role]}.weight"] = (self.g.norm_scale(norm), NORM)
+        for slot, norm in FUSED_QK_NORMS.get(attention.op_type, {}).items():  # the op's own per-head norms
+            if len(attention.input) > slot and attention.input[slot] in self.g.inits:
+                self.names[f"{prefix}.{norm}.weight"] = (attention.input[slot], NORM)
         return self._linear(self._next_weighted(attention.output[0], f"o_proj of {prefix}"),
                             f"{prefix}.{self.d.attention[1]}")
 
@@ -627,6 +631,11 @@ def from_onnx(contents: OnnxContents, path: Path) -> Model:
     unknown = sorted(set(tensors) - hf_names)
     if unknown:
         raise Unsupported(path, f"tensor {unknown[0]!r} has no place in the {arch.name} family")
+    # a builder folder's graph may fold a weight where the walk does not look (ops the builder grows): one missing is
+    # refused, not left for transformers to initialise (biases aside: the builder drops all-zero ones)
+    missing = sorted(n for n in hf_names - set(tensors) if not n.endswith(".bias") and n != "lm_head.weight")
+    if rebuilt and missing:
+        raise Unsupported(path, f"ONNX graph: no {missing[0]} found in onnxruntime-genai's graph")
     first = next((r for r in tensors.values() if len(r.shape) > 1), None)
     config_file = [] if own or not (folder / "config.json").is_file() else [folder / "config.json"]
     config_file += [folder / genai_config.FILE] if rebuilt else []
