@@ -1,7 +1,9 @@
 """Reading back ONNX folders written by onnxruntime-genai's model builder (issue 13): no config.json beside them, so
-config.json is rebuilt from genai_config.json and the graph; fp32 exports give every original HF tensor back bit for
-bit and transformers computes the original's logits from the result; int4 exports give the weights onnxruntime
-computes with; a rope that cannot be recovered from its caches (llama3's scaling) is refused, never guessed."""
+config.json is rebuilt from genai_config.json and the graph; fp32 exports (llama, mistral, qwen2, qwen3, phi3, gemma)
+give every original HF tensor back bit for bit and transformers computes the original's logits from the result;
+fp16/bf16 exports give the original cast, int4 ones the weights onnxruntime computes with. What the rebuilt config
+cannot say is refused, never guessed: a rope its caches do not tell (llama3's scaling, LongRoPE), attention scaled or
+capped otherwise, another family, a weight the walk misses, a malformed genai_config.json."""
 from __future__ import annotations
 
 import json
@@ -67,7 +69,7 @@ def _variant(src, out, changes):
 @pytest.fixture(scope="module")
 def genai(checkpoints, tmp_path_factory):
     """(variant, precision) -> (HF folder, the builder's export of it: `python -m onnxruntime_genai.models.builder
-    -m HF -o OUT -p PRECISION -e cpu`), all exported on first use."""
+    -m HF -o OUT -p PRECISION -e cpu`, or `-e cuda` for a precision ending -cuda), all exported on first use."""
     made, jobs = {}, []
     for name, precision in EXPORTS:
         root = tmp_path_factory.mktemp(f"genai-{name}-{precision}")
