@@ -26,17 +26,17 @@ from modelport.validators.runtimes import Transformers
 
 pytest.importorskip("onnxruntime_genai.models.builder")
 
-# the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). Scaled
-# ropes cannot be told from their caches: "llama" has the default rope of its rope_theta, "llama3-rope" the llama
-# sample's own llama3 scaling; "phi3" is Phi-3-mini-4k's layout (no LongRoPE, a 2047-token window), "phi3-longrope"
-# the phi3 sample's Phi-3-mini-128k one; "mistral-window" has a sliding window shorter than the test text.
+# the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). "llama" has
+# the default rope of its rope_theta, "llama3-rope" the llama sample's own llama3 scaling (Llama 3.2's); "phi3" is
+# Phi-3-mini-4k's layout (no LongRoPE, a 2047-token window), "phi3-longrope" the phi3 sample's Phi-3-mini-128k one,
+# whose rope cannot be told from its caches; "mistral-window" has a sliding window shorter than the test text.
 UNSCALED = {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}, "rope_scaling": None}
 PHI3_4K = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "rope_scaling": None,
            "max_position_embeddings": 4096, "sliding_window": 2047}
 VARIANTS = {"llama": ("llama", UNSCALED), "llama3-rope": ("llama", {}), "mistral": ("mistral", {}),
             "mistral-window": ("mistral", {"sliding_window": 32}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
             "gemma": ("gemma", {}), "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
-SCALED = ("llama3-rope", "phi3-longrope")
+SCALED = ("phi3-longrope",)
 INT4 = ("llama", "qwen3")  # a tied int4 embedding (GatherBlockQuantized); a packed projection split for q/k norms
 # fp16 for CPU: MultiHeadAttention with q, k, v apart and RotaryEmbedding nodes; fp16 for CUDA (built without a GPU):
 # GroupQueryAttention computing qwen3's per-head norms itself
@@ -50,6 +50,7 @@ NORM_ATOL = {"gemma": 2 ** -24}
 KEPT = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps",
         "tie_word_embeddings", "bos_token_id", "eos_token_id", "sliding_window")
+ROPE_SCALING = ("rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 # the builder's command line run once per export in one interpreter, which imports torch and the builder only once
 BUILDER = """import runpy, sys
 for argv in sys.argv[1].split("\\n"):
@@ -109,12 +110,14 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
         assert same, tensor
     want, got = json.loads((src / "config.json").read_text()), json.loads((out / "config.json").read_text())
     assert {k: got.get(k) for k in KEPT if k in want} == {k: want[k] for k in KEPT if k in want}
-    theta = (want.get("rope_parameters") or {}).get("rope_theta", want.get("rope_theta"))
-    assert got["rope_theta"] == theta
+    rope = want.get("rope_parameters") or {}
+    assert got["rope_theta"] == rope.get("rope_theta", want.get("rope_theta"))
+    if rope.get("rope_type", "default") != "default":
+        assert {k: got["rope_scaling"][k] for k in ROPE_SCALING} == {k: rope[k] for k in ROPE_SCALING}
     assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
 
 
-@pytest.mark.parametrize("name", ("llama", "mistral-window"))
+@pytest.mark.parametrize("name", ("llama3-rope", "mistral-window"))
 def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
     src, onnx_dir = genai(name)
     out = tmp_path / "hf"
@@ -173,8 +176,7 @@ def test_a_weight_the_walk_misses_is_refused(genai, monkeypatch):
 
 @pytest.mark.parametrize("name", SCALED)
 def test_scaled_rope_is_refused_not_guessed(genai, name, tmp_path):
-    """llama3's rope scaling leaves caches no unscaled rope_theta reproduces, LongRoPE two pairs the graph picks
-    from: refused (exit 3), one line, no output."""
+    """LongRoPE leaves two pairs of caches the graph picks from: refused (exit 3), one line, no output."""
     _, onnx_dir = genai(name)
     with pytest.raises(Unsupported, match="rope could not be recovered"):
         api.load(onnx_dir)
@@ -249,11 +251,12 @@ def test_attention_the_config_cannot_say_is_refused(genai, tmp_path, attribute, 
         api.load(bad)
 
 
-def _builder_caches(theta, dim, length):
-    """cos and sin caches as onnxruntime-genai's builder computes them (make_rotary_embedding_caches_from_scratch)."""
+def _builder_caches(theta, dim, length, scale=1.0):
+    """cos and sin caches as onnxruntime-genai's builder computes them (make_rotary_embedding_caches_from_scratch;
+    `scale` its linear rope scaling)."""
     import torch
 
-    inv_freq = 1.0 / (1 * (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)))
+    inv_freq = 1.0 / (scale * (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)))
     freqs = torch.outer(torch.arange(length, dtype=torch.int64).type_as(inv_freq), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     return [MemorySlice.tensor(x[:, :dim // 2].contiguous().numpy(), "F32") for x in (emb.cos(), emb.sin())]
@@ -262,13 +265,17 @@ def _builder_caches(theta, dim, length):
 @pytest.mark.parametrize("theta", [10000.0, 500000.0, 1000000.0, 75000.0, 999999.4420358813, 10000000.0])
 def test_rope_theta_is_the_shortest_decimal_giving_the_caches(theta):
     """Any theta reads back as the shortest decimal whose caches are the stored ones bit for bit (starcoder2's
-    999999.4420358813 as the float32 the builder computes with)."""
-    import torch
-
+    999999.4420358813 as the float32 the builder computes with); caches one bit off, or linearly scaled, or rotating
+    part of each head, are refused."""
     cos, sin = _builder_caches(theta, 64, 4096)
-    found = genai_config.rope_theta(cos, sin, 64, "m")
-    assert len(repr(found)) <= len(repr(theta)) and np.float32(found) == np.float32(theta)
-    again = _builder_caches(found, 64, 4096)
+    found = genai_config.rope(cos, sin, 64, "m")
+    assert list(found) == ["rope_theta"] and len(repr(found["rope_theta"])) <= len(repr(theta))
+    again = _builder_caches(found["rope_theta"], 64, 4096)
     assert all(a.read().tobytes() == b.read().tobytes() for a, b in zip(again, (cos, sin)))
+    bits = cos.read().copy()
+    bits.view(np.uint32)[4000, 5] ^= 1  # one bit of one angle, past the rows tried first
+    for caches in ((MemorySlice.tensor(bits, "F32"), sin), _builder_caches(theta, 64, 4096, scale=2.0)):
+        with pytest.raises(Unsupported, match="rope could not be recovered"):
+            genai_config.rope(*caches, 64, "m")
     with pytest.raises(Unsupported, match="partial rotary"):  # Phi-4-mini's 0.75 of each head
-        genai_config.rope_theta(*_builder_caches(theta, 48, 16), 64, "m")
+        genai_config.rope(*_builder_caches(theta, 48, 16), 64, "m")

@@ -5,8 +5,9 @@ LM head's Transpose, rope_theta by the cos/sin caches); the sliding window is ge
 What the rebuilt config cannot say is refused: families whose graphs hold more (granite's multipliers), attention
 scaled otherwise than by 1/sqrt(head_dim) or soft-capped.
 
-The rope is trusted only when the caches the builder computes from the recovered rope_theta equal the stored ones
-bit for bit; scaled ropes (llama3, LongRoPE, YaRN) cannot be told from their caches and are refused, never guessed.
+The rope is trusted only when the caches the builder computes from the recovered rope_theta (and llama3 scaling,
+Llama 3.1's and 3.2's, its parameters read off the caches and a short table) equal the stored ones bit for bit; other
+scalings (LongRoPE, YaRN) cannot be told from their caches and are refused, never guessed.
 The caches are recomputed with torch, as the builder computes them: numpy's float32 cos and pow differ from torch's
 in the last bit."""
 from __future__ import annotations
@@ -38,7 +39,13 @@ NORMS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "La
 DEFAULT_EPSILON = 1e-5  # the contrib norm ops' default epsilon
 MAX_DIGITS = 9  # a float32 theta round-trips through 9 significant digits
 PREFIX = 64  # cache rows compared before the whole cache (64 x head_dim values: whole vectors for torch's kernels)
+# llama3 rope scaling's (low_freq_factor, high_freq_factor, original_max_position_embeddings) tried: Llama 3.1's and
+# 3.2's (1, 4, 8192) first, then neighbours; each is kept only when it gives the stored caches bit for bit
+LLAMA3 = [(low, high, context) for context in (8192, 4096, 16384, 32768) for low in (1.0, 2.0, 0.5)
+          for high in (4.0, 8.0, 2.0) if high > low]
 CACHE_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # the caches' types -> torch's
+# (rtol, atol) within which the angles a cache type holds tell a candidate rope worth recomputing exactly
+NEAR = {"F32": (1e-4, 0.0), "F16": (5e-2, 1e-4), "BF16": (5e-2, 1e-4)}
 
 
 def load(folder: Path) -> dict | None:
@@ -130,26 +137,91 @@ def rope_caches(nodes: list, inits: dict[str, TensorRef], path: Path) -> tuple[T
     return cos, sin
 
 
-def _caches(theta: float, dim: int, length: int, dtype: str) -> tuple[bytes, bytes]:
-    """The bytes of the cos and sin caches [length, dim / 2] as the builder computes them
-    (make_rotary_embedding_caches_from_scratch: the halves of cat(freqs, freqs) in float32, then cast)."""
+def _inv_freq(theta: float, dim: int, llama3: tuple[float, float, float, int] | None = None):
+    """The inverse frequencies as the builder computes them (make_rotary_embedding_caches_from_scratch), llama3's
+    rescaled one by one as its make_inv_freq_rescaled_with_freq_factors does: (factor, low_freq_factor,
+    high_freq_factor, original_max_position_embeddings)."""
     import torch
 
     inv_freq = 1.0 / (1 * (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)))
+    if llama3 is None:
+        return inv_freq
+    factor, low, high, old_context_len = llama3
+    low_wavelen, high_wavelen = old_context_len / low, old_context_len / high
+    new_freqs = []
+    for freq in inv_freq:
+        wavelen = 2 * torch.pi / freq
+        if wavelen < high_wavelen:
+            new_freqs.append(freq)
+        elif wavelen > low_wavelen:
+            new_freqs.append(freq / factor)
+        else:
+            smooth = (old_context_len / wavelen - low) / (high - low)
+            new_freqs.append((1 - smooth) * freq / factor + smooth * freq)
+    return torch.tensor(new_freqs, dtype=inv_freq.dtype)
+
+
+def _caches(inv_freq, length: int, dtype: str) -> tuple[bytes, bytes]:
+    """The bytes of the cos and sin caches [length, dim / 2] as the builder computes them: the halves of
+    cat(freqs, freqs) in float32, then cast."""
+    import torch
+
     t = torch.arange(length, dtype=torch.int64).type_as(inv_freq)
     emb = torch.cat((torch.outer(t, inv_freq),) * 2, dim=-1)
 
     def stored(x):
-        x = x.to(getattr(torch, CACHE_TYPES[dtype]))[:, :dim // 2].contiguous()
+        x = x.to(getattr(torch, CACHE_TYPES[dtype]))[:, :len(inv_freq)].contiguous()
         return x.view(torch.int16 if x.element_size() == 2 else torch.int32).numpy().tobytes()
 
     return stored(emb.cos() * 1), stored(emb.sin() * 1)
 
 
-def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path) -> float:
-    """rope_theta from the caches: the angles at position 1 are the inverse frequencies theta^(-2i/dim); the
-    shortest decimal whose recomputed caches equal the stored ones bit for bit (its first PREFIX rows tried first,
-    so that a wrong candidate costs no whole cache), else Unsupported."""
+def _decimals(value: float, digits: int = MAX_DIGITS) -> list[float]:
+    """`value` rounded to 1, 2 ... `digits` significant digits, the shortest of those one float32 holds (torch
+    computes with the float32 of a Python number) kept."""
+    if not np.isfinite(value) or value <= 0:
+        return []
+    found = {}
+    for d in range(1, digits + 1):
+        found.setdefault(np.float32(float(f"{value:.{d}g}")), float(f"{value:.{d}g}"))
+    return list(found.values())
+
+
+def _near(theta: float, dim: int, llama3: tuple[float, float, float, int] | None, angles: np.ndarray,
+          tolerance: tuple[float, float]) -> bool:
+    """Whether the candidate's inverse frequencies (in float64, vectorised) are within (rtol, atol) of the angles
+    the caches hold: only those are recomputed as the builder does, one frequency at a time."""
+    inv = theta ** -(np.arange(0, dim, 2) / dim)
+    if llama3 is not None:
+        factor, low, high, context = llama3
+        wavelen = 2 * np.pi / inv
+        smooth = np.clip((context / wavelen - low) / (high - low), 0, 1)
+        inv = np.where(wavelen < context / high, inv, np.where(wavelen > context / low, inv / factor,
+                                                               (1 - smooth) * inv / factor + smooth * inv))
+    return bool(np.allclose(inv, angles, rtol=tolerance[0], atol=tolerance[1]))
+
+
+def _candidates(angles: np.ndarray, dim: int):
+    """(rope_theta, llama3 parameters or None) to try: the unscaled rope of the theta the angles fit, then llama3's
+    scaling with that theta read off the highest frequency (which it leaves alone), its factor off the lowest (which
+    it divides) and the other three from LLAMA3 (the published ones and their neighbours)."""
+    half = len(angles)
+    if half < 2 or not (angles > 0).all():
+        return
+    with np.errstate(all="ignore"):
+        fitted = float(np.exp(np.mean(-np.log(angles[1:]) * dim / (2 * np.arange(1, half)))))
+    for theta in _decimals(fitted):
+        yield theta, None
+    for theta in _decimals(float(angles[1]) ** (-dim / 2)):
+        for factor in _decimals(float(theta ** (-2 * (half - 1) / dim) / angles[-1]), 4):
+            for low, high, context in LLAMA3:
+                yield theta, (factor, low, high, context)
+
+
+def rope(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path) -> dict:
+    """The config's rope fields from the caches: the angles at position 1 are the inverse frequencies; the first
+    candidate (shortest decimals first) whose recomputed caches equal the stored ones bit for bit (its first PREFIX
+    rows tried first, so that a wrong candidate costs no whole cache), else Unsupported."""
     try:
         import torch  # noqa: F401  (the builder's arithmetic, to compare bit for bit)
     except ImportError:
@@ -161,22 +233,23 @@ def rope_theta(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path
         raise Unsupported(path, f"rotary caches {list(cos_ref.shape)} do not rotate whole heads of {head_dim}: "
                                 "partial rotary embeddings are not read back, the rope could not be recovered")
     stored = cos_ref.read().tobytes(), sin_ref.read().tobytes()
-    row = len(stored[0]) // length
+    rows = min(PREFIX, length)
+    prefix = tuple(b[:rows * len(b) // length] for b in stored)
     cos, sin = (cast(r, "F32").read()[1].astype(np.float64) for r in (cos_ref, sin_ref))
     angles = np.arctan2(sin, cos)
-    i = np.arange(1, half)
-    fitted = float(np.exp(np.mean(-np.log(angles[1:]) * head_dim / (2 * i)))) if half > 1 and (angles > 0).all() \
-        else 0.0
-    rows = min(PREFIX, length)
-    for digits in range(1, MAX_DIGITS + 1):
-        theta = float(f"{fitted:.{digits}g}") if fitted > 1 else 0.0
-        if theta <= 1:
-            break
-        if _caches(theta, head_dim, rows, cos_ref.dtype) == tuple(b[:rows * row] for b in stored) and \
-                _caches(theta, head_dim, length, cos_ref.dtype) == stored:
-            return theta
-    raise Unsupported(path, "the rotary cos/sin caches are not an unscaled rope of any rope_theta (llama3, "
-                            "LongRoPE or YaRN scaling?): the rope could not be recovered")
+    for theta, llama3 in _candidates(angles, head_dim):
+        if not _near(theta, head_dim, llama3, angles, NEAR[cos_ref.dtype]):
+            continue
+        inv_freq = _inv_freq(theta, head_dim, llama3)
+        if _caches(inv_freq, rows, cos_ref.dtype) == prefix and _caches(inv_freq, length, cos_ref.dtype) == stored:
+            if llama3 is None:
+                return {"rope_theta": theta}
+            factor, low, high, context = llama3
+            return {"rope_theta": theta, "rope_scaling": {"rope_type": "llama3", "factor": factor,
+                                                          "low_freq_factor": low, "high_freq_factor": high,
+                                                          "original_max_position_embeddings": context}}
+    raise Unsupported(path, "the rotary cos/sin caches are not those of an unscaled or llama3-scaled rope (LongRoPE "
+                            "or YaRN scaling?): the rope could not be recovered")
 
 
 def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: list, inits: dict[str, TensorRef],
@@ -186,8 +259,7 @@ def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: l
     check_attention(nodes, cfg["head_dim"], path)
     cos, sin = rope_caches(nodes, inits, path)
     out = {**cfg, "intermediate_size": intermediate_size, "rms_norm_eps": epsilon(nodes, path),
-           "tie_word_embeddings": tied,
-           "rope_theta": rope_theta(cos, sin, cfg["head_dim"], path)}
+           "tie_word_embeddings": tied, **rope(cos, sin, cfg["head_dim"], path)}
     window = sliding_window(genai, nodes, path)
     if window is not None or archs.for_hf(cfg["model_type"]).onnx.sliding_window_everywhere:
         out["sliding_window"] = window
