@@ -26,14 +26,13 @@ from modelport.validators.runtimes import Transformers
 
 pytest.importorskip("onnxruntime_genai.models.builder")
 
-# the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). "llama" has
-# the default rope of its rope_theta, "llama3-rope" the llama sample's own llama3 scaling (Llama 3.2's); "phi3" is
-# Phi-3-mini-4k's layout (no LongRoPE, a 2047-token window), "phi3-longrope" the phi3 sample's Phi-3-mini-128k one,
-# whose rope cannot be told from its caches; "mistral-window" has a sliding window shorter than the test text.
-UNSCALED = {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}, "rope_scaling": None}
+# the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). "llama" is
+# the llama sample (Llama 3.2's llama3 rope scaling); "phi3" is Phi-3-mini-4k's layout (no LongRoPE, a 2047-token
+# window), "phi3-longrope" the phi3 sample's Phi-3-mini-128k one, whose rope cannot be told from its caches;
+# "mistral-window" has a sliding window shorter than the test text.
 PHI3_4K = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "rope_scaling": None,
            "max_position_embeddings": 4096, "sliding_window": 2047}
-VARIANTS = {"llama": ("llama", UNSCALED), "llama3-rope": ("llama", {}), "mistral": ("mistral", {}),
+VARIANTS = {"llama": ("llama", {}), "mistral": ("mistral", {}),
             "mistral-window": ("mistral", {"sliding_window": 32}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
             "gemma": ("gemma", {}), "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
 SCALED = ("phi3-longrope",)
@@ -117,7 +116,7 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
     assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
 
 
-@pytest.mark.parametrize("name", ("llama3-rope", "mistral-window"))
+@pytest.mark.parametrize("name", ("llama", "mistral-window"))
 def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
     src, onnx_dir = genai(name)
     out = tmp_path / "hf"

@@ -41,6 +41,7 @@ MAX_DIGITS = 9  # a float32 theta round-trips through 9 significant digits
 PREFIX = 64  # cache rows compared before the whole cache (64 x head_dim values: whole vectors for torch's kernels)
 # llama3 rope scaling's (low_freq_factor, high_freq_factor, original_max_position_embeddings) tried: Llama 3.1's and
 # 3.2's (1, 4, 8192) first, then neighbours; each is kept only when it gives the stored caches bit for bit
+LLAMA3_FACTORS = [8.0, 32.0, 16.0, 4.0, 2.0, 64.0]
 LLAMA3 = [(low, high, context) for context in (8192, 4096, 16384, 32768) for low in (1.0, 2.0, 0.5)
           for high in (4.0, 8.0, 2.0) if high > low]
 CACHE_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # the caches' types -> torch's
@@ -204,7 +205,8 @@ def _near(theta: float, dim: int, llama3: tuple[float, float, float, int] | None
 def _candidates(angles: np.ndarray, dim: int):
     """(rope_theta, llama3 parameters or None) to try: the unscaled rope of the theta the angles fit, then llama3's
     scaling with that theta read off the highest frequency (which it leaves alone), its factor off the lowest (which
-    it divides) and the other three from LLAMA3 (the published ones and their neighbours)."""
+    it divides) or from LLAMA3_FACTORS, and the other three from LLAMA3 (the published ones and their
+    neighbours)."""
     half = len(angles)
     if half < 2 or not (angles > 0).all():
         return
@@ -213,7 +215,8 @@ def _candidates(angles: np.ndarray, dim: int):
     for theta in _decimals(fitted):
         yield theta, None
     for theta in _decimals(float(angles[1]) ** (-dim / 2)):
-        for factor in _decimals(float(theta ** (-2 * (half - 1) / dim) / angles[-1]), 4):
+        estimate = _decimals(float(theta ** (-2 * (half - 1) / dim) / angles[-1]), 4)
+        for factor in dict.fromkeys(estimate + LLAMA3_FACTORS):  # half caches hold the lowest angle coarsely
             for low, high, context in LLAMA3:
                 yield theta, (factor, low, high, context)
 
