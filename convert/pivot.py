@@ -14,18 +14,17 @@ from .archs.base import hub_layout
 
 def load(path: str | Path) -> Model:
     """A model in any registered format as the pivot (HF names; GGUF Q/K unpermuted; ONNX weights as HF lays
-    them out; config.json in the hub's layout); reads headers only. Its configuration and tensor set are checked against each other here, once."""
+    them out; config.json in the hub's layout, which every writer and family map reads); reads headers only. Its
+    configuration and tensor set are checked against each other here, once."""
     path = Path(path)
     c = codec.detect(path)
     model = c.to_pivot(c.open(path), path)
     family = archs.registry().get(model.arch) if isinstance(model.arch, str) else None
-    # every writer and family map reads the hub's layout
     model.config = hub_layout(model.config, family.t5_names if family else None)
     files = model.metadata.get("source_files") or [path]
     where = files[0] if len(files) == 1 else path
     if not model.tensors:
         raise BadInput(where, "holds no tensors")
-    if isinstance(model.arch, str) and model.arch in archs.registry():  # an unknown family is refused by name when it is written
-        arch = archs.for_hf(model.arch)
-        dims.check_tensors(arch, dims.normalized(arch, model.config, path), model.tensors, where)
+    if family is not None:  # an unknown family is refused by name when it is written
+        dims.check_tensors(family, dims.normalized(family, model.config, path), model.tensors, where)
     return model

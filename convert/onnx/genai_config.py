@@ -23,6 +23,7 @@ from modelport.formats.model import TensorRef
 
 from modelport.convert import archs
 from modelport.convert.dtypes import cast
+from modelport.convert.onnx import rope as onnx_rope
 
 FILE = "genai_config.json"
 # genai_config.json "model" -> config.json fields it says outright (decoder section, then the model section)
@@ -41,6 +42,7 @@ MAX_DIGITS = 9  # a float32 theta round-trips through 9 significant digits
 PREFIX = 64  # cache rows compared before the whole cache (64 x head_dim values: whole vectors for torch's kernels)
 # llama3 rope scaling's (low_freq_factor, high_freq_factor, original_max_position_embeddings) tried: Llama 3.1's and
 # 3.2's (1, 4, 8192) first, then neighbours; each is kept only when it gives the stored caches bit for bit
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 LLAMA3_FACTORS = [8.0, 32.0, 16.0, 4.0, 2.0, 64.0]
 LLAMA3 = [(low, high, context) for context in (8192, 4096, 16384, 32768) for low in (1.0, 2.0, 0.5)
           for high in (4.0, 8.0, 2.0) if high > low]
@@ -188,18 +190,18 @@ def _decimals(value: float, digits: int = MAX_DIGITS) -> list[float]:
     return list(found.values())
 
 
+def _scaling(llama3: tuple[float, float, float, int] | None) -> dict | None:
+    """config.json's rope_scaling for llama3 parameters (factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings); None for an unscaled rope."""
+    return None if llama3 is None else {"rope_type": "llama3", **dict(zip(LLAMA3_KEYS, llama3))}
+
+
 def _near(theta: float, dim: int, llama3: tuple[float, float, float, int] | None, angles: np.ndarray,
           tolerance: tuple[float, float]) -> bool:
-    """Whether the candidate's inverse frequencies (in float64, vectorised) are within (rtol, atol) of the angles
-    the caches hold: only those are recomputed as the builder does, one frequency at a time."""
-    inv = theta ** -(np.arange(0, dim, 2) / dim)
-    if llama3 is not None:
-        factor, low, high, context = llama3
-        wavelen = 2 * np.pi / inv
-        smooth = np.clip((context / wavelen - low) / (high - low), 0, 1)
-        inv = np.where(wavelen < context / high, inv, np.where(wavelen > context / low, inv / factor,
-                                                               (1 - smooth) * inv / factor + smooth * inv))
-    return bool(np.allclose(inv, angles, rtol=tolerance[0], atol=tolerance[1]))
+    """Whether the candidate's inverse frequencies (transformers' arithmetic, vectorised) are within (rtol, atol) of
+    the angles the caches hold: only those are recomputed as the builder does, one frequency at a time."""
+    inv = onnx_rope.of({"rope_theta": theta, "rope_scaling": _scaling(llama3)}, dim).inv_freq
+    return bool(np.allclose(inv.astype(np.float64), angles, rtol=tolerance[0], atol=tolerance[1]))
 
 
 def _candidates(angles: np.ndarray, dim: int):
@@ -245,12 +247,7 @@ def rope(cos_ref: TensorRef, sin_ref: TensorRef, head_dim: int, path: Path) -> d
             continue
         inv_freq = _inv_freq(theta, head_dim, llama3)
         if _caches(inv_freq, rows, cos_ref.dtype) == prefix and _caches(inv_freq, length, cos_ref.dtype) == stored:
-            if llama3 is None:
-                return {"rope_theta": theta}
-            factor, low, high, context = llama3
-            return {"rope_theta": theta, "rope_scaling": {"rope_type": "llama3", "factor": factor,
-                                                          "low_freq_factor": low, "high_freq_factor": high,
-                                                          "original_max_position_embeddings": context}}
+            return {"rope_theta": theta} | ({"rope_scaling": _scaling(llama3)} if llama3 else {})
     raise Unsupported(path, "the rotary cos/sin caches are not those of an unscaled or llama3-scaled rope (LongRoPE "
                             "or YaRN scaling?): the rope could not be recovered")
 
