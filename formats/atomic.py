@@ -23,10 +23,6 @@ _counter = itertools.count()
 _sources: ContextVar[tuple[Path, ...]] = ContextVar("modelport_sources", default=())
 RENAME_NOREPLACE = 1  # linux/fs.h
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_SYNC_FILE_RANGE = getattr(_libc, "sync_file_range", None)  # Linux only
-if _SYNC_FILE_RANGE is not None:
-    _SYNC_FILE_RANGE.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
 _renameat2 = getattr(_libc, "renameat2", None)  # glibc >= 2.28; absent on musl and macOS
 AT_FDCWD = -100
 # errors that say the output could not be written for a reason of the destination, not of the input
@@ -153,37 +149,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-class WriteBehind:
-    """Starts the kernel's writeback of each few hundred MB as soon as it is written, so the fsync before the rename
-    has little left to do and a large output does not crowd the page cache. Linux's sync_file_range(WRITE) queues
-    the range without waiting (no Python binding: through libc), and the range before it, clean by then, is dropped
-    from the cache; elsewhere POSIX_FADV_DONTNEED on the dirty pages does both, waiting for part of the writeback
-    (measured on the 1B f16 GGUF conversion, four alternating runs each: median 4.1 s against 4.9 s with fadvise
-    alone, 6.1 s with neither)."""
-
-    STEP = 256 << 20
-
-    def __init__(self, f):
-        self.f, self.done = f, f.tell()
-        self.dropped = self.done
-
-    def __call__(self) -> None:
-        pos = self.f.tell()
-        if pos - self.done < self.STEP:
-            return
-        self.f.flush()
-        fd = self.f.fileno()
-        if _SYNC_FILE_RANGE is not None:
-            _SYNC_FILE_RANGE(fd, self.done, pos - self.done, SYNC_FILE_RANGE_WRITE)
-            clean = self.done - self.STEP  # written back by now: dropped once, from where the last drop ended
-            if clean > self.dropped:
-                os.posix_fadvise(fd, self.dropped, clean - self.dropped, os.POSIX_FADV_DONTNEED)
-                self.dropped = clean
-        elif hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, self.done, pos - self.done, os.POSIX_FADV_DONTNEED)
-        self.done = pos
 
 
 @contextmanager

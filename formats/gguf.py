@@ -14,10 +14,10 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from . import inputs
-from .atomic import WriteBehind
 from .errors import BadInput
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, TensorRef
+from .sink import streaming
 
 SPLIT = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 MIN_KV_BYTES = 8 + 4 + 4  # key length, value type, smallest value
@@ -307,10 +307,10 @@ def write(path: Path, arch: str, kv: list[tuple[str, Any, GGUFValueType, GGUFVal
     f = w.fout[0]
     kv_end = f.tell()
     w.write_ti_data_to_file()
-    behind = WriteBehind(f)
-    for name, ref in tensors:
-        w.write_padding(f, f.tell())
-        w.write_padding(f, ref.write_to(f, progress, behind))
+    with streaming(f) as out:
+        for name, ref in tensors:
+            w.write_padding(out, out.tell())
+            w.write_padding(out, ref.write_to(out, progress))
     if late:
         value = late.value().encode()
         assert len(value) == len(late.placeholder.encode()), "a late value must keep its placeholder's length"

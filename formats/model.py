@@ -5,17 +5,21 @@ peak memory is bounded by a row chunk of the largest tensor, never by the model.
 """
 from __future__ import annotations
 
-import errno
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+if TYPE_CHECKING:
+    from .sink import BufferedSink, DirectSink
+
+    Sink = BufferedSink | DirectSink
 
 # Numpy has no bfloat16 or float8: BF16 and F8_E4M3 tensors travel as their bit patterns.
 NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F8_E4M3": np.uint8,
@@ -26,7 +30,6 @@ NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16":
 PACKED_DTYPES = {"I4": 2, "U4": 2}  # dtype -> elements per byte
 
 CHUNK_BYTES = 4 << 20  # row blocks of about 4 MiB: cache-friendly, and few page faults per block
-NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 PREFETCH = 2 * (os.cpu_count() or 1)  # row blocks read and transformed ahead of the writer
 
 
@@ -203,47 +206,20 @@ class TensorRef:
 
         yield from _ordered(block, range(0, self.n_rows, rows_per))
 
-    def write_to(self, f: IO[bytes], progress: Callable[[int], None] | None = None,
-                 after_block: Callable[[], None] | None = None) -> int:
-        """Stream the result into `f`; bytes that pass through unchanged are copied file to file in the kernel
-        (copy_file_range, as cp does; stacked experts part by part), everything else a row block at a time.
-        Returns the bytes written."""
+    def write_to(self, out: "Sink", progress: Callable[[int], None] | None = None) -> int:
+        """Stream the result into `out` (formats.sink); bytes that pass through unchanged are copied from their
+        files as they are (stacked experts part by part), everything else goes a row block at a time. Returns the
+        bytes written."""
         files = self.stored.parts if isinstance(self.stored, ConcatSlice) else (self.stored,)
-        if not self.transforms and all(isinstance(s, FileSlice) for s in files) and hasattr(os, "copy_file_range"):
-            start = f.tell()
-            try:
-                return sum(self._copy_to(s, f, progress, after_block) for s in files)
-            except OSError as e:
-                if e.errno not in NO_KERNEL_COPY:
-                    raise
-                f.seek(start)  # this filesystem pair cannot: copy through user space instead
+        if not self.transforms and all(isinstance(s, FileSlice) for s in files):
+            return sum(out.copy(s, progress) for s in files)
         written = 0
         for chunk in self.chunks():
-            f.write(np.ascontiguousarray(chunk).data)
+            out.write(np.ascontiguousarray(chunk).data)
             written += chunk.nbytes
-            if after_block:
-                after_block()
             if progress:
                 progress(chunk.nbytes)
         return written
-
-    @staticmethod
-    def _copy_to(stored: FileSlice, f: IO[bytes], progress, after_block) -> int:
-        f.flush()
-        out = f.fileno()
-        with open(stored.path, "rb", buffering=0) as src:
-            pos, left, dst = stored.offset, stored.nbytes, f.tell()
-            while left:
-                n = os.copy_file_range(src.fileno(), out, min(left, CHUNK_BYTES * 16), pos, dst)
-                if n == 0:
-                    raise EOFError(f"{stored.path}: unexpected end of file at byte {pos}")
-                pos, dst, left = pos + n, dst + n, left - n
-                f.seek(dst)
-                if after_block:
-                    after_block()
-                if progress:
-                    progress(n)
-        return stored.nbytes
 
     def map(self, fn: Transform, rowwise: bool = False, shape: tuple[int, ...] | None = None,
             dtype: str | None = None) -> "TensorRef":

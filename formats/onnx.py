@@ -15,10 +15,11 @@ from typing import Callable
 import numpy as np
 
 from . import inputs
-from .atomic import WriteBehind, atomic_output
+from .atomic import atomic_output
 from .errors import BadInput, OutputExists, RuntimeMissing
 from .hashing import Late
 from .model import FileSlice, MemorySlice, TensorRef
+from .sink import streaming
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = MODEL_FILE + ".data"
@@ -172,11 +173,10 @@ def write(model_path: Path, data_path: Path, location: str, proto, tensors: list
         start = _aligned(end, ref.nbytes)
         offsets.append(start)
         end = start + ref.nbytes
-    with open(data_path, "wb") as f:
-        behind = WriteBehind(f)
+    with open(data_path, "wb") as f, streaming(f) as out:
         for (name, ref), offset in zip(tensors, offsets):
-            f.write(b"\0" * (offset - f.tell()))
-            if ref.write_to(f, progress, behind) != ref.nbytes:
+            out.write(b"\0" * (offset - out.tell()))
+            if ref.write_to(out, progress) != ref.nbytes:
                 raise AssertionError(f"{name}: wrote a different byte count than its shape and dtype give")
     out = onnx.ModelProto()
     out.CopyFrom(proto)

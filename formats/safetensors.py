@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import WriteBehind
 from . import inputs, jsonfile
 from .errors import BadInput, Unsupported
 from .hashing import Late
 from .model import NUMPY_DTYPES, FileSlice, Model, TensorRef
+from .sink import streaming
 
 ITEMSIZE = {k: np.dtype(v).itemsize for k, v in NUMPY_DTYPES.items()}
 MAX_HEADER = 100_000_000  # the safetensors library's MAX_HEADER_SIZE
@@ -191,9 +191,9 @@ def write_file(path: Path, tensors: list[tuple[str, TensorRef]], meta: dict[str,
     hb = _header(tensors, {**meta, late.key: late.placeholder} if late else meta)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(hb)) + hb)
-        behind = WriteBehind(f)
-        for _, ref in tensors:
-            ref.write_to(f, progress, behind)
+        with streaming(f) as out:
+            for _, ref in tensors:
+                ref.write_to(out, progress)
         if late:
             final = _header(tensors, {**meta, late.key: late.value()})
             assert len(final) == len(hb), "a late value must keep its placeholder's length"

@@ -17,6 +17,7 @@ from modelport import api
 from modelport.convert import archs, experts
 from modelport.convert.dtypes import cast
 from modelport.formats.model import ConcatSlice, FileSlice
+from modelport.formats.sink import streaming
 from modelport.validators.metrics import logit_parity
 from modelport.validators.runtimes import LlamaCpp, Transformers
 
@@ -41,8 +42,8 @@ def test_stacked_experts_stream_in_row_blocks_from_the_experts_files(checkpoints
         blocks = list(got.chunks(chunk_bytes=5 * row))  # 5 rows a block: blocks straddle the experts' 192 rows
         assert max(b.shape[0] for b in blocks) == 5
         np.testing.assert_array_equal(np.concatenate(blocks).reshape(ref.shape), whole.astype(dtype))
-    with open(tmp_path / "stacked", "wb") as f:  # unchanged bytes: copied file to file, expert by expert
-        assert ref.write_to(f) == whole.nbytes
+    with open(tmp_path / "stacked", "wb") as f, streaming(f) as out:  # unchanged bytes: copied expert by expert
+        assert ref.write_to(out) == whole.nbytes
     assert (tmp_path / "stacked").read_bytes() == whole.tobytes()
 
 
