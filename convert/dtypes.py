@@ -1,6 +1,7 @@
-"""Float casts between F32 / F16 / BF16 (BF16 travels as uint16 bits). ml_dtypes' bfloat16 does the BF16 casts in
-C++ (4x to 50x faster than numpy or gguf-py's numpy code) with the same round-to-nearest-even, so our bytes match
-llama.cpp's converter; every cast is row-local, so casting never stops a tensor from streaming."""
+"""Float casts between F32 / F16 / BF16 (BF16 travels as uint16 bits). ggml's SIMD conversions (convert.ggml) where
+llama-cpp-python is installed, else ml_dtypes' bfloat16 in C++ (4x to 50x faster than numpy or gguf-py's numpy
+code); both round to nearest even, so our bytes match llama.cpp's converter; every cast is row-local, so casting
+never stops a tensor from streaming."""
 from __future__ import annotations
 
 import ml_dtypes
@@ -8,6 +9,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 from gguf.quants import dequantize as gguf_dequantize
 
+from modelport.convert import ggml
 from modelport.formats.errors import Unsupported
 from modelport.formats.model import NUMPY_DTYPES, Model, TensorRef
 
@@ -24,6 +26,8 @@ def to_f32(arr: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
+    if ggml.casts(src, dst):
+        return ggml.cast(arr, src, dst)
     src_view = arr.view(ml_dtypes.bfloat16) if src == "BF16" else arr
     out = src_view.astype(NUMPY_FLOATS[dst], copy=False)
     return out.view(np.uint16) if dst == "BF16" else out

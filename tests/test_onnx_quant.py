@@ -15,7 +15,7 @@ from gguf.quants import dequantize
 from support.cli import run_cli
 from support.quantize import ort_matmulnbits
 from modelport import api
-from modelport.convert.gguf import ggml
+from modelport.convert import ggml
 from modelport.convert.onnx.nbits import GRIDS, NBits, from_float, from_gguf
 from modelport.formats.errors import BadInput, OutputExists, Unsupported
 from modelport.formats.model import MemorySlice, TensorRef

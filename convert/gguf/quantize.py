@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType
 from modelport.formats.errors import BadInput, Unsupported
 from modelport.formats.model import TensorRef
 
-from modelport.convert.gguf import ggml
+from modelport.convert import ggml
 from modelport.convert.gguf import quant_plan
 from modelport.convert.dtypes import FLOATS, cast
 from modelport.convert.gguf.imatrix import Imatrix
