@@ -22,6 +22,15 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_digest_cache(tmp_path_factory):
+    """Source digests are cached between runs (formats/hashing.py): the tests keep theirs apart from the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MODELPORT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """(family, torch dtype, shape) -> HF folder, made on first use."""

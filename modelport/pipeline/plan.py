@@ -12,6 +12,7 @@ from typing import Callable
 
 from modelport.convert import codec as codecs
 from modelport.convert import pivot, provenance
+from modelport.formats.hashing import sha256
 from modelport.validators import memory
 
 from .. import hub
@@ -62,14 +63,6 @@ class Job:
 
 def _jsonable(options: dict) -> dict:
     return {k: v.name if isinstance(v, Path) else v for k, v in options.items()}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(16 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(path: Path) -> list[Path]:

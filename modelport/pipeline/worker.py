@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from modelport.formats.errors import ModelportError
+from modelport.formats.hashing import sha256
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -30,8 +31,6 @@ def limit_threads(threads: int, cpus: list[int] | None) -> None:
 
 def outputs(dst: Path) -> dict[str, dict]:
     """sha256 and size of every file of an output (a file, or a folder's files by relative name)."""
-    from .plan import sha256
-
     files = sorted(p for p in dst.rglob("*") if p.is_file()) if dst.is_dir() else [dst]
     base = dst if dst.is_dir() else dst.parent
     return {f.relative_to(base).as_posix(): {"sha256": sha256(f), "bytes": f.stat().st_size} for f in files}
