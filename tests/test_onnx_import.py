@@ -141,10 +141,11 @@ def test_optimum_export_to_gguf_runs_in_llama_cpp(exported, tmp_path, mixed_text
 
 
 @pytest.mark.optimum
-def test_exported_walk_needs_no_node_names(exported):
+@pytest.mark.parametrize("family", ("llama",) + MOE_EXPORTED)
+def test_exported_walk_needs_no_node_names(exported, family):
     """The contract is the structure: with every node and intermediate value renamed, the walk finds the same
     tensors."""
-    _, onnx_dir = exported("llama")
+    _, onnx_dir = exported(family)
     contents = read_onnx(onnx_dir)
     named = onnx_reader.from_onnx(contents, onnx_dir)
     graph = contents.proto.graph
