@@ -596,8 +596,8 @@ def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, hf_names: set[
                                 f"knows {', '.join(walked)}")
     moe = arch.onnx.decoder.experts
     if moe and not moe.every_layer(cfg):
-        raise Unsupported(path, f"reading back an exported {arch.name} ONNX model with dense MLP layers among the "
-                                "experts' is not supported")
+        raise Unsupported(path, f"reading back an exported {arch.name} ONNX model with dense MLP layers between its "
+                                "expert layers is not supported; the graph walk knows experts in every layer")
     walk = _Walk(graph, path, arch.onnx.decoder)
     names = walk.run(cfg)
     # the HF checkpoint stores a tied weight once, as the embedding; a family without an lm_head (gemma's, whose
