@@ -47,7 +47,8 @@ ARCH = replace(
     hf_defaults={**QWEN2.hf_defaults, "norm_topk_prob": False},
     # onnxruntime-genai has no qwen2_moe / qwen3_moe type; its generic decoder type runs the builder's graph (greedy
     # tokens equal transformers', tests/test_onnx_export.py). Our graphs read back by their names; read_back stays
-    # off: the walk of exported graphs knows no MoE block
+    # off: optimum-onnx 0.1 exports no qwen2_moe (nor mixtral), so the walk of exported graphs has no shared expert to
+    # read (qwen3_moe's exports read back)
     onnx=OnnxSupport(builder=True, genai_type="decoder", decoder=Decoder(experts=experts(
         shared=tuple(f"mlp.shared_expert.{p}" for p in PROJS), shared_gate="mlp.shared_expert_gate"))),
 )

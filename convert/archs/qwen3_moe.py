@@ -13,5 +13,5 @@ ARCH = replace(
     QWEN3, name="qwen3_moe", mlx="qwen3_moe", hf_class="Qwen3MoeForCausalLM", gguf_arch=MODEL_ARCH.QWEN3MOE,
     hparams=HPARAMS + EXPERT_HPARAMS, tensors=ATTENTION + QK_NORMS + (f"{MLP}.gate.weight",),
     experts=EXPERTS, t5_names=T5_NAMES, hf_defaults={**QWEN3.hf_defaults, "norm_topk_prob": True},
-    onnx=OnnxSupport(builder=True, genai_type="decoder", decoder=Decoder(experts=experts())),
+    onnx=OnnxSupport(builder=True, genai_type="decoder", read_back=True, decoder=Decoder(experts=experts())),
 )

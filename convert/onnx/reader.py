@@ -18,7 +18,10 @@ version to version. The walk knows the llama-like families (those whose ONNX sec
 around attention and the MLP their Decoder row names (gemma2's and gemma3's post norms), and the tensor names it
 gives; and falcon's block: a LayerNormalization's bias beside its scale, one fused projection that reaches q, k and
 v, attention and an ungated MLP side by side on one norm's output (or on two norms, attention's first), summed
-before the residual Add. onnx has no library for it.
+before the residual Add. A routed mixture of experts (qwen3_moe's, as optimum unrolls it per expert): the router is the
+projection whose logits reach TopK, each expert a gated MLP on rows Gathered from the norm's output, numbered in the
+order of the exporter's loop over the experts; their scattered sum joins the residual Add the block's input feeds.
+onnx has no library for it.
 
 onnxruntime-genai's builder fuses more: a skip norm adds the residual in and normalises the sum (the walk takes it as
 both residual and norm), q, k and v are one packed MatMul into GroupQueryAttention (split by its heads, or kept whole
@@ -381,8 +384,7 @@ class _Walk:
         reaches the activation (a parallel block's attention projections, fed by the same norm, do not)."""
         gate_name, up_name, down_name = self.d.mlp
         found = self._projections(x)
-        gates = [i for i in found if self.g.reach(self.g.nodes[i].output[0], lambda n, s: n.op_type in ACTIVATIONS,
-                                                  self._not_weighted)]
+        gates = [i for i in found if self._reaches(i, ACTIVATIONS)]
         ups = gates if gate_name is None else [i for i in found if i not in gates]
         if gate_name == up_name and len(found) == 1 and gates == found:  # phi3's gate_up_proj, one product
             up = self._linear(found[0], f"{prefix}.{up_name}")
@@ -402,10 +404,48 @@ class _Walk:
         up = self._linear(ups[0], f"{prefix}.{up_name}")
         return self._linear(self._next_weighted(up, f"{down_name} of {prefix}"), f"{prefix}.{down_name}")
 
-    def run(self, n_layers: int, block_norms: tuple[str | None, ...]) -> dict[str, tuple[str, str]]:
-        """The names along the block the family's Decoder row says: its norms before and after attention and the
-        MLP (gemma2's and gemma3's post norms), its tensor names, a parallel block (falcon's)."""
-        attn_in, attn_out, mlp_in, mlp_out = block_norms
+    def _reaches(self, i: int, ops: set[str]) -> bool:
+        """Whether weighted node i's output reaches one of `ops` before any other weight."""
+        return bool(self.g.reach(self.g.nodes[i].output[0], lambda n, s: n.op_type in ops, self._not_weighted))
+
+    def _experts(self, x: str, prefix: str, count: int) -> None:
+        """A routed mixture of experts on `x`: the router is the projection of `x` whose logits reach TopK, each
+        expert the gated MLP on rows Gathered from `x` (gate and up share that input). They are numbered in the
+        order the exporter unrolled its loop over range(num_experts) (optimum's patched MoE blocks); every one must
+        be there."""
+        e = self.d.experts
+        found = [i for i, _ in self.g.reach(x, lambda n, s: self.g.weight(n) is not None,
+                                            lambda n: n.op_type in LAYOUT_OPS | {"Gather"})]
+        routers = [i for i in found if self._reaches(i, {"TopK"})]
+        inputs: dict[str, list[int]] = {}
+        for i in found:
+            if i not in routers:
+                inputs.setdefault(self.g.nodes[i].input[0], []).append(i)
+        if len(routers) != 1 or len(inputs) != count:
+            raise Unsupported(self.path, f"ONNX graph: expected a router and {count} experts in {prefix}, found "
+                                         f"{len(routers)} and {len(inputs)}")
+        self._linear(routers[0], f"{prefix}.{e.router}")
+        for xid, pair in enumerate(sorted(inputs.values(), key=min)):
+            gate, up, down = (f"{prefix}.{name.format(xid=xid)}" for name in e.expert)
+            gates = [i for i in pair if self._reaches(i, ACTIVATIONS)]
+            if len(pair) != 2 or len(gates) != 1:
+                raise Unsupported(self.path, f"ONNX graph: expected a gated MLP for expert {xid} of {prefix}")
+            self._linear(gates[0], gate)
+            out = self._linear(next(i for i in pair if i not in gates), up)
+            self._linear(self._next_weighted(out, f"down projection of expert {xid} of {prefix}"), down)
+
+    def _skip(self, h: str, what: str) -> str:
+        """The residual sum that the block's input `h` feeds directly (through casts): where a branch whose output
+        the walk does not follow (the experts' scattered sum) joins the stream."""
+        i, _ = self.g.first(h, lambda n, s: n.op_type == "Add" and all(self.g.computed(y) for y in n.input),
+                            lambda n: n.op_type in ("Cast", "Identity"), what, self.path)
+        return self.g.nodes[i].output[0]
+
+    def run(self, cfg: dict) -> dict[str, tuple[str, str]]:
+        """The names along the block the family's Decoder row says for the normalised config: its norms before and
+        after attention and the MLP (gemma2's and gemma3's post norms), its tensor names, a parallel block
+        (falcon's), routed experts in place of the MLP."""
+        attn_in, attn_out, mlp_in, mlp_out = self.d.norms(cfg)
         d = self.d
         hits = [(i, table) for i, slot in self.g.consumers.get("input_ids", ())
                 if slot == 1 and (table := self.g.table(self.g.nodes[i]))]
@@ -413,7 +453,7 @@ class _Walk:
             raise Unsupported(self.path, "ONNX graph: no embedding (a Gather of an initializer by input_ids)")
         self.names[f"{d.embed}.weight"] = hits[0][1]
         h = self.g.nodes[hits[0][0]].output[0]
-        for b in range(n_layers):
+        for b in range(cfg["num_hidden_layers"]):
             prefix = f"{d.layers}.{b}"
             if d.parallel:  # x + (mlp + attn): both read the block's input, through one norm or two
                 normed = self._norm(h, f"{prefix}.{attn_in}.weight")
@@ -427,6 +467,10 @@ class _Walk:
             if attn_out:
                 attn = self._norm(attn, f"{prefix}.{attn_out}.weight")
             h = self._residual(attn, f"residual after attention of {prefix}")
+            if d.experts:
+                self._experts(self._norm(h, f"{prefix}.{mlp_in}.weight"), prefix, d.experts.count(cfg))
+                h = self._skip(h, f"residual after the experts of {prefix}")
+                continue
             mlp = self._mlp(self._norm(h, f"{prefix}.{mlp_in}.weight"), f"{prefix}.{d.mlp_module}")
             if mlp_out:
                 mlp = self._norm(mlp, f"{prefix}.{mlp_out}.weight")
@@ -550,8 +594,12 @@ def _exported_tensors(graph: _Graph, arch: archs.Arch, cfg: dict, hf_names: set[
         walked = sorted(a.name for a in archs.registry().values() if a.onnx.read_back)
         raise Unsupported(path, f"reading an exported {arch.name} ONNX model back is not supported; the graph walk "
                                 f"knows {', '.join(walked)}")
+    moe = arch.onnx.decoder.experts
+    if moe and not moe.every_layer(cfg):
+        raise Unsupported(path, f"reading back an exported {arch.name} ONNX model with dense MLP layers between its "
+                                "expert layers is not supported; the graph walk knows experts in every layer")
     walk = _Walk(graph, path, arch.onnx.decoder)
-    names = walk.run(cfg["num_hidden_layers"], arch.onnx.decoder.norms(cfg))
+    names = walk.run(cfg)
     # the HF checkpoint stores a tied weight once, as the embedding; a family without an lm_head (gemma's, whose
     # config.json leaves its tie_word_embeddings default out) has the exporter's copy of the embedding as its head
     if cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in hf_names:
@@ -606,7 +654,7 @@ def _genai_config(genai: dict, graph: _Graph, folder: Path, path: Path) -> dict:
     arch = genai_config.family(genai, folder / genai_config.FILE)
     cfg = genai_config.partial(genai, arch, folder)
     d = arch.onnx.decoder
-    names = _Walk(graph, path, d).run(cfg["num_hidden_layers"], d.norms(cfg))
+    names = _Walk(graph, path, d).run(cfg)
     down = names[f"{d.layers}.0.{d.mlp_module}.{d.mlp[2]}.weight"]  # [hidden, intermediate] as HF lays it
     tied = names[f"{d.embed}.weight"] == names.get("lm_head.weight")
     return genai_config.rebuilt(genai, cfg, _hf_ref(graph, *down, path).shape[1], tied, graph.nodes, graph.inits,

@@ -8,6 +8,7 @@ registry loads without them."""
 from __future__ import annotations
 
 import importlib.util
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from modelport.convert import archs, inspect_view
@@ -27,6 +28,9 @@ ASYMMETRIC = Option("asymmetric", "compressed-tensors: asymmetric groups with ze
                     type=bool)
 # the kernels GPTQ / AWQ folders need in transformers, and where transformers cannot load a folder here
 KERNELS = {serving.GPTQ: "gptqmodel", serving.AWQ: "awq"}
+# transformers' first major version that loads asymmetric pack-quantized folders: 4.57 with compressed-tensors 0.20
+# builds zero points of the wrong shape (llm-compressor issue 1618); 5.3 loads them (tests/test_serving.py)
+ASYMMETRIC_LOADS_FROM = 5
 
 
 def _library():
@@ -106,10 +110,20 @@ class ServingCodec(Codec):
             raise RuntimeMissing(path, f"transformers runs {native.method} folders through {kernels}, which is not "
                                        "installed (it builds CUDA kernels); convert the folder to safetensors first")
         groups = native.qconfig.get("config_groups", {}).values()
-        if any(not ((g.get("weights") or {}).get("symmetric", True)) for g in groups if isinstance(g, dict)):
-            raise Unsupported(path, "transformers 4.57 with compressed-tensors 0.20 cannot load asymmetric "
-                                    "pack-quantized folders (llm-compressor issue 1618); validate its float "
-                                    "conversion instead (vLLM loads it)")
+        asymmetric = any(not ((g.get("weights") or {}).get("symmetric", True)) for g in groups if isinstance(g, dict))
+        installed = transformers_major()
+        if asymmetric and installed is not None and installed < ASYMMETRIC_LOADS_FROM:
+            raise Unsupported(path, f"transformers {installed} with compressed-tensors 0.20 cannot load asymmetric "
+                                    f"pack-quantized folders (llm-compressor issue 1618; transformers "
+                                    f"{ASYMMETRIC_LOADS_FROM} does); validate its float conversion instead")
+
+
+def transformers_major() -> int | None:
+    """The installed transformers' major version, without importing it; None when absent (the runtime says so)."""
+    try:
+        return int(version("transformers").split(".")[0])
+    except PackageNotFoundError:
+        return None
 
 
 CODEC = ServingCodec()
