@@ -1,9 +1,11 @@
 """Reading back ONNX folders written by onnxruntime-genai's model builder (issue 13): no config.json beside them, so
-config.json is rebuilt from genai_config.json and the graph; fp32 exports (llama, mistral, qwen2, qwen3, phi3, gemma)
-give every original HF tensor back bit for bit and transformers computes the original's logits from the result;
-fp16/bf16 exports give the original cast, int4 ones the weights onnxruntime computes with. What the rebuilt config
-cannot say is refused, never guessed: a rope its caches do not tell (llama3's scaling, LongRoPE), attention scaled or
-capped otherwise, another family, a weight the walk misses, a malformed genai_config.json."""
+config.json is rebuilt from genai_config.json and the graph; fp32 exports (llama, mistral, qwen2, qwen3, phi3, gemma,
+gemma2, granite: their scalars from attention attributes and graph constants) give every original HF tensor back bit
+for bit and transformers computes the original's logits from the result; fp16/bf16 exports give the original cast,
+int4 ones the weights onnxruntime computes with. What the rebuilt config cannot say is refused, never guessed: a rope
+its caches do not tell (LongRoPE), attention scaled or capped otherwise than the family's config can say, another
+family, a weight the walk misses, a malformed genai_config.json; a pad token the builder may have invented is left
+out."""
 from __future__ import annotations
 
 import json
@@ -34,7 +36,8 @@ PHI3_4K = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "
            "max_position_embeddings": 4096, "sliding_window": 2047}
 VARIANTS = {"llama": ("llama", {}), "mistral": ("mistral", {}),
             "mistral-window": ("mistral", {"sliding_window": 32}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
-            "gemma": ("gemma", {}), "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
+            "gemma": ("gemma", {}), "gemma2": ("gemma2", {}), "granite": ("granite", {}),
+            "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
 SCALED = ("phi3-longrope",)
 INT4 = ("llama", "qwen3")  # a tied int4 embedding (GatherBlockQuantized); a packed projection split for q/k norms
 # fp16 for CPU: MultiHeadAttention with q, k, v apart and RotaryEmbedding nodes; fp16 for CUDA (built without a GPU):
@@ -44,11 +47,14 @@ EXPORTS = [(name, "fp32") for name in VARIANTS] + [(name, "int4") for name in IN
 # those read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is w to within half an ulp of
 # 1 + w (the builder folds gemma's offset into its norms)
 READ_BACK = tuple(name for name in VARIANTS if name not in SCALED)
-NORM_ATOL = {"gemma": 2 ** -24}
+NORM_ATOL = {"gemma": 2 ** -24, "gemma2": 2 ** -24}
 # config.json fields the rebuilt config must give as the original has them (transformers' defaults fill the rest)
 KEPT = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps",
-        "tie_word_embeddings", "bos_token_id", "eos_token_id", "sliding_window")
+        "tie_word_embeddings", "bos_token_id", "eos_token_id", "sliding_window",
+        # what the builder keeps in graph constants and attention attributes (gemma2's, granite's)
+        "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping", "attention_multiplier",
+        "embedding_multiplier", "residual_multiplier", "logits_scaling")
 ROPE_SCALING = ("rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 # the builder's command line run once per export in one interpreter, which imports torch and the builder only once
 BUILDER = """import runpy, sys
@@ -88,6 +94,12 @@ def genai(checkpoints, tmp_path_factory):
     return get
 
 
+def _config(folder):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder)
+
+
 def _tensors(folder):
     with safe_open(folder / "model.safetensors", "np") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
@@ -109,6 +121,8 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
         assert same, tensor
     want, got = json.loads((src / "config.json").read_text()), json.loads((out / "config.json").read_text())
     assert {k: got.get(k) for k in KEPT if k in want} == {k: want[k] for k in KEPT if k in want}
+    # which layers are local, as transformers fills it in where config.json leaves it out (qwen2's from its flags)
+    assert getattr(_config(out), "layer_types", None) == getattr(_config(src), "layer_types", None)
     rope = want.get("rope_parameters") or {}
     assert got["rope_theta"] == rope.get("rope_theta", want.get("rope_theta"))
     if rope.get("rope_type", "default") != "default":
@@ -116,7 +130,7 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
     assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
 
 
-@pytest.mark.parametrize("name", ("llama", "mistral-window"))
+@pytest.mark.parametrize("name", ("llama", "mistral-window", "gemma2", "granite"))
 def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
     src, onnx_dir = genai(name)
     out = tmp_path / "hf"
@@ -185,12 +199,22 @@ def test_scaled_rope_is_refused_not_guessed(genai, name, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
-def test_inspect_reads_the_export_back(genai):
-    _, onnx_dir = genai("qwen2")
+def test_an_invented_pad_token_is_left_out(genai, tmp_path):
+    """The builder writes the first eos_token_id as pad_token_id where neither config.json nor the tokenizer names
+    one (gemma2's sample): that value is not written back; a tokenizer's own pad token (Llama 3's, granite's) is."""
+    for name, pad in (("gemma2", None), ("granite", 128004)):
+        genai_json = json.loads((genai(name)[1] / "genai_config.json").read_text())
+        assert genai_json["model"]["pad_token_id"] == (pad or genai_json["model"]["eos_token_id"])
+        assert api.load(genai(name)[1]).config.get("pad_token_id") == pad
+
+
+@pytest.mark.parametrize("name", ("qwen2", "gemma2", "granite"))
+def test_inspect_reads_the_export_back(genai, name):
+    _, onnx_dir = genai(name)
     r = run_cli("inspect", onnx_dir, "--json")
     assert r.returncode == 0, r.stderr
     view = json.loads(r.stdout)
-    assert view["arch"] == "qwen2" and "read_back" not in view.get("metadata", {}), view.get("metadata")
+    assert view["arch"] == name and "read_back" not in view.get("metadata", {}), view.get("metadata")
 
 
 def _edited(onnx_dir, out, edit):
@@ -217,12 +241,12 @@ def _set(path, value):
 
 @pytest.mark.parametrize("edit,code,problem", [
     (_set(("model", "type"), "nonesuch"), 3, "onnxruntime-genai model type 'nonesuch'"),
-    # granite's multipliers live only in graph constants: its config is not rebuilt, whatever the walk would find
-    (_set(("model", "type"), "granite"), 3, "rebuilds the config.json of gemma, llama, mistral, phi3, qwen2, qwen3"),
+    (_set(("model", "type"), "starcoder2"), 3,
+     "rebuilds the config.json of gemma, gemma2, granite, llama, mistral, phi3, qwen2, qwen3"),
     (_set(("model", "decoder", "hidden_size"), None), 2, "genai_config.json has no 'hidden_size'"),
     (_set(("model", "decoder"), None), 2, "no \"model\" section with a \"decoder\""),
     (lambda text: text[:40], 2, "genai_config.json"),
-], ids=["unknown-type", "granite", "no-hidden-size", "no-decoder", "truncated"])
+], ids=["unknown-type", "unflagged-family", "no-hidden-size", "no-decoder", "truncated"])
 def test_bad_genai_config_is_one_line_naming_the_file(genai, tmp_path, edit, code, problem):
     _, onnx_dir = genai("llama")
     bad = _edited(onnx_dir, tmp_path / "bad", edit)
@@ -235,8 +259,8 @@ def test_bad_genai_config_is_one_line_naming_the_file(genai, tmp_path, edit, cod
 
 @pytest.mark.parametrize("attribute,value", [("scale", 0.3), ("softcap", 50.0)])
 def test_attention_the_config_cannot_say_is_refused(genai, tmp_path, attribute, value):
-    """An attention scale other than 1/sqrt(head_dim) (gemma2's query_pre_attn_scalar) or a soft-cap would be a
-    config field the rebuild does not say: refused, not dropped."""
+    """An attention scale other than 1/sqrt(head_dim) or a soft-cap in a llama graph would be a config field llama
+    has not (gemma2's query_pre_attn_scalar and soft-cap, granite's attention_multiplier): refused, not dropped."""
     import onnx
 
     _, onnx_dir = genai("llama")

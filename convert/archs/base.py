@@ -134,8 +134,8 @@ class OnnxSupport:
     genai_type: str | None = None  # onnxruntime-genai's model type, for genai_config.json (builder families)
     read_back: bool = False  # convert/onnx/reader.py's graph walk gives exported graphs their HF names back
     # an onnxruntime-genai builder folder's config.json is rebuilt whole from genai_config.json and the graph
-    # (convert/onnx/genai_config.py): nothing transformers computes with lives only in graph constants (granite's
-    # multipliers, gemma2's soft-caps and query scale do)
+    # (convert/onnx/genai_config.py): what the builder keeps only in graph constants (granite's multipliers, gemma2's
+    # soft-caps and query scale) is read back through the family's Decoder row
     genai_config: bool = False
     # optimum-onnx exports it, except for these configurations (checked by tests/test_family_onnx.py); None: optimum
     # does not export the family (not in its TasksManager)

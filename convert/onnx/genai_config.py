@@ -1,9 +1,12 @@
 """The Hugging Face config.json of an ONNX folder written by onnxruntime-genai's model builder, rebuilt: the builder
 keeps no config.json, only genai_config.json (family, sizes, heads, vocab, context, special token ids), and the graph
 says the rest (the MLP width by its weights, rms_norm_eps by the norms' epsilon, tied embeddings by a Gather over the
-LM head's Transpose, rope_theta by the cos/sin caches); the sliding window is genai_config.json's or attention's.
-What the rebuilt config cannot say is refused: families whose graphs hold more (granite's multipliers), attention
-scaled otherwise than by 1/sqrt(head_dim) or soft-capped.
+LM head's Transpose, rope_theta by the cos/sin caches); the sliding window is genai_config.json's or attention's,
+and which layers are local each attention's window. The scalars the builder keeps in attention attributes and graph
+constants (attention scale and soft-cap, the logits' soft-cap or multiplier, the embedding's and residual branches'
+multipliers: gemma2's and granite's config fields) are read through the family's Decoder row, the config key it
+reads set to the shortest decimal that gives the graph's float32; a scalar no key of the family gives (a llama graph
+scaled or soft-capped) is refused, never dropped. A pad_token_id the builder may have invented is left out.
 
 The rope is trusted only when the caches the builder computes from the recovered rope_theta (and llama3 scaling,
 Llama 3.1's and 3.2's, its parameters read off the caches and a short table) equal the stored ones bit for bit; other
@@ -31,12 +34,35 @@ DECODER_FIELDS = {"hidden_size": "hidden_size", "num_attention_heads": "num_atte
                   "num_key_value_heads": "num_key_value_heads", "head_size": "head_dim",
                   "num_hidden_layers": "num_hidden_layers"}
 MODEL_FIELDS = {"vocab_size": "vocab_size", "context_length": "max_position_embeddings", "bos_token_id": "bos_token_id",
-                "eos_token_id": "eos_token_id", "pad_token_id": "pad_token_id"}
+                "eos_token_id": "eos_token_id"}
 # op -> input slots of its cos and sin caches (GroupQueryAttention rotates when do_rotary is set)
 ROPE_CACHES = {"GroupQueryAttention": (7, 8), "RotaryEmbedding": (2, 3)}
 ATTENTION = {"GroupQueryAttention", "MultiHeadAttention"}
 NORMS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "LayerNormalization",
          "SkipLayerNormalization"}
+EMBEDDINGS = {"Gather", "GatherBlockQuantized"}
+PROJECTIONS = {"MatMul", "MatMulNBits", "Gemm"}
+# the builder's graph scalars, by the Decoder field computing them -> config.json keys that say them (key, the key's
+# value from the graph's, its type); a family's row reads at most one of each (gemma2's query_pre_attn_scalar,
+# granite's attention_multiplier)
+INTEGRAL = lambda v: int(v) if float(v).is_integer() else v  # noqa: E731  (query_pre_attn_scalar is an int)
+SCALAR_KEYS = {"attention_scale": (("query_pre_attn_scalar", lambda s: s ** -2, INTEGRAL),
+                                   ("attention_multiplier", float, float)),
+               "attention_softcap": (("attn_logit_softcapping", float, float),),
+               "logit_softcap": (("final_logit_softcapping", float, float),),
+               "logit_divisor": (("logits_scaling", lambda m: 1 / m, float),),
+               "embedding_scale": (("embedding_multiplier", float, float),),
+               "residual_scale": (("residual_multiplier", float, float),)}
+# how the graph holds a Decoder field's value (the builder multiplies logits by 1 / the divisor; its GemmaModel
+# rounds gemma's sqrt(hidden_size) embedding scale to two decimals)
+GRAPH_FORMS = {"attention_scale": (float,), "attention_softcap": (float,), "logit_softcap": (float,),
+               "logit_divisor": (lambda d: 1 / d,), "embedding_scale": (float, lambda s: np.round(s, 2)),
+               "residual_scale": (float,)}
+NEUTRAL = {"attention_softcap": 0.0, "logit_softcap": 0.0, "logit_divisor": 1.0, "embedding_scale": 1.0,
+           "residual_scale": 1.0}  # a step computing nothing, as if left out
+CONFIG_NEUTRAL = {"logit_divisor": 1.0, "embedding_scale": 1.0, "residual_scale": 1.0}  # soft-caps: None
+PROBES = (7.0, 11.0)  # two values of a key: a row computing the same from both does not read it
+MISSING = object()
 DEFAULT_EPSILON = 1e-5  # the contrib norm ops' default epsilon
 MAX_DIGITS = 9  # a float32 theta round-trips through 9 significant digits
 PREFIX = 64  # cache rows compared before the whole cache (64 x head_dim values: whole vectors for torch's kernels)
@@ -84,7 +110,16 @@ def partial(genai: dict, arch: archs.Arch, path: Path) -> dict:
     cfg = {"architectures": [arch.hf_class], "model_type": arch.name, **arch.hf_defaults}
     cfg |= {hf: decoder[k] for k, hf in DECODER_FIELDS.items()}
     cfg |= {hf: genai[k] for k, hf in MODEL_FIELDS.items() if genai.get(k) is not None}
-    return cfg
+    return cfg | pad(genai)
+
+
+def pad(genai: dict) -> dict:
+    """pad_token_id unless it may be the builder's invention: it falls back to the first eos_token_id where neither
+    config.json nor the tokenizer names a pad token (resolve_special_token_ids), so that value is left out."""
+    eos = genai.get("eos_token_id")
+    first = eos[0] if isinstance(eos, list) and eos else eos
+    said = genai.get("pad_token_id")
+    return {} if said is None or said == first else {"pad_token_id": said}
 
 
 def epsilon(nodes: list, path: Path) -> float:
@@ -98,32 +133,124 @@ def epsilon(nodes: list, path: Path) -> float:
     return float(str(np.float32(found.pop())))
 
 
-def sliding_window(genai: dict, nodes: list, path: Path) -> int | None:
-    """The attention window: genai_config.json's decoder.sliding_window.window_size (the source config's, which
-    the builder copies there even where its graph leaves the window out: transformers 5's mistral has no
-    layer_types for it to mark), else attention's local_window_size (-1 or absent: none), one for every layer."""
-    said = genai["decoder"].get("sliding_window")
-    if isinstance(said, dict) and isinstance(said.get("window_size"), int) and said["window_size"] > 0:
-        return said["window_size"]
-    found = {next((a.i for a in n.attribute if a.name == "local_window_size"), -1) for n in nodes
-             if n.op_type == "GroupQueryAttention"}
-    if len(found) > 1:
+def sliding_window(genai: dict, nodes: list, local_layers: bool, path: Path) -> tuple[int | None, list | None]:
+    """The attention window and, for a family with local and global layers (`local_layers`), which layers are
+    local: genai_config.json's decoder.sliding_window.window_size (the source config's, which the builder copies
+    there even where its graph leaves the window out: transformers 5's mistral has no layer_types for it to mark),
+    else attention's local_window_size (-1 or absent: none); layer_types from each layer's local_window_size."""
+    windows = [next((a.i for a in n.attribute if a.name == "local_window_size"), -1) for n in nodes
+               if n.op_type == "GroupQueryAttention"]
+    local = {w for w in windows if w > 0}
+    if len(local) > 1 or (len(set(windows)) > 1 and not local_layers):
         raise Unsupported(path, "ONNX graph: layers with different attention windows are not read back")
-    window = found.pop() if found else -1
-    return None if window < 0 else window
+    said = genai["decoder"].get("sliding_window")
+    window = said["window_size"] if isinstance(said, dict) and isinstance(said.get("window_size"), int) and \
+        said["window_size"] > 0 else next(iter(local), None)
+    kinds = [("full_attention", "sliding_attention")[w > 0] for w in windows] if local_layers and windows else None
+    return window, kinds
 
 
-def check_attention(nodes: list, head_dim: int, path: Path) -> None:
-    """Attention as the rebuilt config computes it: scores scaled by 1/sqrt(head_dim), no soft-cap; any other scale
-    or cap would be a config field the rebuild does not say, so it is refused rather than dropped."""
+def _constants(nodes: list, inits: dict[str, TensorRef]) -> dict[str, float]:
+    """The graph's one-value float constants (the builder's Constant nodes, one-value initializers)."""
+    import onnx
+
+    values = {name: float(cast(ref, "F32").read().reshape(-1)[0]) for name, ref in inits.items()
+              if ref.n_elements == 1 and ref.dtype in CACHE_TYPES}
     for n in nodes:
-        if n.op_type not in ATTENTION:
-            continue
-        attrs = {a.name: a.f for a in n.attribute if a.type == a.FLOAT}
-        scale, cap = attrs.get("scale", 0.0) or head_dim ** -0.5, attrs.get("softcap", 0.0)
-        if np.float32(scale) != np.float32(head_dim ** -0.5) or cap:
-            raise Unsupported(path, f"ONNX graph: attention scale {scale:g} or soft-cap {cap:g} is not what a config "
-                                    f"of head_dim {head_dim} says: config.json could not be rebuilt")
+        tensor = next((a.t for a in n.attribute if a.name == "value"), None) if n.op_type == "Constant" else None
+        array = None if tensor is None else onnx.numpy_helper.to_array(tensor)
+        if array is not None and array.size == 1 and array.dtype.kind == "f":
+            values[n.output[0]] = float(array.reshape(-1)[0])
+    return values
+
+
+def _scaled(node, op: str, constants: dict[str, float]) -> tuple[str, float] | None:
+    """(the other input, the constant) of an `op` node by a one-value constant, else None."""
+    if node is None or node.op_type != op or len(node.input) != 2:
+        return None
+    x, c = node.input if node.input[1] in constants else node.input[::-1]
+    return (x, constants[c]) if c in constants and x not in constants else None
+
+
+def _logits(node, producer: dict, constants: dict[str, float], path: Path) -> dict[str, float | None]:
+    """The logits' soft-cap (Mul by c of Tanh of a Div by c) or multiplier (one Mul by a constant: 1 / the
+    divisor), from the node making the logits output."""
+    mul = _scaled(node, "Mul", constants)
+    if mul is None:
+        return {"logit_softcap": None, "logit_divisor": None}
+    tanh = producer.get(mul[0])
+    if tanh is None or tanh.op_type != "Tanh":
+        return {"logit_softcap": None, "logit_divisor": mul[1]}
+    div = _scaled(producer.get(tanh.input[0]), "Div", constants)
+    if div is None or div[1] != mul[1]:
+        raise Unsupported(path, "ONNX graph: the logits' Tanh is not a soft-cap: config.json could not be rebuilt")
+    return {"logit_softcap": mul[1], "logit_divisor": None}
+
+
+def graph_scalars(genai: dict, head_dim: int, nodes: list, inits: dict[str, TensorRef], path: Path
+                  ) -> dict[str, float | None]:
+    """The builder graph's scalars, named as the Decoder fields that compute them (None: the step is not in the
+    graph): attention's scale and soft-cap (its attributes), the logits' soft-cap or multiplier, the embedding
+    lookup's Mul by a constant, the residual branches' (a Mul by a constant of a projection's product, the logits'
+    aside). Each must be one value over the layers."""
+    constants, producer = _constants(nodes, inits), {o: n for n in nodes for o in n.output}
+    attention = [{a.name: a.f for a in n.attribute if a.type == a.FLOAT} for n in nodes if n.op_type in ATTENTION]
+    found = {"attention_scale": {a.get("scale", 0.0) or head_dim ** -0.5 for a in attention},
+             "attention_softcap": {a.get("softcap", 0.0) or None for a in attention}}
+    last = producer.get(genai["decoder"].get("outputs", {}).get("logits", "logits"))
+    found |= {k: {v} for k, v in _logits(last, producer, constants, path).items()}
+    ids = genai["decoder"].get("inputs", {}).get("input_ids", "input_ids")
+    tables = {o for n in nodes if n.op_type in EMBEDDINGS and ids in n.input[1:] for o in n.output}
+    muls = [(n, s) for n in nodes if (s := _scaled(n, "Mul", constants))]
+    found["embedding_scale"] = {c for _, (x, c) in muls if x in tables} or {None}
+    found["residual_scale"] = {c for n, (x, c) in muls if n is not last and x in producer and
+                               producer[x].op_type in PROJECTIONS} or {None}
+    for field, values in found.items():
+        if len(values) != 1:
+            raise Unsupported(path, f"ONNX graph: {len(values)} values of {field}; expected one: config.json could "
+                                    "not be rebuilt")
+    return {field: values.pop() for field, values in found.items()}
+
+
+def _computes(decoder, field: str, cfg: dict, value: float | None) -> bool:
+    """Whether the family's Decoder row computes from `cfg` the graph's `value` of `field` as the builder stores
+    it (float32, in one of the field's GRAPH_FORMS; a neutral value is a step left out)."""
+    try:
+        said = getattr(decoder, field)(cfg)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return False
+    if said is None or said == NEUTRAL.get(field):
+        return value is None or value == NEUTRAL.get(field)
+    return value is not None and any(np.float32(form(said)) == np.float32(value) for form in GRAPH_FORMS[field])
+
+
+def _reads(decoder, field: str, cfg: dict, key: str, kind) -> bool:
+    """Whether the family's Decoder row for `field` changes with config key `key`."""
+    compute = getattr(decoder, field)
+    try:
+        return compute(cfg | {key: kind(PROBES[0])}) != compute(cfg | {key: kind(PROBES[1])})
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return False
+
+
+def scalars(decoder, cfg: dict, found: dict[str, float | None], path: Path) -> dict:
+    """The config fields that make the family's Decoder row compute the graph's scalars: a key the row reads (of
+    SCALAR_KEYS) set to the shortest decimal (or the neutral value) that gives the graph's float32; a scalar the row
+    computes without a key must come out of the config as rebuilt. Anything else is a field the rebuild cannot say:
+    refused, never dropped."""
+    out = {}
+    for field, value in found.items():
+        keys = [(key, inverse, kind) for key, inverse, kind in SCALAR_KEYS.get(field, ())
+                if _reads(decoder, field, cfg, key, kind)]
+        tries = [] if not keys else [CONFIG_NEUTRAL.get(field)] if value is None else \
+            [keys[0][2](d) for d in _decimals(keys[0][1](value))]
+        hit = next((v for v in tries if _computes(decoder, field, cfg | {keys[0][0]: v}, value)), MISSING)
+        if hit is not MISSING:
+            out[keys[0][0]] = hit
+        elif keys or not _computes(decoder, field, cfg, value):
+            raise Unsupported(path, f"ONNX graph: {field} {value} is not what a config of the family computes: "
+                                    "config.json could not be rebuilt")
+    return out
 
 
 def rope_caches(nodes: list, inits: dict[str, TensorRef], path: Path) -> tuple[TensorRef, TensorRef]:
@@ -256,11 +383,12 @@ def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: l
             path: Path) -> dict:
     """The whole config.json: genai_config.json's fields and what the graph says. A family whose one window applies
     to every layer is told "none" outright: transformers' mistral defaults to a 4096-token window."""
-    check_attention(nodes, cfg["head_dim"], path)
+    onnx = archs.for_hf(cfg["model_type"]).onnx
     cos, sin = rope_caches(nodes, inits, path)
     out = {**cfg, "intermediate_size": intermediate_size, "rms_norm_eps": epsilon(nodes, path),
            "tie_word_embeddings": tied, **rope(cos, sin, cfg["head_dim"], path)}
-    window = sliding_window(genai, nodes, path)
-    if window is not None or archs.for_hf(cfg["model_type"]).onnx.sliding_window_everywhere:
+    out |= scalars(onnx.decoder, out, graph_scalars(genai, cfg["head_dim"], nodes, inits, path), path)
+    window, kinds = sliding_window(genai, nodes, onnx.decoder.layer_types(out) is not None, path)
+    if window is not None or onnx.sliding_window_everywhere:
         out["sliding_window"] = window
-    return out
+    return out | ({"layer_types": kinds} if kinds else {})
