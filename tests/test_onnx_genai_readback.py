@@ -1,11 +1,11 @@
 """Reading back ONNX folders written by onnxruntime-genai's model builder (issue 13): no config.json beside them, so
-config.json is rebuilt from genai_config.json and the graph; fp32 exports (llama, mistral, qwen2, qwen3, phi3, gemma,
-gemma2, granite: their scalars from attention attributes and graph constants) give every original HF tensor back bit
-for bit and transformers computes the original's logits from the result; fp16/bf16 exports give the original cast,
-int4 ones the weights onnxruntime computes with. What the rebuilt config cannot say is refused, never guessed: a rope
-its caches do not tell (LongRoPE), attention scaled or capped otherwise than the family's config can say, another
-family, a weight the walk misses, a malformed genai_config.json; a pad token the builder may have invented is left
-out."""
+config.json is rebuilt from genai_config.json and the graph; fp32 exports (llama, mistral, qwen2, qwen3, phi3 with
+and without LongRoPE, gemma, gemma2, granite: their scalars from attention attributes and graph constants) give every
+original HF tensor back bit for bit and transformers computes the original's logits from the result; fp16/bf16
+exports give the original cast, int4 ones the weights onnxruntime computes with. What the rebuilt config cannot say
+is refused, never guessed: a rope its caches do not tell (one bit off, linear scaling, partial rotation), attention
+scaled or capped otherwise than the family's config can say, another family, a weight the walk misses, a malformed
+genai_config.json; a pad token the builder may have invented is left out."""
 from __future__ import annotations
 
 import json
@@ -30,7 +30,7 @@ pytest.importorskip("onnxruntime_genai.models.builder")
 
 # the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). "llama" is
 # the llama sample (Llama 3.2's llama3 rope scaling); "phi3" is Phi-3-mini-4k's layout (no LongRoPE, a 2047-token
-# window), "phi3-longrope" the phi3 sample's Phi-3-mini-128k one, whose rope cannot be told from its caches;
+# window), "phi3-longrope" the phi3 sample's Phi-3-mini-128k one (LongRoPE: two cache pairs the graph picks between);
 # "mistral-window" has a sliding window shorter than the test text.
 PHI3_4K = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "rope_scaling": None,
            "max_position_embeddings": 4096, "sliding_window": 2047}
@@ -38,15 +38,13 @@ VARIANTS = {"llama": ("llama", {}), "mistral": ("mistral", {}),
             "mistral-window": ("mistral", {"sliding_window": 32}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
             "gemma": ("gemma", {}), "gemma2": ("gemma2", {}), "granite": ("granite", {}),
             "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
-SCALED = ("phi3-longrope",)
 INT4 = ("llama", "qwen3")  # a tied int4 embedding (GatherBlockQuantized); a packed projection split for q/k norms
 # fp16 for CPU: MultiHeadAttention with q, k, v apart and RotaryEmbedding nodes; fp16 for CUDA (built without a GPU):
 # GroupQueryAttention computing qwen3's per-head norms itself
 HALF = [("llama", "fp16"), ("llama", "bf16"), ("qwen3", "fp16-cuda")]
 EXPORTS = [(name, "fp32") for name in VARIANTS] + [(name, "int4") for name in INT4] + HALF
-# those read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is w to within half an ulp of
+# all read back bit for bit in fp32; gemma's norms come back as (1 + w) - 1, which is w to within half an ulp of
 # 1 + w (the builder folds gemma's offset into its norms)
-READ_BACK = tuple(name for name in VARIANTS if name not in SCALED)
 NORM_ATOL = {"gemma": 2 ** -24, "gemma2": 2 ** -24}
 # config.json fields the rebuilt config must give as the original has them (transformers' defaults fill the rest)
 KEPT = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -55,7 +53,11 @@ KEPT = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_
         # what the builder keeps in graph constants and attention attributes (gemma2's, granite's)
         "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping", "attention_multiplier",
         "embedding_multiplier", "residual_multiplier", "logits_scaling")
-ROPE_SCALING = ("rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+# rope_scaling's fields, by its rope_type
+ROPE_SCALING = {"llama3": ("rope_type", "factor", "low_freq_factor", "high_freq_factor",
+                           "original_max_position_embeddings"),
+                "longrope": ("rope_type", "short_factor", "long_factor")}
+ROPE_TOP = {"llama3": (), "longrope": ("original_max_position_embeddings",)}  # and config.json's own fields
 # the builder's command line run once per export in one interpreter, which imports torch and the builder only once
 BUILDER = """import runpy, sys
 for argv in sys.argv[1].split("\\n"):
@@ -105,7 +107,7 @@ def _tensors(folder):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-@pytest.mark.parametrize("name", READ_BACK)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path):
     src, onnx_dir = genai(name)
     assert not (onnx_dir / "config.json").exists(), "the builder wrote config.json: nothing would be rebuilt"
@@ -123,14 +125,16 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
     assert {k: got.get(k) for k in KEPT if k in want} == {k: want[k] for k in KEPT if k in want}
     # which layers are local, as transformers fills it in where config.json leaves it out (qwen2's from its flags)
     assert getattr(_config(out), "layer_types", None) == getattr(_config(src), "layer_types", None)
-    rope = want.get("rope_parameters") or {}
+    rope = want.get("rope_parameters") or want.get("rope_scaling") or {}
     assert got["rope_theta"] == rope.get("rope_theta", want.get("rope_theta"))
     if rope.get("rope_type", "default") != "default":
-        assert {k: got["rope_scaling"][k] for k in ROPE_SCALING} == {k: rope[k] for k in ROPE_SCALING}
+        keys = ROPE_SCALING[rope["rope_type"]]
+        assert {k: got["rope_scaling"][k] for k in keys} == {k: rope[k] for k in keys}
+        assert {k: got[k] for k in ROPE_TOP[rope["rope_type"]]} == {k: want[k] for k in ROPE_TOP[rope["rope_type"]]}
     assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
 
 
-@pytest.mark.parametrize("name", ("llama", "mistral-window", "gemma2", "granite"))
+@pytest.mark.parametrize("name", ("llama", "mistral-window", "gemma2", "granite", "phi3-longrope"))
 def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
     src, onnx_dir = genai(name)
     out = tmp_path / "hf"
@@ -188,11 +192,23 @@ def test_a_weight_the_walk_misses_is_refused(genai, monkeypatch):
         api.load(genai("qwen3", "fp16-cuda")[1])
 
 
-@pytest.mark.parametrize("name", SCALED)
-def test_scaled_rope_is_refused_not_guessed(genai, name, tmp_path):
-    """LongRoPE leaves two pairs of caches the graph picks from: refused (exit 3), one line, no output."""
-    _, onnx_dir = genai(name)
-    with pytest.raises(Unsupported, match="rope could not be recovered"):
+@pytest.mark.parametrize("branch,problem", [("then_branch", "no factor of frequency 3"),
+                                            ("else_branch", "no factor of frequency 3")])
+def test_longrope_cache_one_bit_off_is_refused(genai, tmp_path, branch, problem):
+    """LongRoPE's factors are read column by column from the two cache pairs the graph picks between (the long one
+    past original_max_position_embeddings): one bit off in either pair, and no factor gives that column: refused
+    (exit 3), one line, no output."""
+    import onnx
+
+    onnx_dir = shutil.copytree(genai("phi3-longrope")[1], tmp_path / "bad")
+    model = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+    picked = next(n for n in model.graph.node if n.op_type == "If")
+    cos = next(a.g for a in picked.attribute if a.name == branch).node[0].attribute[0].t
+    raw = bytearray(cos.raw_data)
+    raw[3 * 4 + 8 * 4 * 1000] ^= 1  # frequency 3 at position 1000 (8 frequencies a row of float32)
+    cos.raw_data = bytes(raw)
+    onnx.save(model, str(onnx_dir / "model.onnx"))
+    with pytest.raises(Unsupported, match=problem):
         api.load(onnx_dir)
     r = run_cli("convert", onnx_dir, tmp_path / "hf", "--to", "safetensors")
     assert r.returncode == 3 and "rope could not be recovered" in r.stderr and len(r.stderr.strip().splitlines()) == 1

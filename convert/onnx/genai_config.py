@@ -9,8 +9,10 @@ reads set to the shortest decimal that gives the graph's float32; a scalar no ke
 scaled or soft-capped) is refused, never dropped. A pad_token_id the builder may have invented is left out.
 
 The rope is trusted only when the caches the builder computes from the recovered rope_theta (and llama3 scaling,
-Llama 3.1's and 3.2's, its parameters read off the caches and a short table) equal the stored ones bit for bit; other
-scalings (LongRoPE, YaRN) cannot be told from their caches and are refused, never guessed.
+Llama 3.1's and 3.2's, its parameters read off the caches and a short table) equal the stored ones bit for bit;
+LongRoPE's two cache pairs (Phi-3 128k's, picked in the graph by the sequence length) give its short and long
+factors column by column, each the shortest decimal whose column the builder computes bit for bit; other scalings
+(YaRN, linear) cannot be told from their caches and are refused, never guessed.
 The caches are recomputed with torch, as the builder computes them: numpy's float32 cos and pow differ from torch's
 in the last bit."""
 from __future__ import annotations
@@ -65,6 +67,7 @@ PROBES = (7.0, 11.0)  # two values of a key: a row computing the same from both 
 MISSING = object()
 DEFAULT_EPSILON = 1e-5  # the contrib norm ops' default epsilon
 MAX_DIGITS = 9  # a float32 theta round-trips through 9 significant digits
+LONGROPE_THETA = 10000.0  # Phi3Config's rope_theta, for LongRoPE's caches (which cannot tell it: longrope())
 PREFIX = 64  # cache rows compared before the whole cache (64 x head_dim values: whole vectors for torch's kernels)
 # llama3 rope scaling's (low_freq_factor, high_freq_factor, original_max_position_embeddings) tried: Llama 3.1's and
 # 3.2's (1, 4, 8192) first, then neighbours; each is kept only when it gives the stored caches bit for bit
@@ -253,18 +256,105 @@ def scalars(decoder, cfg: dict, found: dict[str, float | None], path: Path) -> d
     return out
 
 
-def rope_caches(nodes: list, inits: dict[str, TensorRef], path: Path) -> tuple[TensorRef, TensorRef]:
-    """The one pair of cos/sin cache initializers the rotations read."""
+def rope_caches(nodes: list, inits: dict[str, TensorRef], path: Path) -> tuple[TensorRef, ...]:
+    """The cos/sin caches the rotations read: one pair of initializers, or LongRoPE's two pairs the graph picks
+    between (`_picked_caches`) and the length past which it takes the long pair."""
     pairs = set()
     for n in nodes:
         slots = ROPE_CACHES.get(n.op_type)
         if slots and len(n.input) > slots[1] and n.input[slots[0]] and n.input[slots[1]]:
             pairs.add((n.input[slots[0]], n.input[slots[1]]))
-    if len(pairs) != 1 or not all(x in inits for x in next(iter(pairs))):
-        raise Unsupported(path, "the rotary cos/sin caches are not one pair of initializers (picked in the graph, as "
-                                "LongRoPE's short and long ones are?): the rope could not be recovered")
-    cos, sin = (inits[x] for x in pairs.pop())
-    return cos, sin
+    pair = pairs.pop() if len(pairs) == 1 else None
+    if pair and all(x in inits for x in pair):
+        return tuple(inits[x] for x in pair)
+    picked = _picked_caches(nodes, pair) if pair else None
+    if picked is None:
+        raise Unsupported(path, "the rotary cos/sin caches are not one pair of initializers nor two picked by the "
+                                "sequence length: the rope could not be recovered")
+    return picked
+
+
+def _picked_caches(nodes: list, pair: tuple[str, str]) -> tuple | None:
+    """LongRoPE's caches as the builder's Phi3MiniLongRoPEModel leaves them: an If on Greater(sequence length,
+    original context) whose branches are Constant cos/sin pairs (then: long, else: short); (short cos, short sin,
+    long cos, long sin, original context), float32 arrays, else None."""
+    import onnx
+
+    node = next((n for n in nodes if n.op_type == "If" and tuple(n.output) == pair), None)
+    test = next((n for n in nodes if node is not None and n.op_type == "Greater" and node.input[0] in n.output), None)
+    limit = next((m for m in nodes if test is not None and m.op_type == "Constant" and test.input[1] in m.output),
+                 None)
+    if limit is None:
+        return None
+    branches = []
+    for name in ("else_branch", "then_branch"):
+        graph = next(a.g for a in node.attribute if a.name == name)
+        values = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+        branches += [values.get(o.name) for o in graph.output]
+    original = onnx.numpy_helper.to_array(limit.attribute[0].t)
+    if len(branches) != 4 or any(b is None or b.dtype != np.float32 or b.ndim != 2 for b in branches) or \
+            original.size != 1:
+        return None
+    return (*branches, int(original.reshape(-1)[0]))
+
+
+def _su_mscale(context: int, original: int):
+    """The caches' magnitude, as the builder's make_mscale_su computes it (transformers' LongRoPE attention_factor
+    default); a float64 numpy scalar, as the builder multiplies by."""
+    scale = context / original
+    return 1.0 if scale <= 1.0 else np.sqrt(1 + np.log(scale) / np.log(original))
+
+
+def _longrope_column(factor: float, power, position: np.ndarray, mscale) -> tuple[bytes, bytes]:
+    """One frequency's cos and sin columns as the builder computes them: 1 / (factor * theta^(2i/d)) in float32,
+    times each position, cos and sin times the magnitude."""
+    import torch
+
+    inv = 1.0 / (torch.tensor([factor], dtype=torch.float32) * power)
+    x = torch.from_numpy(position) * inv
+    return (x.cos() * mscale).numpy().tobytes(), (x.sin() * mscale).numpy().tobytes()
+
+
+def _factors(cos: np.ndarray, sin: np.ndarray, dim: int, mscale, path: Path) -> list[float]:
+    """Each frequency's factor: the shortest decimal whose column the builder computes equals the stored one bit for
+    bit (its first estimate off the angle at position 1), else Unsupported."""
+    import torch
+
+    powers = LONGROPE_THETA ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    position = np.arange(len(cos), dtype=np.int64).astype(np.float32)
+    found = []
+    for i, power in enumerate(powers.reshape(-1, 1)):
+        stored = np.ascontiguousarray(cos[:, i]).tobytes(), np.ascontiguousarray(sin[:, i]).tobytes()
+        estimate = 1.0 / (np.arctan2(float(sin[1, i]), float(cos[1, i])) * float(power[0]))
+        hit = next((f for f in _decimals(estimate) if _longrope_column(f, power, position, mscale) == stored), None)
+        if hit is None:
+            raise Unsupported(path, f"LongRoPE caches: no factor of frequency {i} gives its cache column (another "
+                                    "theta or attention factor?): the rope could not be recovered")
+        found.append(hit)
+    return found
+
+
+def longrope(caches: tuple, head_dim: int, context: int, path: Path) -> dict:
+    """LongRoPE's config fields from its two cache pairs: the short one's length is
+    original_max_position_embeddings, each factor is read column by column (`_factors`) with the builder's default
+    magnitude; Phi3Config's rope_theta is taken, since the caches hold only factor x theta^(2i/d): the fields rebuilt
+    compute those caches bit for bit, in the builder's arithmetic and in transformers' (the same)."""
+    try:
+        import torch  # noqa: F401  (the builder's arithmetic, to compare bit for bit)
+    except ImportError:
+        raise RuntimeMissing(path, "reading onnxruntime-genai's rope caches back needs torch") from None
+    short_cos, short_sin, long_cos, long_sin, original = caches
+    if short_cos.shape != (original, head_dim // 2) or long_cos.shape != (context, head_dim // 2) or \
+            short_sin.shape != short_cos.shape or long_sin.shape != long_cos.shape or original < 2:
+        raise Unsupported(path, f"LongRoPE caches {list(short_cos.shape)} and {list(long_cos.shape)} are not "
+                                f"{original} and {context} positions of whole heads of {head_dim}: the rope could "
+                                "not be recovered")
+    mscale = _su_mscale(context, original)
+    short = _factors(short_cos, short_sin, head_dim, mscale, path)
+    long = _factors(long_cos, long_sin, head_dim, mscale, path)
+    return {"rope_theta": LONGROPE_THETA, "original_max_position_embeddings": original,
+            "rope_scaling": {"rope_type": "longrope", "short_factor": short, "long_factor": long}}
 
 
 def _inv_freq(theta: float, dim: int, llama3: tuple[float, float, float, int] | None = None):
@@ -384,9 +474,11 @@ def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: l
     """The whole config.json: genai_config.json's fields and what the graph says. A family whose one window applies
     to every layer is told "none" outright: transformers' mistral defaults to a 4096-token window."""
     onnx = archs.for_hf(cfg["model_type"]).onnx
-    cos, sin = rope_caches(nodes, inits, path)
+    caches = rope_caches(nodes, inits, path)
+    rotary = rope(*caches, cfg["head_dim"], path) if len(caches) == 2 else \
+        longrope(caches, cfg["head_dim"], cfg["max_position_embeddings"], path)
     out = {**cfg, "intermediate_size": intermediate_size, "rms_norm_eps": epsilon(nodes, path),
-           "tie_word_embeddings": tied, **rope(cos, sin, cfg["head_dim"], path)}
+           "tie_word_embeddings": tied, **rotary}
     out |= scalars(onnx.decoder, out, graph_scalars(genai, cfg["head_dim"], nodes, inits, path), path)
     window, kinds = sliding_window(genai, nodes, onnx.decoder.layer_types(out) is not None, path)
     if window is not None or onnx.sliding_window_everywhere:
