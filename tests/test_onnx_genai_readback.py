@@ -31,11 +31,13 @@ pytest.importorskip("onnxruntime_genai.models.builder")
 # the builder's exports these tests read: name -> (sample, config.json fields changed before exporting). "llama" is
 # the llama sample (Llama 3.2's llama3 rope scaling); "phi3" is Phi-3-mini-4k's layout (no LongRoPE, a 2047-token
 # window), "phi3-longrope" the phi3 sample's Phi-3-mini-128k one (LongRoPE: two cache pairs the graph picks between);
-# "mistral-window" has a sliding window shorter than the test text.
+# "mistral-window" has a sliding window shorter than the test text, "qwen2-window" one on its second layer only.
 PHI3_4K = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "rope_scaling": None,
            "max_position_embeddings": 4096, "sliding_window": 2047}
 VARIANTS = {"llama": ("llama", {}), "mistral": ("mistral", {}),
             "mistral-window": ("mistral", {"sliding_window": 32}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
+            "qwen2-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 32, "max_window_layers": 1,
+                                       "layer_types": None}),
             "gemma": ("gemma", {}), "gemma2": ("gemma2", {}), "granite": ("granite", {}),
             "phi3": ("phi3", PHI3_4K), "phi3-longrope": ("phi3", {})}
 INT4 = ("llama", "qwen3")  # a tied int4 embedding (GatherBlockQuantized); a packed projection split for q/k norms
@@ -134,7 +136,8 @@ def test_fp32_export_gives_the_original_tensors_and_config(genai, name, tmp_path
     assert meta[provenance.CONFIG_REBUILT] == "genai_config.json"
 
 
-@pytest.mark.parametrize("name", ("llama", "mistral-window", "gemma2", "granite", "phi3-longrope"))
+@pytest.mark.parametrize("name", ("llama", "mistral-window", "qwen2-window", "gemma2", "granite",
+                                  "phi3-longrope"))
 def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, name, tmp_path):
     src, onnx_dir = genai(name)
     out = tmp_path / "hf"

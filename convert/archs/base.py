@@ -141,6 +141,8 @@ class OnnxSupport:
     # does not export the family (not in its TasksManager)
     optimum: tuple[Limit, ...] | None = None
     sliding_window_everywhere: bool = False  # the config's one sliding_window applies to every layer (mistral)
+    # the config key that turns the window on for the layers layer_types marks local (qwen2's use_sliding_window)
+    window_switch: str | None = None
     decoder: Decoder = Decoder()  # what the graph builder computes (builder families)
     encoder: Encoder | None = None  # an encoder: the builder makes convert/onnx/encoder.py's graph, not a decoder's
 

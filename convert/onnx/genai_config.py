@@ -480,7 +480,10 @@ def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: l
     out = {**cfg, "intermediate_size": intermediate_size, "rms_norm_eps": epsilon(nodes, path),
            "tie_word_embeddings": tied, **rotary}
     out |= scalars(onnx.decoder, out, graph_scalars(genai, cfg["head_dim"], nodes, inits, path), path)
-    window, kinds = sliding_window(genai, nodes, onnx.decoder.layer_types(out) is not None, path)
+    local_layers = onnx.decoder.layer_types(out) is not None or onnx.window_switch is not None
+    window, kinds = sliding_window(genai, nodes, local_layers, path)
     if window is not None or onnx.sliding_window_everywhere:
         out["sliding_window"] = window
+    if kinds and onnx.window_switch:
+        out[onnx.window_switch] = "sliding_attention" in kinds
     return out | ({"layer_types": kinds} if kinds else {})
