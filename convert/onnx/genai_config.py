@@ -44,11 +44,17 @@ NORMS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "La
          "SkipLayerNormalization"}
 EMBEDDINGS = {"Gather", "GatherBlockQuantized"}
 PROJECTIONS = {"MatMul", "MatMulNBits", "Gemm"}
+
+
+def _integral(value: float) -> float | int:
+    """An integral value as an int (config.json's query_pre_attn_scalar is one)."""
+    return int(value) if float(value).is_integer() else value
+
+
 # the builder's graph scalars, by the Decoder field computing them -> config.json keys that say them (key, the key's
 # value from the graph's, its type); a family's row reads at most one of each (gemma2's query_pre_attn_scalar,
 # granite's attention_multiplier)
-INTEGRAL = lambda v: int(v) if float(v).is_integer() else v  # noqa: E731  (query_pre_attn_scalar is an int)
-SCALAR_KEYS = {"attention_scale": (("query_pre_attn_scalar", lambda s: s ** -2, INTEGRAL),
+SCALAR_KEYS = {"attention_scale": (("query_pre_attn_scalar", lambda s: s ** -2, _integral),
                                    ("attention_multiplier", float, float)),
                "attention_softcap": (("attn_logit_softcapping", float, float),),
                "logit_softcap": (("final_logit_softcapping", float, float),),
@@ -243,16 +249,18 @@ def scalars(decoder, cfg: dict, found: dict[str, float | None], path: Path) -> d
     refused, never dropped."""
     out = {}
     for field, value in found.items():
-        keys = [(key, inverse, kind) for key, inverse, kind in SCALAR_KEYS.get(field, ())
-                if _reads(decoder, field, cfg, key, kind)]
-        tries = [] if not keys else [CONFIG_NEUTRAL.get(field)] if value is None else \
-            [keys[0][2](d) for d in _decimals(keys[0][1](value))]
-        hit = next((v for v in tries if _computes(decoder, field, cfg | {keys[0][0]: v}, value)), MISSING)
-        if hit is not MISSING:
-            out[keys[0][0]] = hit
-        elif keys or not _computes(decoder, field, cfg, value):
+        read = next((k for k in SCALAR_KEYS.get(field, ()) if _reads(decoder, field, cfg, k[0], k[2])), None)
+        hit = MISSING
+        if read is None and _computes(decoder, field, cfg, value):
+            continue
+        if read is not None:
+            key, inverse, kind = read
+            tries = [CONFIG_NEUTRAL.get(field)] if value is None else [kind(d) for d in _decimals(inverse(value))]
+            hit = next((v for v in tries if _computes(decoder, field, cfg | {key: v}, value)), MISSING)
+        if hit is MISSING:
             raise Unsupported(path, f"ONNX graph: {field} {value} is not what a config of the family computes: "
                                     "config.json could not be rebuilt")
+        out[key] = hit
     return out
 
 
@@ -287,11 +295,11 @@ def _picked_caches(nodes: list, pair: tuple[str, str]) -> tuple | None:
     if limit is None:
         return None
     branches = []
-    for name in ("else_branch", "then_branch"):
-        graph = next(a.g for a in node.attribute if a.name == name)
+    for graph in (next((a.g for a in node.attribute if a.name == name), None) for name in ("else_branch",
+                                                                                          "then_branch")):
         values = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
-        branches += [values.get(o.name) for o in graph.output]
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"} if graph else {}
+        branches += [values.get(o.name) for o in graph.output] if graph else [None]
     original = onnx.numpy_helper.to_array(limit.attribute[0].t)
     if len(branches) != 4 or any(b is None or b.dtype != np.float32 or b.ndim != 2 for b in branches) or \
             original.size != 1:
@@ -473,17 +481,17 @@ def rebuilt(genai: dict, cfg: dict, intermediate_size: int, tied: bool, nodes: l
             path: Path) -> dict:
     """The whole config.json: genai_config.json's fields and what the graph says. A family whose one window applies
     to every layer is told "none" outright: transformers' mistral defaults to a 4096-token window."""
-    onnx = archs.for_hf(cfg["model_type"]).onnx
+    support = archs.for_hf(cfg["model_type"]).onnx
     caches = rope_caches(nodes, inits, path)
     rotary = rope(*caches, cfg["head_dim"], path) if len(caches) == 2 else \
         longrope(caches, cfg["head_dim"], cfg["max_position_embeddings"], path)
     out = {**cfg, "intermediate_size": intermediate_size, "rms_norm_eps": epsilon(nodes, path),
            "tie_word_embeddings": tied, **rotary}
-    out |= scalars(onnx.decoder, out, graph_scalars(genai, cfg["head_dim"], nodes, inits, path), path)
-    local_layers = onnx.decoder.layer_types(out) is not None or onnx.window_switch is not None
+    out |= scalars(support.decoder, out, graph_scalars(genai, cfg["head_dim"], nodes, inits, path), path)
+    local_layers = support.decoder.layer_types(out) is not None or support.window_switch is not None
     window, kinds = sliding_window(genai, nodes, local_layers, path)
-    if window is not None or onnx.sliding_window_everywhere:
+    if window is not None or support.sliding_window_everywhere:
         out["sliding_window"] = window
-    if kinds and onnx.window_switch:
-        out[onnx.window_switch] = "sliding_attention" in kinds
+    if kinds and support.window_switch:
+        out[support.window_switch] = "sliding_attention" in kinds
     return out | ({"layer_types": kinds} if kinds else {})
