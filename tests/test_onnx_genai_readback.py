@@ -148,6 +148,16 @@ def test_fp32_export_read_back_computes_the_original_logits(genai, mixed_text, n
     assert np.array_equal(back.logits(ids), ref.logits(ids))
 
 
+def test_longrope_read_back_computes_the_original_logits_past_the_original_context(genai, tmp_path):
+    """Past original_max_position_embeddings transformers rotates with the long factors: 4200 tokens (the sample's
+    original context is 4096) give the original's logits exactly from the read-back too."""
+    src, onnx_dir = genai("phi3-longrope")
+    api.convert(onnx_dir, tmp_path / "hf", to="safetensors")
+    ids = [int(i) for i in np.random.default_rng(0).integers(3, 32000, 4200)]
+    assert json.loads((src / "config.json").read_text())["original_max_position_embeddings"] < len(ids)
+    assert np.array_equal(Transformers(tmp_path / "hf").logits(ids), Transformers(src).logits(ids))
+
+
 @pytest.mark.parametrize("name", INT4)
 def test_int4_export_gives_the_weights_onnxruntime_computes_with(genai, name, tmp_path):
     """MatMulNBits and the tied GatherBlockQuantized table dequantize onto the int4 grid within one step of the
