@@ -134,13 +134,15 @@ class OnnxSupport:
     genai_type: str | None = None  # onnxruntime-genai's model type, for genai_config.json (builder families)
     read_back: bool = False  # convert/onnx/reader.py's graph walk gives exported graphs their HF names back
     # an onnxruntime-genai builder folder's config.json is rebuilt whole from genai_config.json and the graph
-    # (convert/onnx/genai_config.py): nothing transformers computes with lives only in graph constants (granite's
-    # multipliers, gemma2's soft-caps and query scale do)
+    # (convert/onnx/genai_config.py): what the builder keeps only in graph constants (granite's multipliers, gemma2's
+    # soft-caps and query scale) is read back through the family's Decoder row
     genai_config: bool = False
     # optimum-onnx exports it, except for these configurations (checked by tests/test_family_onnx.py); None: optimum
     # does not export the family (not in its TasksManager)
     optimum: tuple[Limit, ...] | None = None
     sliding_window_everywhere: bool = False  # the config's one sliding_window applies to every layer (mistral)
+    # the config key that turns the window on for the layers layer_types marks local (qwen2's use_sliding_window)
+    window_switch: str | None = None
     decoder: Decoder = Decoder()  # what the graph builder computes (builder families)
     encoder: Encoder | None = None  # an encoder: the builder makes convert/onnx/encoder.py's graph, not a decoder's
 

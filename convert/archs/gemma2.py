@@ -67,4 +67,5 @@ ARCH = replace(GEMMA, name="gemma2", mlx="gemma2",
                hf_from_gguf=lambda cfg, kv, tensors: {
                    "query_pre_attn_scalar": llama_cpp_query_scalar(GEMMA.normalize(cfg), LAYERS_27B)},
                hf_defaults={"hidden_activation": "gelu_pytorch_tanh"},
-               onnx=OnnxSupport(builder=True, genai_type="gemma2", read_back=True, decoder=DECODER))
+               onnx=OnnxSupport(builder=True, genai_type="gemma2", read_back=True, decoder=DECODER,
+                                genai_config=True))

@@ -25,4 +25,4 @@ ARCH = replace(LAYOUT, name="granite", mlx="granite",
                    embedding_scale=lambda cfg: cfg.get("embedding_multiplier"),
                    residual_scale=lambda cfg: cfg.get("residual_multiplier"),
                    attention_scale=lambda cfg: cfg.get("attention_multiplier", 1.0),
-                   logit_divisor=lambda cfg: cfg.get("logits_scaling"))))
+                   logit_divisor=lambda cfg: cfg.get("logits_scaling")), genai_config=True))
