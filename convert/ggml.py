@@ -77,7 +77,7 @@ def casts(src: str, dst: str) -> bool:
 def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
     """`arr` (numpy f32, f16, or BF16 as uint16 bits) as `dst`, through f32 in cache-sized steps."""
     so, flat = _cpu(), np.ascontiguousarray(arr).reshape(-1)
-    out = np.empty(flat.shape, dtype=np.float32 if dst == "F32" else np.uint16 if dst == "BF16" else np.float16)
+    out = np.empty(flat.shape, dtype=np.float32 if dst == "F32" else np.float16)  # FROM_F32 makes F16 only
     scratch = None if "F32" in (src, dst) else np.empty(min(STEP, flat.size), dtype=np.float32)
     step_in, step_out = flat.itemsize, out.itemsize
     for first in range(0, flat.size, STEP):

@@ -132,11 +132,15 @@ class DirectSink:
         self.todo: queue.SimpleQueue = queue.SimpleQueue()
         self.buf, self.fill = self.free.get(), start - self.offset
         if self.fill:
-            head = os.open(f.name, os.O_RDONLY)
             try:
-                self.buf[:self.fill] = os.pread(head, self.fill, self.offset)
-            finally:
-                os.close(head)
+                head = os.open(f.name, os.O_RDONLY)
+                try:
+                    self.buf[:self.fill] = os.pread(head, self.fill, self.offset)
+                finally:
+                    os.close(head)
+            except BaseException:
+                os.close(fd)
+                raise
         self.thread = threading.Thread(target=self._writer, name="modelport-direct-io", daemon=True)
         self.thread.start()
 
@@ -146,7 +150,7 @@ class DirectSink:
             if self.error is None:
                 try:
                     self._put(buf, offset, n)
-                except OSError as e:
+                except BaseException as e:  # noqa: BLE001 - raised again in the writing thread (_submit, close)
                     self.error = e
             self.free.put(buf)
 
@@ -201,27 +205,32 @@ class DirectSink:
 
     def close(self) -> None:
         end = self.tell()
-        if self.fill:
-            pad = -self.fill % self.ALIGN
-            self.buf[self.fill:self.fill + pad] = bytes(pad)
-            self._submit(self.fill + pad)
-        self._stop()
         try:
+            if self.fill:
+                pad = -self.fill % self.ALIGN
+                self.buf[self.fill:self.fill + pad] = bytes(pad)
+                self._submit(self.fill + pad)
+            self._stop()
             if self.error:
                 raise self.error
             os.ftruncate(self.fd, end)
         finally:
-            os.close(self.fd)
+            self.abort()
         self.f.seek(end)
 
     def abort(self) -> None:
+        """Stops the writer thread and closes the descriptor, once; buffers still queued are not written."""
+        if self.fd < 0:
+            return
         self.error = self.error or InterruptedError("aborted")
         self._stop()
         os.close(self.fd)
+        self.fd = -1
 
     def _stop(self) -> None:
-        self.todo.put(None)
-        self.thread.join()
+        if self.thread.is_alive():
+            self.todo.put(None)
+            self.thread.join()
 
 
 def _direct_fd(f: IO[bytes]) -> int | None:
@@ -243,7 +252,6 @@ def streaming(f: IO[bytes]) -> Iterator[BufferedSink | DirectSink]:
     out = DirectSink(f, fd) if fd is not None else BufferedSink(f)
     try:
         yield out
-    except BaseException:
-        out.abort()
-        raise
-    out.close()
+        out.close()
+    finally:
+        out.abort()  # after close, nothing left to do
