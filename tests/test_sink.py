@@ -3,6 +3,7 @@ block boundaries and unchanged copies; a whole conversion is byte-identical thro
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_an_error_inside_the_sink_leaves_the_partial_to_atomic_output(tmp_path, 
     with pytest.raises(RuntimeError), open(tmp_path / "x", "wb") as f, sink.streaming(f) as out:
         out.write(b"abc")
         raise RuntimeError("stop")
-    assert not any(t.name == "modelport-direct-io" for t in __import__("threading").enumerate())
+    assert not any(t.name == "modelport-direct-io" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "safetensors", "onnx"])
